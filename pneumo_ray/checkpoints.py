@@ -1,0 +1,44 @@
+"""Weights as safetensors + a JSON sidecar (config, data hashes, normalization): nothing is unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def save_weights(path: str | os.PathLike, state: dict, meta: dict) -> Path:
+    """Write `path` (.safetensors) and `path` with .json, each atomically (temp + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+    side = path.with_suffix(".json")
+    tmp = side.with_name(f".{side.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, side)
+    return path
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text()) if side.exists() else {}
+    return load_file(str(path)), meta
+
+
+def load_into(model: torch.nn.Module, path: str | os.PathLike) -> dict:
+    """Load weights into `model` (shapes must match exactly); returns the metadata."""
+    state, meta = load_weights(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return meta

@@ -1,0 +1,161 @@
+"""Study data: the target's train/val/test sets and the pre-training source, from real folders
+(Kermany, CoronaHack) or, by default, from the synthetic phantoms.
+
+An `ImageSet` is a view (row index) onto a decoded uint8 array, usually a memory map shared by
+every process on the machine; batches are read from it on demand.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import cache, phantoms, sources
+from .config import stable_id
+from .split import patient_grouped_split
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray       # [N_all, S, S] uint8, shared
+    index: np.ndarray        # rows of `images` in this set
+    manifest: pd.DataFrame   # one row per element of `index`
+    name: str = ""
+
+    def __post_init__(self):
+        self.index = np.asarray(self.index, np.int64)
+        self.manifest = self.manifest.reset_index(drop=True)
+        self.labels = self.manifest["label"].to_numpy(np.int64)
+        if len(self.index) != len(self.manifest):
+            raise ValueError(f"{self.name}: {len(self.index)} images but {len(self.manifest)} manifest rows")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def batch(self, rows) -> np.ndarray:
+        """uint8 [len(rows), S, S] for positions `rows` of this set (read in file order for memmaps)."""
+        ix = self.index[np.asarray(rows)]
+        order = np.argsort(ix, kind="stable")
+        out = np.empty((len(ix),) + self.images.shape[1:], np.uint8)
+        out[order] = self.images[ix[order]]
+        return out
+
+    def subset(self, rows, name: str | None = None) -> "ImageSet":
+        rows = np.asarray(rows, np.int64)
+        return ImageSet(self.images, self.index[rows], self.manifest.iloc[rows], name or self.name)
+
+    def class_counts(self) -> tuple[int, int]:
+        return int((self.labels == 0).sum()), int((self.labels == 1).sum())
+
+    def describe(self) -> str:
+        n0, n1 = self.class_counts()
+        return f"{self.name}: {len(self)} images (NORMAL {n0}, PNEUMONIA {n1}, {self.manifest['patient'].nunique()} patients)"
+
+
+@dataclass
+class StudyData:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    source: ImageSet | None
+    info: dict = field(default_factory=dict)   # hashes, counts, problems: recorded with results
+
+
+def manifest_hash(manifest: pd.DataFrame) -> str:
+    return stable_id(sorted(zip(manifest["name"], manifest["label"].astype(int), manifest["split"])), 16)
+
+
+# Fixed data seeds: the synthetic data set is one fixed data set, like a download; the run's
+# seed only changes the split, initialisation and augmentation.
+SYNTHETIC = dict(target_train=(1, 2000), target_test=(2, 624), source_train=(3, 2000))
+
+
+def synthetic_set(part: str, size: int, cache_dir=None, n: int | None = None) -> ImageSet:
+    """One part of the embedded synthetic data set ('target_train', 'target_test', 'source_train')."""
+    seed, default_n = SYNTHETIC[part]
+    n = n or default_n
+    domain = "source" if part.startswith("source") else "target"
+    split = "test" if part.endswith("test") else "train"
+
+    def build():
+        imgs, labels, patients = phantoms.phantom_images(n, size, domain=domain, seed=seed)
+        return imgs, dict(labels=labels.tolist(), patients=patients.tolist())
+
+    key = "phantom-" + stable_id([getattr(phantoms, "VERSION", 1), part, seed, n, size], 20)
+    images, meta = cache.cached_array(key, (n, size, size), build, cache_dir)
+    labels, patients = np.asarray(meta["labels"]), meta["patients"]
+    manifest = pd.DataFrame(dict(
+        path=[f"synthetic://{part}/{i:05d}" for i in range(n)], name=[f"{part}-{i:05d}.png" for i in range(n)],
+        label=labels.astype(np.int64), patient=[f"phantom-{part}-{p}" for p in patients], split=split,
+        source=f"synthetic-{domain}", orig_split=split, category=""))
+    return ImageSet(images, np.arange(n), manifest, part)
+
+
+def _decoded_set(manifest: pd.DataFrame, size: int, cache_dir, label: str, quiet: bool):
+    dec = cache.decoded(manifest, size, cache_dir, label=label, quiet=quiet)
+    return ImageSet(dec.images, np.arange(len(dec.manifest)), dec.manifest, label), dec.problems
+
+
+def exclude_overlap(source: pd.DataFrame, held_out: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop source rows sharing a file name or a patient with the held-out (val + test) rows.
+    Returns (kept, dropped). CoronaHack reuses Kermany's file names, so names and patients align."""
+    names, patients = set(held_out["name"]), set(held_out["patient"])
+    clash = source["name"].isin(names) | source["patient"].isin(patients)
+    return source[~clash].reset_index(drop=True), source[clash].reset_index(drop=True)
+
+
+def load_study_data(data_root: str | os.PathLike | None = None, pretrain_root: str | os.PathLike | None = None,
+                    *, size: int = 64, seed: int = 0, val_fraction: float = 0.2, use_pretrain: bool = True,
+                    allow_overlap: bool = False, source_subset: str = "all", cache_dir=None,
+                    quiet: bool = False, log=print) -> StudyData:
+    """Target train/val/test (+ pre-training source). With no data_root: the synthetic phantoms
+    (target and, unless use_pretrain is False, the shifted synthetic source domain)."""
+    info: dict = dict(image_size=size, val_fraction=val_fraction, split_seed=seed, problems=[])
+    if data_root is None:
+        full_train = synthetic_set("target_train", size, cache_dir)
+        test = synthetic_set("target_test", size, cache_dir)
+        info["target"] = "synthetic"
+    else:
+        scan = sources.kermany_manifest(data_root)
+        info["problems"] += [str(p) for p in scan.problems]
+        full_train, probs_tr = _decoded_set(scan.manifest[scan.manifest.split == "train"], size, cache_dir, "target-train", quiet)
+        test, probs_te = _decoded_set(scan.manifest[scan.manifest.split == "test"], size, cache_dir, "target-test", quiet)
+        info["problems"] += [str(p) for p in probs_tr + probs_te]
+        info["target"] = str(os.path.abspath(data_root))
+    tr, va = patient_grouped_split(full_train.labels, full_train.manifest["patient"], val_fraction, seed)
+    train, val = full_train.subset(tr, "train"), full_train.subset(va, "val")
+    test.name = "test"
+
+    source = None
+    if use_pretrain and (pretrain_root is not None or data_root is None):
+        if pretrain_root is None:
+            source = synthetic_set("source_train", size, cache_dir)
+            info["source"] = "synthetic"
+        else:
+            scan = sources.scan(pretrain_root, source_subset)
+            info["problems"] += [str(p) for p in scan.problems]
+            man = scan.manifest[scan.manifest.split == "train"]
+            if not allow_overlap:
+                held = pd.concat([val.manifest, test.manifest])
+                man, dropped = exclude_overlap(man, held)
+                info["source_excluded_overlap"] = int(len(dropped))
+                log(f"pre-training source: excluded {len(dropped)} images sharing a file name or patient "
+                    f"with the target's validation/test sets (pass allow_overlap to keep them)")
+            source, probs = _decoded_set(man, size, cache_dir, "source-train", quiet)
+            info["problems"] += [str(p) for p in probs]
+            info["source"] = str(os.path.abspath(pretrain_root))
+        source.name = "source"
+    elif use_pretrain and pretrain_root is None:
+        log("no --pretrain-root given with real target data: training from random initialisation")
+    for s in (train, val, test) + ((source,) if source is not None else ()):
+        info[f"{s.name}_n"] = len(s)
+        info[f"{s.name}_manifest_hash"] = manifest_hash(s.manifest)
+    assert not set(train.manifest["patient"]) & set(val.manifest["patient"]), "patient on both sides of the split"
+    return StudyData(train, val, test, source, info)

@@ -1,0 +1,248 @@
+"""The train/evaluate loop: plain PyTorch, no Ray. Used unchanged by a plain call, by Ray Train
+workers (pass rank/world and a DDP-wrapped model) and by Tune trials (via `on_epoch`)."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import Augment, Normalize, to_float
+from .datasets import ImageSet
+from .metrics import roc_auc
+from .models import backbone_frozen
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Hyper-parameters of one training phase (pre-training or fine-tuning)."""
+    name: str
+    epochs: int
+    lr: float
+    batch_size: int = 32
+    aug_strength: float = 0.5
+    hflip: bool = False
+    class_weight: str | float = "auto"
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    seed: int = 0
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_state: dict | None      # state dict (CPU) of the best-validation epoch (last epoch without val)
+    best_epoch: int
+    best_val_auc: float
+    normalize: Normalize
+    weights: tuple[float, float]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def class_weights(labels, spec: str | float = "auto") -> tuple[float, float]:
+    """(NORMAL weight, PNEUMONIA weight). 'auto' = inverse class frequency, PNEUMONIA fixed at 1."""
+    labels = np.asarray(labels)
+    n0, n1 = int((labels == 0).sum()), int((labels == 1).sum())
+    if spec == "auto":
+        if n0 == 0 or n1 == 0:
+            raise ValueError(f"class_weight 'auto' needs both classes in the training set (NORMAL {n0}, PNEUMONIA {n1})")
+        return n1 / n0, 1.0
+    return float(spec), 1.0
+
+
+def normalizer_for(data: ImageSet, max_images: int = 2000, seed: int = 0) -> Normalize:
+    """Mean/std of the (sampled) training images in [0, 1]: the normalization of that phase."""
+    rows = np.sort(np.random.default_rng(seed).choice(len(data), min(len(data), max_images), replace=False))
+    x = data.batch(rows).astype(np.float64) / 255.0
+    return Normalize(float(x.mean()), float(max(x.std(), 1e-3)))
+
+
+def _sub_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])
+
+
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
+    """Seeded shuffle, sharded across `world` workers with equal batch counts (DDP needs them equal)."""
+    perm = np.random.default_rng(_sub_seed(seed, epoch)).permutation(n)
+    per_worker = n // world
+    mine = perm[rank * per_worker:(rank + 1) * per_worker] if world > 1 else perm
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+def _inputs(data: ImageSet, rows, device, channels_last: bool) -> torch.Tensor:
+    x = torch.from_numpy(data.batch(rows))
+    x = to_float(x.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _weighted_bce(logits, y, weights) -> torch.Tensor:
+    w = torch.where(y > 0.5, weights[1], weights[0])
+    return (F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none") * w).sum() / w.sum()
+
+
+class _Progress:
+    """A self-overwriting progress line on stderr, at most every `every` seconds."""
+
+    def __init__(self, label: str, total: int, enabled: bool, every: float | None = None):
+        # a terminal gets a live line; a log file (CI, Ray) only a line every 30 s
+        every = every if every is not None else (2.0 if sys.stderr.isatty() else 30.0)
+        self.label, self.total, self.enabled, self.every = label, total, enabled, every
+        self.t0 = self.last = time.time()
+
+    def update(self, done: int, loss: float):
+        now = time.time()
+        if self.enabled and (now - self.last >= self.every or done == self.total):
+            self.last = now
+            rate = done / max(now - self.t0, 1e-9)
+            sys.stderr.write(f"{chr(13) if sys.stderr.isatty() else ''}  {self.label}: {done}/{self.total} images  loss {loss:.4f}  {rate:.0f} img/s ")
+            sys.stderr.write("" if sys.stderr.isatty() else "\n")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.enabled and sys.stderr.isatty() and time.time() - self.t0 >= self.every:
+            sys.stderr.write("\n")
+
+
+def train_one_epoch(model, data: ImageSet, optimizer, scheduler, *, augment: Augment, normalize: Normalize,
+                    weights: tuple[float, float], device, batch_size: int, seed: int, epoch: int,
+                    rank: int = 0, world: int = 1, progress: str | None = None) -> dict:
+    model.train()
+    if backbone_frozen(unwrap(model)):
+        unwrap(model).features.eval()  # frozen backbone: keep its BatchNorm statistics fixed
+    cuda = device.type == "cuda"
+    gen = torch.Generator().manual_seed(_sub_seed(seed, epoch, rank, 7))
+    w = torch.tensor(weights, device=device)
+    total, seen, t0 = 0.0, 0, time.time()
+    order = epoch_order(len(data), batch_size, seed, epoch, rank, world)
+    bar = _Progress(progress or "", sum(map(len, order)), progress is not None)
+    for rows in order:
+        x = normalize(augment(_inputs(data, rows, device, cuda), gen))
+        y = torch.tensor(data.labels[rows], dtype=torch.float32, device=device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            logits = model(x)
+        loss = _weighted_bce(logits, y, w)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item() * len(rows)
+        seen += len(rows)
+        bar.update(seen, total / seen)
+    bar.close()
+    seconds = time.time() - t0
+    return dict(train_loss=total / max(seen, 1), train_images=seen, train_seconds=seconds,
+                train_images_per_s=seen / max(seconds, 1e-9))
+
+
+@torch.no_grad()
+def predict(model, data: ImageSet, *, normalize: Normalize, device, batch_size: int = 128) -> np.ndarray:
+    """P(PNEUMONIA) for every image of `data`, in order (no augmentation)."""
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    cuda = device.type == "cuda"
+    out = []
+    for i in range(0, len(data), batch_size):
+        x = normalize(_inputs(data, np.arange(i, min(i + batch_size, len(data))), device, cuda))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            out.append(torch.sigmoid(net(x).float()).cpu())
+    net.train(was_training)
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+def evaluate(model, data: ImageSet, *, normalize: Normalize, weights: tuple[float, float], device,
+             batch_size: int = 128) -> dict:
+    """Loss (class-weighted, as in training), AUC and the probabilities on a labelled set."""
+    probs = predict(model, data, normalize=normalize, device=device, batch_size=batch_size)
+    p = torch.from_numpy(probs).clamp(1e-7, 1 - 1e-7)
+    y = torch.tensor(data.labels, dtype=torch.float64)
+    w = torch.where(y > 0.5, weights[1], weights[0])
+    loss = float((F.binary_cross_entropy(p, y, reduction="none") * w).sum() / w.sum())
+    return dict(loss=loss, auc=roc_auc(data.labels, probs), probs=probs)
+
+
+def make_optimizer(model, phase: Phase, steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    cls = torch.optim.AdamW if phase.optimizer == "adamw" else torch.optim.Adam
+    opt = cls(params, lr=phase.lr, weight_decay=phase.weight_decay)
+    if phase.schedule == "cosine":
+        # cosine decay to 1% of the peak over the whole phase, stepped per batch
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s / max(steps, 1), 1.0))))
+    else:
+        sched = None
+    return opt, sched
+
+
+def fit(model, train: ImageSet, val: ImageSet | None, phase: Phase, *, device, rank: int = 0, world: int = 1,
+        on_epoch=None, progress: bool = True, log=print) -> FitResult:
+    """Train `model` for `phase.epochs`; keep the epoch with the best validation AUC.
+
+    `on_epoch(record, model)` is called after every epoch (Ray reports from there); the model may be
+    DDP-wrapped, in which case each worker trains on its shard (`rank`, `world`) and every worker
+    evaluates the full validation set, so all of them agree on the metrics.
+    """
+    net = unwrap(model)
+    if device.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+    normalize = normalizer_for(train, seed=phase.seed)
+    weights = class_weights(train.labels, phase.class_weight)
+    augment = Augment(phase.aug_strength, phase.hflip)
+    steps_per_epoch = math.ceil((len(train) // world) / phase.batch_size)
+    optimizer, scheduler = make_optimizer(model, phase, steps_per_epoch * phase.epochs)
+    history, best_state, best_epoch, best_auc = [], None, 0, -math.inf
+    show = progress and rank == 0
+    for epoch in range(1, phase.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        t0 = time.time()
+        rec = dict(phase=phase.name, epoch=epoch, lr=lr)
+        rec.update(train_one_epoch(model, train, optimizer, scheduler, augment=augment, normalize=normalize,
+                                   weights=weights, device=device, batch_size=phase.batch_size, seed=phase.seed,
+                                   epoch=epoch, rank=rank, world=world,
+                                   progress=f"{phase.name} epoch {epoch}/{phase.epochs}" if show else None))
+        if val is not None and len(val):
+            ev = evaluate(model, val, normalize=normalize, weights=weights, device=device)
+            rec.update(val_loss=ev["loss"], val_auc=ev["auc"])
+            improved = ev["auc"] > best_auc
+        else:
+            improved = True  # no validation: the last epoch is the result
+        rec["epoch_seconds"] = time.time() - t0
+        if improved:
+            best_auc = rec.get("val_auc", math.nan)
+            best_epoch = epoch
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        rec["best_epoch"] = best_epoch
+        history.append(rec)
+        if show and log:
+            val_txt = f"  val_loss {rec['val_loss']:.4f}  val_auc {rec['val_auc']:.4f}" if "val_auc" in rec else ""
+            log(f"{phase.name} epoch {epoch}/{phase.epochs}  train_loss {rec['train_loss']:.4f}{val_txt}"
+                f"  lr {lr:.2e}  {rec['train_images_per_s']:.0f} img/s  {rec['epoch_seconds']:.1f}s")
+        if on_epoch is not None:
+            on_epoch(rec, model)
+    return FitResult(history, best_state, best_epoch, best_auc, normalize, weights)

@@ -1,0 +1,142 @@
+"""Pretrain → save → reload → fine-tune → evaluate: the seed study's protocol, as library calls.
+
+Each step is its own function so that the Ray layer can run pre-training once (content-addressed)
+and fine-tuning per trial, with the same code as `run_study`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import checkpoints
+from .config import TrainConfig, stable_id
+from .datasets import StudyData
+from .engine import FitResult, Phase, evaluate, fit, predict, seed_everything
+from .metrics import binary_metrics, choose_threshold
+from .models import build_model, freeze_backbone
+from .split import patient_grouped_split
+
+
+def pretrain_phase(cfg: TrainConfig) -> Phase:
+    return Phase("pretrain", cfg.pretrain_epochs, cfg.pretrain_lr, cfg.batch_size, cfg.pretrain_aug_strength,
+                 cfg.hflip, "auto", cfg.optimizer, cfg.weight_decay, cfg.schedule, cfg.seed)
+
+
+def finetune_phase(cfg: TrainConfig) -> Phase:
+    return Phase("finetune", cfg.epochs, cfg.lr, cfg.batch_size, cfg.aug_strength, cfg.hflip,
+                 cfg.class_weight, cfg.optimizer, cfg.weight_decay, cfg.schedule, cfg.seed)
+
+
+def pretrain_key(cfg: TrainConfig, source_hash: str) -> str:
+    """Content address of a pre-training: same model, pre-training config, source data and seed →
+    same weights (on CPU), so one run serves every fine-tuning that shares the key."""
+    return stable_id(dict(cfg.pretrain_part(), source=source_hash), 16)
+
+
+def pretrain(cfg: TrainConfig, data: StudyData, device, *, rank: int = 0, world: int = 1, wrap=None,
+             on_epoch=None, log=print) -> tuple[dict, dict]:
+    """Train a fresh model on the source data; returns (final state dict, metadata).
+
+    As the seed, the weights after the last epoch are kept; a patient-grouped hold-out of the source
+    is evaluated every epoch only to show how pre-training goes."""
+    if data.source is None:
+        raise ValueError("pre-training asked for, but the study data has no source set")
+    seed_everything(cfg.seed)
+    tr, va = patient_grouped_split(data.source.labels, data.source.manifest["patient"], 0.1, cfg.seed)
+    model = build_model(cfg.model).to(device)
+    if wrap is not None:
+        model = wrap(model)
+    result = fit(model, data.source.subset(tr, "source-train"), data.source.subset(va, "source-val"),
+                 pretrain_phase(cfg), device=device, rank=rank, world=world, on_epoch=on_epoch, log=log)
+    state = {k: v.detach().cpu() for k, v in getattr(model, "module", model).state_dict().items()}
+    meta = dict(kind="pretrain", config=cfg.pretrain_part(), key=pretrain_key(cfg, data.info["source_manifest_hash"]),
+                source=data.info.get("source"), source_manifest_hash=data.info["source_manifest_hash"],
+                normalize=dict(mean=result.normalize.mean, std=result.normalize.std),
+                final_source_val_auc=result.history[-1].get("val_auc"), history=result.history)
+    return state, meta
+
+
+def finetune(cfg: TrainConfig, data: StudyData, device, *, init_state: dict | None = None, rank: int = 0,
+             world: int = 1, wrap=None, on_epoch=None, log=print) -> tuple[torch.nn.Module, FitResult]:
+    """Fresh model ← pre-trained weights (if any) → fine-tune on target train, validate every epoch."""
+    seed_everything(cfg.seed + 1)
+    model = build_model(cfg.model)
+    if init_state is not None:
+        model.load_state_dict(init_state, strict=True)
+    if cfg.freeze_backbone:
+        freeze_backbone(model)
+    model = model.to(device)
+    if wrap is not None:
+        model = wrap(model)
+    result = fit(model, data.train, data.val, finetune_phase(cfg), device=device, rank=rank, world=world,
+                 on_epoch=on_epoch, log=log)
+    return model, result
+
+
+def final_evaluation(cfg: TrainConfig, data: StudyData, result: FitResult, device) -> tuple[dict, pd.DataFrame]:
+    """Best-validation weights → threshold chosen on validation → applied to test.
+
+    Returns (metrics with val_* and test_* keys, per-test-image predictions)."""
+    model = build_model(cfg.model).to(device)
+    model.load_state_dict(result.best_state)
+    val = evaluate(model, data.val, normalize=result.normalize, weights=result.weights, device=device)
+    threshold = choose_threshold(data.val.labels, val["probs"])
+    test_probs = predict(model, data.test, normalize=result.normalize, device=device)
+    metrics = {f"val_{k}": v for k, v in binary_metrics(data.val.labels, val["probs"], threshold).items()}
+    metrics["val_loss"] = val["loss"]
+    metrics.update({f"test_{k}": v for k, v in binary_metrics(data.test.labels, test_probs, threshold).items()})
+    metrics.update(threshold=threshold, best_epoch=result.best_epoch)
+    preds = pd.DataFrame(dict(path=data.test.manifest["path"], name=data.test.manifest["name"],
+                              label=data.test.labels, probability=test_probs,
+                              prediction=(test_probs >= threshold).astype(int)))
+    return metrics, preds
+
+
+def run_study(cfg: TrainConfig, data: StudyData, out_dir: str | os.PathLike, device, log=print) -> dict:
+    """One pretrain → finetune run without Ray; writes metrics.json, predictions.parquet,
+    history.parquet and the weights (safetensors + JSON) under out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    init_state, pre_meta = None, None
+    if cfg.pretrain_epochs > 0 and data.source is not None:
+        log(f"pre-training {cfg.model} on {data.source.describe()}")
+        init_state, pre_meta = pretrain(cfg, data, device, log=log)
+        path = checkpoints.save_weights(out / "pretrain.safetensors", init_state, pre_meta)
+        # the seed saves the pre-trained weights and reloads them into a fresh model: so do we
+        init_state, _ = checkpoints.load_weights(path)
+    else:
+        log("no pre-training: fine-tuning starts from random initialisation")
+    log(f"fine-tuning {cfg.model} on {data.train.describe()}; validating on {data.val.describe()}")
+    _, result = finetune(cfg, data, device, init_state=init_state, log=log)
+    metrics, preds = final_evaluation(cfg, data, result, device)
+    metrics.update(model=cfg.model, pretrained=init_state is not None, seconds=round(time.time() - t0, 1),
+                   pretrain_key=pre_meta["key"] if pre_meta else None, config=cfg.to_dict(), data=data.info,
+                   device=str(device))
+    checkpoints.save_weights(out / "finetune.safetensors", result.best_state,
+                             dict(kind="finetune", config=cfg.to_dict(), best_epoch=result.best_epoch,
+                                  normalize=dict(mean=result.normalize.mean, std=result.normalize.std),
+                                  threshold=metrics["threshold"], pretrain_key=metrics["pretrain_key"]))
+    history = [*(pre_meta["history"] if pre_meta else []), *result.history]
+    _atomic(out / "history.parquet", lambda p: pd.DataFrame(history).to_parquet(p, index=False))
+    _atomic(out / "predictions.parquet", lambda p: preds.to_parquet(p, index=False))
+    _atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2, default=_json_default)))
+    return metrics
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)

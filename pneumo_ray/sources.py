@@ -1,0 +1,218 @@
+"""Data sources → one manifest.
+
+A manifest is a DataFrame with one row per image:
+    path (absolute), name (file name), label (0=NORMAL, 1=PNEUMONIA), patient, split (train|test),
+    source, orig_split, category (bacteria/virus/COVID-19/... where known)
+Every file or row that cannot be used is returned as a `Problem` naming the file and the reason;
+nothing is silently dropped or relabelled.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff"}
+CLASSES = {"NORMAL": 0, "PNEUMONIA": 1}
+KERMANY_SPLITS = {"train": "train", "test": "test", "val": "train"}  # seed: val merged into train
+OS_CLUTTER = {".DS_Store", "Thumbs.db", "desktop.ini"}
+MANIFEST_COLUMNS = ["path", "name", "label", "patient", "split", "source", "orig_split", "category"]
+
+CORONAHACK_CSV = "Chest_xray_Corona_Metadata.csv"
+CORONAHACK_COLUMNS = ["X_ray_image_name", "Label", "Dataset_type",
+                      "Label_2_Virus_category", "Label_1_Virus_category"]
+CORONAHACK_LABELS = {"normal": 0, "pnemonia": 1, "pneumonia": 1}  # the original misspells it
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class Scan:
+    """A manifest plus everything that could not be used, with reasons."""
+    manifest: pd.DataFrame
+    problems: list[Problem] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # OS clutter and duplicate copies, not problems
+
+
+_PERSON = re.compile(r"^person(\d+)_", re.IGNORECASE)
+_IM = re.compile(r"^(NORMAL2-)?IM-(\d+)-", re.IGNORECASE)
+_TRAILING_VIEW = re.compile(r"([-_](day\d+|[a-d]\d?))+$", re.IGNORECASE)
+
+
+def patient_id(name: str) -> str:
+    """Patient of a Kermany/CoronaHack file name.
+
+    `person123_bacteria_4.jpeg` → `person123`; `IM-0115-0001.jpeg` → `IM-0115`;
+    `NORMAL2-IM-0115-0001.jpeg` → `NORMAL2-IM-0115` (its own series, not the same patient).
+    Other names (CoronaHack's COVID images) keep their stem without view/day suffixes, so that
+    `x-day3.jpg` and `x-day5.jpg` are one patient.
+    """
+    if m := _PERSON.match(name):
+        return f"person{int(m.group(1))}"
+    if m := _IM.match(name):
+        return f"{'NORMAL2-' if m.group(1) else ''}IM-{m.group(2)}"
+    stem = Path(name).stem
+    return "other:" + (_TRAILING_VIEW.sub("", stem) or stem).lower()
+
+
+def _category(name: str) -> str:
+    low = name.lower()
+    for cat in ("bacteria", "virus"):
+        if f"_{cat}" in low:
+            return cat
+    return ""
+
+
+def _is_clutter(part: str) -> bool:
+    return part == "__MACOSX" or part.startswith("._") or part in OS_CLUTTER
+
+
+def kermany_manifest(root: str | os.PathLike) -> Scan:
+    """Scan a Kaggle `chest_xray/` folder: <split>/<CLASS>/<image>, at any depth.
+
+    Real downloads nest a duplicate `chest_xray/chest_xray/` and carry `__MACOSX/`, `.DS_Store`:
+    each (split, class, file name) is counted once (the shallowest copy), clutter is ignored,
+    and unknown class folders, non-image files and name clashes across classes are reported.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder (expected a Kaggle chest_xray/ download)")
+    problems, ignored = [], []
+    found: dict[tuple[str, str], tuple[int, Path, str, str]] = {}  # (split, name) -> (depth, path, cls, orig)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not _is_clutter(d))
+        here = Path(dirpath)
+        rel = here.relative_to(root).parts
+        parent = rel[-2].lower() if len(rel) >= 2 else None
+        if parent not in KERMANY_SPLITS:
+            # Only <split>/<CLASS>/ folders hold images; report image files lying elsewhere.
+            stray = [f for f in filenames if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not _is_clutter(f)]
+            if stray:
+                problems.append(Problem(str(here), f"{len(stray)} image(s) outside a <split>/<CLASS>/ folder"))
+            if len(rel) >= 1 and rel[-1].lower() in KERMANY_SPLITS:
+                for d in dirnames:
+                    if d.upper() not in CLASSES:
+                        problems.append(Problem(str(here / d), f"unknown class folder {d!r} (expected NORMAL or PNEUMONIA)"))
+            continue
+        cls = rel[-1].upper()
+        if cls not in CLASSES:
+            continue  # reported once from its split folder
+        split = KERMANY_SPLITS[parent]
+        for f in sorted(filenames):
+            path = here / f
+            if _is_clutter(f):
+                ignored.append(str(path))
+                continue
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                problems.append(Problem(str(path), f"not an image file (extension {path.suffix or 'none'!r})"))
+                continue
+            key = (split, f)
+            depth = len(rel)
+            if key in found:
+                prev_depth, prev_path, prev_cls, _ = found[key]
+                if prev_cls != cls:
+                    problems.append(Problem(str(path), f"same file name also under {prev_cls} ({prev_path}): label ambiguous, both skipped"))
+                    found[key] = (prev_depth, prev_path, "CONFLICT", parent)
+                    continue
+                ignored.append(str(path if depth >= prev_depth else prev_path))
+                if depth >= prev_depth:
+                    continue
+            found[key] = (depth, path, cls, parent)
+    rows = [dict(path=str(p), name=name, label=CLASSES[cls], patient=patient_id(name), split=split,
+                 source="kermany", orig_split=orig, category=_category(name))
+            for (split, name), (_, p, cls, orig) in sorted(found.items()) if cls != "CONFLICT"]
+    if not rows:
+        problems.append(Problem(str(root), "no images found under <split>/<CLASS>/ (train|test|val / NORMAL|PNEUMONIA)"))
+    return Scan(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), problems, ignored)
+
+
+def _find(root: Path, name: str) -> Path | None:
+    hits = sorted(root.rglob(name), key=lambda p: len(p.parts))
+    return hits[0] if hits else None
+
+
+def _coronahack_image_dirs(root: Path) -> dict[str, Path]:
+    """The flat train/ and test/ image folders (shallowest of each, ignoring __MACOSX)."""
+    dirs: dict[str, Path] = {}
+    for p in sorted(root.rglob("*"), key=lambda p: len(p.parts)):
+        if p.is_dir() and p.name.lower() in ("train", "test") and not any(_is_clutter(x) for x in p.parts):
+            dirs.setdefault(p.name.upper(), p)
+    return dirs
+
+
+def coronahack_manifest(root: str | os.PathLike, subset: str = "all") -> Scan:
+    """Scan a Kaggle CoronaHack folder (metadata CSV + flat train/ and test/ image folders).
+
+    subset="all": healthy vs any pneumonia (the seed's pre-training task);
+    subset="covid": healthy vs COVID-19 only.
+    Missing image files, unknown labels and images without a CSV row are reported.
+    """
+    if subset not in ("all", "covid"):
+        raise ValueError(f"subset must be 'all' or 'covid', got {subset!r}")
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder (expected a Kaggle CoronaHack download)")
+    csv = root / CORONAHACK_CSV if (root / CORONAHACK_CSV).exists() else _find(root, CORONAHACK_CSV)
+    if csv is None:
+        raise FileNotFoundError(f"{root}: no {CORONAHACK_CSV} found (is this a CoronaHack download?)")
+    try:
+        meta = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except Exception as e:  # noqa: BLE001 - report any parse failure with the file name
+        raise ValueError(f"{csv}: cannot read CSV: {e}") from e
+    missing = [c for c in CORONAHACK_COLUMNS if c not in meta.columns]
+    if missing:
+        raise ValueError(f"{csv}: missing column(s) {missing}; found {list(meta.columns)}; "
+                         f"expected {CORONAHACK_COLUMNS}")
+    dirs = _coronahack_image_dirs(csv.parent)
+    problems, rows = [], []
+    listed: dict[str, set[str]] = {}
+    for i, r in meta.iterrows():
+        name, split = r["X_ray_image_name"].strip(), r["Dataset_type"].strip().upper()
+        where = f"{csv}:row {i + 2} ({name or 'no name'})"
+        listed.setdefault(split, set()).add(name)  # a row with a bad label still accounts for its file
+        label = CORONAHACK_LABELS.get(r["Label"].strip().lower())
+        if label is None:
+            problems.append(Problem(where, f"unknown Label {r['Label']!r} (expected Normal or Pnemonia/Pneumonia)"))
+            continue
+        if split not in ("TRAIN", "TEST"):
+            problems.append(Problem(where, f"unknown Dataset_type {r['Dataset_type']!r} (expected TRAIN or TEST)"))
+            continue
+        if split not in dirs:
+            problems.append(Problem(where, f"no {split.lower()}/ image folder under {csv.parent}"))
+            continue
+        path = dirs[split] / name
+        if not path.is_file():
+            problems.append(Problem(str(path), f"image file missing (listed in {csv.name} row {i + 2}, {r['Label']}/{split})"))
+            continue
+        covid = r["Label_2_Virus_category"].strip()
+        if subset == "covid" and label == 1 and covid != "COVID-19":
+            continue
+        rows.append(dict(path=str(path), name=name, label=label, patient=patient_id(name),
+                         split=split.lower(), source="coronahack", orig_split=split.lower(),
+                         category="/".join(x for x in (r["Label_1_Virus_category"].strip(), covid) if x)))
+    for split, d in dirs.items():
+        for p in sorted(d.iterdir()):
+            if p.is_file() and not _is_clutter(p.name) and p.name not in listed.get(split, set()):
+                problems.append(Problem(str(p), f"image not listed in {csv.name}: no label, not used"))
+    return Scan(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), problems, [])
+
+
+def detect_layout(root: str | os.PathLike) -> str:
+    """'coronahack' if the folder holds CoronaHack's metadata CSV, else 'kermany'."""
+    root = Path(root)
+    return "coronahack" if (root / CORONAHACK_CSV).exists() or _find(root, CORONAHACK_CSV) else "kermany"
+
+
+def scan(root: str | os.PathLike, subset: str = "all") -> Scan:
+    return coronahack_manifest(root, subset) if detect_layout(root) == "coronahack" else kermany_manifest(root)

@@ -1,0 +1,1 @@
+"""pneumo-ray commands: thin CLIs over the `pneumo_ray` library (python -m study.<command> --help)."""
