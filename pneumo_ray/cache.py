@@ -89,12 +89,22 @@ def _atomic_write_bytes(path: Path, write) -> None:
             tmp.unlink()
 
 
-def _progress(done: int, total: int, t0: float, label: str) -> None:
-    rate = done / max(time.time() - t0, 1e-9)
-    sys.stderr.write(f"\r  decoding {label}: {done}/{total} images ({rate:.0f}/s)")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+class _Progress:
+    """Live line on a terminal; in a log file only a line every 10 s and at the end."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.t0, self.last = label, total, time.time(), 0.0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int) -> None:
+        now = time.time()
+        if done < self.total and now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9)
+        end = "\n" if (done == self.total or not self.tty) else ""
+        sys.stderr.write(f"{chr(13) if self.tty else ''}  decoding {self.label}: {done}/{self.total} images ({rate:.0f}/s){end}")
+        sys.stderr.flush()
 
 
 def decoded(manifest: pd.DataFrame, size: int, cache_dir: str | os.PathLike | None = None,
@@ -122,7 +132,9 @@ def _build(manifest, size, data_path, meta_path, workers, label, quiet) -> None:
     chunk = 64
     jobs = [(paths[i:i + chunk], size) for i in range(0, n, chunk)]
     tmp = data_path.with_name(f".{data_path.name}.{uuid.uuid4().hex}.tmp")
-    kept, failed, t0, done = [], [], time.time(), 0
+    kept, failed, done = [], [], 0
+    progress = _Progress(label, n)
+    t0 = time.time()
     try:
         with open(tmp, "wb") as f:
             pool = ProcessPoolExecutor(workers) if workers > 1 and n > chunk else None
@@ -135,7 +147,7 @@ def _build(manifest, size, data_path, meta_path, workers, label, quiet) -> None:
                 failed.extend([paths[base + i], why] for i, why in sorted(errors.items()))
                 done += len(arr)
                 if not quiet:
-                    _progress(done, n, t0, label)
+                    progress(done)
             if pool:
                 pool.shutdown()
         os.replace(tmp, data_path)

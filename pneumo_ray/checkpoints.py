@@ -38,7 +38,10 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 def load_into(model: torch.nn.Module, path: str | os.PathLike) -> dict:
     """Load weights into `model` (shapes must match exactly); returns the metadata."""
     state, meta = load_weights(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"{path}: weights do not fit this model: {str(e).splitlines()[1:3]}") from e
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return meta

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .augment import Augment, Normalize, to_float
 from .datasets import ImageSet
 from .metrics import roc_auc
-from .models import backbone_frozen
+from .models import train_mode
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,7 @@ def train_one_epoch(model, data: ImageSet, optimizer, scheduler, *, augment: Aug
                     weights: tuple[float, float], device, batch_size: int, seed: int, epoch: int,
                     rank: int = 0, world: int = 1, progress: str | None = None) -> dict:
     model.train()
-    if backbone_frozen(unwrap(model)):
-        unwrap(model).features.eval()  # frozen backbone: keep its BatchNorm statistics fixed
+    train_mode(unwrap(model))
     cuda = device.type == "cuda"
     gen = torch.Generator().manual_seed(_sub_seed(seed, epoch, rank, 7))
     w = torch.tensor(weights, device=device)

@@ -66,3 +66,10 @@ def freeze_backbone(model: nn.Module) -> None:
 def backbone_frozen(model: nn.Module) -> bool:
     """True when no backbone weight trains; the engine then keeps its BatchNorm layers in eval mode."""
     return not any(p.requires_grad for p in model.features.parameters())
+
+
+def train_mode(model: nn.Module) -> None:
+    """model.train(), except that a frozen backbone's BatchNorm statistics stay fixed too."""
+    model.train()
+    if backbone_frozen(model):
+        model.features.eval()
