@@ -140,7 +140,7 @@ def train_one_epoch(model, data: ImageSet, optimizer, scheduler, *, augment: Aug
     order = epoch_order(len(data), batch_size, seed, epoch, rank, world)
     bar = _Progress(progress or "", sum(map(len, order)), progress is not None)
     for rows in order:
-        x = normalize(augment(_inputs(data, rows, device, cuda), gen))
+        x = augment(_inputs(data, rows, device, cuda), gen, normalize)
         y = torch.tensor(data.labels[rows], dtype=torch.float32, device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             logits = model(x)

@@ -49,3 +49,18 @@ def test_normalize_uses_given_stats(batch):
 def test_invalid_strength():
     with pytest.raises(ValueError, match="strength"):
         Augment(1.5)
+
+
+def test_fast_grid_equals_torch_affine_grid():
+    from torch.nn.functional import affine_grid as torch_grid
+    from pneumo_ray.augment import affine_grid
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(affine_grid(theta, 7, 11), torch_grid(theta, [5, 1, 7, 11], align_corners=False), atol=1e-6)
+
+
+def test_fused_normalization_equals_separate_steps(batch):
+    norm = Normalize(0.4, 0.2)
+    fused = Augment(0.8)(batch, torch.Generator().manual_seed(3), norm)
+    separate = norm(Augment(0.8)(batch, torch.Generator().manual_seed(3)))
+    assert torch.allclose(fused, separate, atol=1e-5)
+    assert torch.equal(Augment(0.0)(batch, None, norm), norm(batch))
