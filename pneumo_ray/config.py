@@ -24,6 +24,7 @@ class TrainConfig:
     pretrain_aug_strength: float = 0.5  # kept apart so a fine-tuning search shares one pre-training
     hflip: bool = False               # chest X-rays are not mirror-symmetric
     class_weight: str | float = "auto"  # "auto" (from class frequencies) or NORMAL weight (PNEUMONIA = 1)
+    class_weight_scale: float = 1.0   # multiplies the NORMAL weight (what a sweep searches)
     optimizer: str = "adamw"          # adamw | adam
     weight_decay: float = 1e-4
     schedule: str = "cosine"          # cosine | constant
@@ -39,6 +40,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.class_weight != "auto" and not float(self.class_weight) > 0:
             raise ValueError(f"class_weight must be 'auto' or a positive number, got {self.class_weight!r}")
+        if not self.class_weight_scale > 0:
+            raise ValueError(f"class_weight_scale must be positive, got {self.class_weight_scale}")
         if self.optimizer not in ("adamw", "adam"):
             raise ValueError(f"optimizer must be adamw or adam, got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):

@@ -29,6 +29,7 @@ class Phase:
     aug_strength: float = 0.5
     hflip: bool = False
     class_weight: str | float = "auto"
+    class_weight_scale: float = 1.0
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
     schedule: str = "cosine"
@@ -64,15 +65,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def class_weights(labels, spec: str | float = "auto") -> tuple[float, float]:
-    """(NORMAL weight, PNEUMONIA weight). 'auto' = inverse class frequency, PNEUMONIA fixed at 1."""
+def class_weights(labels, spec: str | float = "auto", scale: float = 1.0) -> tuple[float, float]:
+    """(NORMAL weight, PNEUMONIA weight). 'auto' = inverse class frequency, PNEUMONIA fixed at 1;
+    `scale` multiplies the NORMAL weight."""
     labels = np.asarray(labels)
     n0, n1 = int((labels == 0).sum()), int((labels == 1).sum())
     if spec == "auto":
         if n0 == 0 or n1 == 0:
             raise ValueError(f"class_weight 'auto' needs both classes in the training set (NORMAL {n0}, PNEUMONIA {n1})")
-        return n1 / n0, 1.0
-    return float(spec), 1.0
+        return scale * n1 / n0, 1.0
+    return scale * float(spec), 1.0
 
 
 def normalizer_for(data: ImageSet, max_images: int = 2000, seed: int = 0) -> Normalize:
@@ -203,7 +205,8 @@ def fit(model, train: ImageSet, val: ImageSet | None, phase: Phase, *, device, r
         on_epoch=None, progress: bool = True, log=print) -> FitResult:
     """Train `model` for `phase.epochs`; keep the epoch with the best validation AUC.
 
-    `on_epoch(record, model)` is called after every epoch (Ray reports from there); the model may be
+    `on_epoch(record, model, result)` is called after every epoch with the FitResult so far (Ray reports
+    from there; `record["best_epoch"] == record["epoch"]` when this epoch is the new best); the model may be
     DDP-wrapped, in which case each worker trains on its shard (`rank`, `world`) and every worker
     evaluates the full validation set, so all of them agree on the metrics.
     """
@@ -211,11 +214,11 @@ def fit(model, train: ImageSet, val: ImageSet | None, phase: Phase, *, device, r
     if device.type == "cuda":
         net.to(memory_format=torch.channels_last)
     normalize = normalizer_for(train, seed=phase.seed)
-    weights = class_weights(train.labels, phase.class_weight)
+    weights = class_weights(train.labels, phase.class_weight, phase.class_weight_scale)
     augment = Augment(phase.aug_strength, phase.hflip)
     steps_per_epoch = math.ceil((len(train) // world) / phase.batch_size)
     optimizer, scheduler = make_optimizer(model, phase, steps_per_epoch * phase.epochs)
-    history, best_state, best_epoch, best_auc = [], None, 0, -math.inf
+    result = FitResult([], None, 0, -math.inf, normalize, weights)
     show = progress and rank == 0
     for epoch in range(1, phase.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
@@ -228,20 +231,21 @@ def fit(model, train: ImageSet, val: ImageSet | None, phase: Phase, *, device, r
         if val is not None and len(val):
             ev = evaluate(model, val, normalize=normalize, weights=weights, device=device)
             rec.update(val_loss=ev["loss"], val_auc=ev["auc"])
-            improved = ev["auc"] > best_auc
+            improved = ev["auc"] > result.best_val_auc
         else:
             improved = True  # no validation: the last epoch is the result
         rec["epoch_seconds"] = time.time() - t0
         if improved:
-            best_auc = rec.get("val_auc", math.nan)
-            best_epoch = epoch
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-        rec["best_epoch"] = best_epoch
-        history.append(rec)
+            result.best_val_auc = rec.get("val_auc", math.nan)
+            result.best_epoch = epoch
+            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        rec["best_epoch"] = result.best_epoch
+        rec["best_val_auc"] = result.best_val_auc
+        result.history.append(rec)
         if show and log:
             val_txt = f"  val_loss {rec['val_loss']:.4f}  val_auc {rec['val_auc']:.4f}" if "val_auc" in rec else ""
             log(f"{phase.name} epoch {epoch}/{phase.epochs}  train_loss {rec['train_loss']:.4f}{val_txt}"
                 f"  lr {lr:.2e}  {rec['train_images_per_s']:.0f} img/s  {rec['epoch_seconds']:.1f}s")
         if on_epoch is not None:
-            on_epoch(rec, model)
-    return FitResult(history, best_state, best_epoch, best_auc, normalize, weights)
+            on_epoch(rec, model, result)
+    return result

@@ -25,12 +25,12 @@ from .split import patient_grouped_split
 
 def pretrain_phase(cfg: TrainConfig) -> Phase:
     return Phase("pretrain", cfg.pretrain_epochs, cfg.pretrain_lr, cfg.batch_size, cfg.pretrain_aug_strength,
-                 cfg.hflip, "auto", cfg.optimizer, cfg.weight_decay, cfg.schedule, cfg.seed)
+                 cfg.hflip, "auto", 1.0, cfg.optimizer, cfg.weight_decay, cfg.schedule, cfg.seed)
 
 
 def finetune_phase(cfg: TrainConfig) -> Phase:
     return Phase("finetune", cfg.epochs, cfg.lr, cfg.batch_size, cfg.aug_strength, cfg.hflip,
-                 cfg.class_weight, cfg.optimizer, cfg.weight_decay, cfg.schedule, cfg.seed)
+                 cfg.class_weight, cfg.class_weight_scale, cfg.optimizer, cfg.weight_decay, cfg.schedule, cfg.seed)
 
 
 def pretrain_key(cfg: TrainConfig, source_hash: str) -> str:

@@ -48,7 +48,7 @@ def test_best_validation_epoch_is_kept(tiny):
     torch.manual_seed(0)
     seen = []
     r = fit(build_model("cnn"), tiny.train, tiny.val, Phase("finetune", 3, 3e-3, seed=1), device=torch.device("cpu"),
-            on_epoch=lambda rec, m: seen.append(rec["val_auc"]), progress=False, log=None)
+            on_epoch=lambda rec, m, res: seen.append(rec["val_auc"]), progress=False, log=None)
     assert len(seen) == 3 and r.best_epoch == int(np.argmax(seen)) + 1 and r.best_val_auc == max(seen)
 
 

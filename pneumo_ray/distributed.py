@@ -1,0 +1,196 @@
+"""Ray Train layer: the unchanged core loop (`pipeline.pretrain` / `pipeline.finetune`) run by
+`TorchTrainer` workers (DDP through `ray.train.torch.prepare_model`).
+
+Each worker re-opens the study data from the decoded cache (a memory map: no JPEG is decoded
+again) and trains on its shard. Pre-training is its own Ray Train job whose weights go to a
+content-addressed store, so every trial with the same key reuses them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from . import checkpoints
+from .config import TrainConfig
+from .datasets import load_study_data
+from .pipeline import final_evaluation, finetune, pretrain, pretrain_key
+
+
+def data_args(data_root, pretrain_root, *, size, seed, val_fraction, use_pretrain, allow_overlap, cache_dir) -> dict:
+    """Everything a worker needs to re-open the same study data from the cache (JSON-able)."""
+    return dict(data_root=None if data_root is None else str(Path(data_root).resolve()),
+                pretrain_root=None if pretrain_root is None else str(Path(pretrain_root).resolve()),
+                size=size, seed=seed, val_fraction=val_fraction, use_pretrain=use_pretrain,
+                allow_overlap=allow_overlap, cache_dir=str(cache_dir))
+
+
+def _worker_context():
+    import logging
+
+    import ray.train
+    import ray.train.torch
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not every report and checkpoint at INFO
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
+
+
+def _where() -> dict:
+    import ray
+
+    return dict(hostname=socket.gethostname(), node_id=ray.get_runtime_context().get_node_id())
+
+
+def pretrain_worker(config: dict) -> None:
+    """train_loop_per_worker of the pre-training job; rank 0 writes the weights to the store."""
+    import ray.train
+    import ray.train.torch
+
+    rank, world, device = _worker_context()
+    cfg = TrainConfig(**config["train_config"])
+    data = load_study_data(**config["data_args"], quiet=True, log=None)
+
+    def report(rec, model, result):
+        ray.train.report({k: v for k, v in rec.items() if isinstance(v, (int, float, str))})
+
+    state, meta = pretrain(cfg, data, device, rank=rank, world=world, wrap=ray.train.torch.prepare_model,
+                           on_epoch=report, log=None)
+    if rank == 0:
+        meta.update(_where())
+        checkpoints.save_weights(Path(config["store"]) / f"{meta['key']}.safetensors", state, meta)
+
+
+def finetune_worker(config: dict) -> None:
+    """train_loop_per_worker of a fine-tuning trial.
+
+    Every epoch reports the validation metrics that Tune and ASHA act on. When an epoch is the new
+    best on validation, rank 0 also evaluates that checkpoint once on test (threshold chosen on
+    validation) and carries the result forward: the test metrics and predictions of the
+    best-validation checkpoint exist even when ASHA ends the trial early. They are recorded, never
+    used to choose anything.
+    """
+    import ray.train
+    import ray.train.torch
+
+    rank, world, device = _worker_context()
+    cfg = TrainConfig(**config["train_config"])
+    data = load_study_data(**config["data_args"], quiet=True, log=None)
+    init_state, pre_meta = None, {}
+    if config.get("pretrain_path"):
+        init_state, pre_meta = checkpoints.load_weights(config["pretrain_path"])
+    best = {"metrics": {}, "preds": None}
+    where = _where()
+    t0 = time.time()
+
+    def report(rec, model, result):
+        if rank == 0 and rec["best_epoch"] == rec["epoch"]:
+            metrics, preds = final_evaluation(cfg, data, result, device)
+            best["metrics"], best["preds"] = metrics, preds
+            best["state"] = result.best_state
+        out = {k: v for k, v in rec.items() if isinstance(v, (int, float, str))}
+        out.update({f"best_{k}": v for k, v in best["metrics"].items() if isinstance(v, (int, float))})
+        out.update(where, train_seconds_total=time.time() - t0, world_size=world, **config.get("extra", {}))
+        if rank != 0 or best["preds"] is None:
+            ray.train.report(out)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            best["preds"].to_parquet(Path(tmp) / "predictions.parquet", index=False)
+            checkpoints.save_weights(Path(tmp) / "best.safetensors", best["state"],
+                                     dict(config=cfg.to_dict(), pretrain_key=pre_meta.get("key"),
+                                          best_epoch=best["metrics"]["best_epoch"],
+                                          threshold=best["metrics"]["threshold"],
+                                          normalize=dict(mean=result.normalize.mean, std=result.normalize.std)))
+            ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    finetune(cfg, data, device, init_state=init_state, rank=rank, world=world,
+             wrap=ray.train.torch.prepare_model, on_epoch=report, log=None)
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on a file (works across processes on one machine and on NFS/EFS)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_pretrained(cfg: TrainConfig, source_hash: str, store: Path, run_pretrain) -> tuple[Path, bool]:
+    """Path of the pre-trained weights for `cfg` and whether they were computed now.
+
+    Trials that share a key serialise on a lock: the first one runs `run_pretrain()`, the others
+    wait and reuse its weights, so a sweep pays one pre-training per distinct key."""
+    key = pretrain_key(cfg, source_hash)
+    path = store / f"{key}.safetensors"
+    with file_lock(store / f"{key}.lock"):
+        if path.exists():
+            return path, False
+        run_pretrain()
+        if not path.exists():
+            raise RuntimeError(f"pre-training job for key {key} finished without writing {path}")
+        return path, True
+
+
+def scaling(workers: int, cpus_per_trial: float, gpus_per_trial: float):
+    """ScalingConfig for one job: the trial's CPUs and GPUs split evenly over its workers."""
+    from ray.train import ScalingConfig
+
+    per = {"CPU": cpus_per_trial / workers}
+    if gpus_per_trial:
+        per["GPU"] = gpus_per_trial / workers
+    return ScalingConfig(num_workers=workers, use_gpu=bool(gpus_per_trial), resources_per_worker=per)
+
+
+def train_run_config(name: str, storage: str, callbacks=(), max_failures: int = 1):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    return RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=max_failures),
+                     checkpoint_config=CheckpointConfig(num_to_keep=1), callbacks=list(callbacks))
+
+
+def run_pretrain_job(cfg: TrainConfig, dargs: dict, store: Path, *, name: str, storage: str, workers: int,
+                     cpus_per_trial: float, gpus_per_trial: float) -> None:
+    from ray.train.torch import TorchTrainer
+
+    TorchTrainer(pretrain_worker,
+                 train_loop_config=dict(train_config=cfg.to_dict(), data_args=dargs, store=str(store)),
+                 scaling_config=scaling(workers, cpus_per_trial, gpus_per_trial),
+                 run_config=train_run_config(name, storage)).fit()
+
+
+def load_best_artifacts(checkpoint_path: str | None, storage_filesystem=None) -> tuple[pd.DataFrame | None, dict]:
+    """Predictions and weight metadata from a trial's last checkpoint (which carries its best)."""
+    if not checkpoint_path:
+        return None, {}
+    from ray.train import Checkpoint
+
+    ckpt = Checkpoint(checkpoint_path, filesystem=storage_filesystem)
+    with ckpt.as_directory() as d:
+        d = Path(d)
+        preds = pd.read_parquet(d / "predictions.parquet") if (d / "predictions.parquet").exists() else None
+        meta = json.loads((d / "best.json").read_text()) if (d / "best.json").exists() else {}
+    return preds, meta
+
+
+def copy_weights(checkpoint_path: str, dest: Path, storage_filesystem=None) -> None:
+    from ray.train import Checkpoint
+
+    with Checkpoint(checkpoint_path, filesystem=storage_filesystem).as_directory() as d:
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("best.safetensors", "best.json"):
+            if (Path(d) / name).exists():
+                shutil.copy2(Path(d) / name, dest / name)

@@ -1,0 +1,117 @@
+"""Study results on disk: Parquet tables + run.json under <results>/<name>/ (schema: results/README.md).
+
+Writes are atomic (temp file + rename) and idempotent: rows are keyed (a trial's rows replace
+that trial's earlier rows), so re-collecting a resumed sweep never duplicates or loses a row.
+`read_results` is the one reader that the ablation and report commands use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+TABLES = {"trials": ["trial_id"], "epochs": ["trial_id", "epoch"], "predictions": ["trial_id", "path"]}
+
+
+def atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def upsert_parquet(path: Path, rows: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """Merge `rows` into the table at `path`: rows with the same key replace the old ones."""
+    if path.exists():
+        old = pd.read_parquet(path)
+        if len(rows):
+            keys = set(map(tuple, rows[key].astype(str).to_numpy()))
+            old = old[[tuple(k) not in keys for k in old[key].astype(str).to_numpy()]]
+        rows = pd.concat([old, rows], ignore_index=True) if len(old) else rows
+    rows = rows.reset_index(drop=True)
+    atomic_write(path, lambda p: rows.to_parquet(p, index=False))
+    return rows
+
+
+def write_tables(out: Path, trials: list[dict], epochs: list[pd.DataFrame], preds: list[pd.DataFrame]) -> None:
+    frames = dict(trials=pd.DataFrame(trials),
+                  epochs=pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(),
+                  predictions=pd.concat(preds, ignore_index=True) if preds else pd.DataFrame())
+    for name, frame in frames.items():
+        if len(frame):
+            upsert_parquet(out / f"{name}.parquet", frame, TABLES[name])
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd or Path(__file__).parent,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    """Library versions and hardware, for run.json."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "ray", "optuna", "numpy", "pandas", "pyarrow", "safetensors"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    hw = dict(platform=platform.platform(), machine=platform.machine(), cpus=os.cpu_count(), python=sys.version.split()[0])
+    try:
+        import torch
+
+        hw["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - hardware facts are best effort
+        hw["cuda_devices"] = []
+    return dict(versions=versions, hardware=hw)
+
+
+def write_run_json(out: Path, **fields) -> None:
+    info = dict(argv=sys.argv, git_commit=git_commit(), **environment(), **fields)
+    atomic_write(out / "run.json", lambda p: p.write_text(json.dumps(info, indent=2, default=str)))
+
+
+@dataclass
+class Results:
+    path: Path
+    run: dict
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    predictions: pd.DataFrame
+
+    def best_trials(self) -> pd.DataFrame:
+        """Best trial per model by validation AUC (never by test)."""
+        t = self.trials.dropna(subset=["best_val_auc"])
+        return t.loc[t.groupby("model")["best_val_auc"].idxmax()].reset_index(drop=True)
+
+
+def read_results(path: str | os.PathLike) -> Results:
+    """Read a sweep folder; missing tables come back empty (with a clear error if nothing is there)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such results folder")
+    tables = {name: pd.read_parquet(path / f"{name}.parquet") if (path / f"{name}.parquet").exists() else pd.DataFrame()
+              for name in TABLES}
+    run = json.loads((path / "run.json").read_text()) if (path / "run.json").exists() else {}
+    if not run and all(t.empty for t in tables.values()):
+        raise FileNotFoundError(f"{path}: no run.json and no trials/epochs/predictions.parquet")
+    return Results(path, run, tables["trials"], tables["epochs"], tables["predictions"])

@@ -1,0 +1,202 @@
+"""Ray Tune layer: one Tune trial = (shared, content-addressed) pre-training job + one fine-tuning
+Ray Train job; Optuna (TPE, seeded) proposes configurations, ASHA stops poor trials early.
+
+What Optuna sees, deliberately: `best_val_auc`, the best validation AUC the trial reached so far.
+ASHA compares trials on the same value at each rung. For a trial ASHA stopped, Optuna thus learns
+the best it did before being stopped: a lower bound for that configuration, never a test number.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+
+from .config import TrainConfig
+from .pipeline import pretrain_key
+from .distributed import (data_args, ensure_pretrained, finetune_worker, load_best_artifacts, run_pretrain_job,
+                          scaling, train_run_config)
+
+METRIC = "best_val_auc"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep: fixed training settings, the search space and the resources of each trial."""
+    models: tuple[str, ...] = ("cnn", "densenet")
+    num_samples: int = 2                  # trials per model
+    image_size: int = 32
+    epochs: int = 2
+    pretrain_epochs: int = 1
+    batch_size: int = 32
+    seed: int = 0
+    val_fraction: float = 0.2
+    aug_range: tuple[float, float] = (0.0, 1.0)
+    class_weight_scale_range: tuple[float, float] = (0.5, 2.0)   # × the inverse-frequency NORMAL weight
+    lr_range: tuple[float, float] = (1e-4, 3e-3)
+    pretrain_lrs: tuple[float, ...] = (1e-3,)   # categorical, so trials share pre-trainings
+    grace_period: int = 1
+    reduction_factor: int = 2
+    workers_per_trial: int = 1
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 0               # 0 = as many as the cluster's resources allow
+    max_failures: int = 1
+
+    def base_config(self, model: str) -> TrainConfig:
+        return TrainConfig(model=model, image_size=self.image_size, epochs=self.epochs,
+                           pretrain_epochs=self.pretrain_epochs, batch_size=self.batch_size, seed=self.seed,
+                           val_fraction=self.val_fraction, pretrain_lr=self.pretrain_lrs[0])
+
+
+def search_space(sweep: SweepConfig) -> dict:
+    from ray import tune
+
+    return {
+        "aug_strength": tune.uniform(*sweep.aug_range),
+        "class_weight_scale": tune.loguniform(*sweep.class_weight_scale_range),
+        "lr": tune.loguniform(*sweep.lr_range),
+        "pretrain_lr": tune.choice(list(sweep.pretrain_lrs)),
+    }
+
+
+def max_concurrent_trials(cluster: dict, cpus_per_trial: float, gpus_per_trial: float, cap: int = 0) -> int:
+    """How many trials fit at once on a cluster with `cluster` resources ({"CPU": n, "GPU": m}).
+
+    A trial's Tune actor needs no CPU (it only waits on its Ray Train jobs); its workers need
+    `cpus_per_trial` CPUs and `gpus_per_trial` GPUs in all (fractions allowed)."""
+    fits = []
+    if cpus_per_trial > 0:
+        fits.append(math.floor(cluster.get("CPU", 0) / cpus_per_trial + 1e-9))
+    if gpus_per_trial > 0:
+        fits.append(math.floor(cluster.get("GPU", 0) / gpus_per_trial + 1e-9))
+    n = min(fits) if fits else 1
+    if n < 1:
+        raise ValueError(f"one trial needs {cpus_per_trial} CPU and {gpus_per_trial} GPU, but the cluster has "
+                         f"{cluster.get('CPU', 0)} CPU and {cluster.get('GPU', 0)} GPU")
+    return min(n, cap) if cap else n
+
+
+def trial_fn(config: dict, ctx: dict) -> None:
+    """The Tune trial: shared pre-training (if the key is new), then the fine-tuning job.
+    `config` holds the searched values; `ctx` the sweep's fixed settings.
+    Nothing runs after the fine-tuning `fit()`: ASHA may end the trial inside it."""
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = TrainConfig(**{**ctx["base_config"], **{k: config[k] for k in ctx["searched"]}})
+    dargs = ctx["data_args"]
+    res = dict(workers=ctx["workers"], cpus_per_trial=ctx["cpus_per_trial"], gpus_per_trial=ctx["gpus_per_trial"])
+    pretrain_path, computed = None, False
+    t0 = time.time()
+    if cfg.pretrain_epochs > 0 and ctx["source_hash"]:
+        store = Path(ctx["store"])
+        pretrain_path, computed = ensure_pretrained(
+            cfg, ctx["source_hash"], store,
+            lambda: run_pretrain_job(cfg, dargs, store, name=f"pretrain-{trial_id}", storage=ctx["storage"], **res))
+    TorchTrainer(finetune_worker,
+                 train_loop_config=dict(train_config=cfg.to_dict(), data_args=dargs,
+                                        pretrain_path=str(pretrain_path) if pretrain_path else None,
+                                        extra=dict(pretrain_computed=computed, pretrain_wait_s=round(time.time() - t0, 2))),
+                 scaling_config=scaling(res["workers"], res["cpus_per_trial"], res["gpus_per_trial"]),
+                 run_config=train_run_config(f"finetune-{trial_id}", ctx["storage"],
+                                             callbacks=[TuneReportCallback()],
+                                             max_failures=ctx["max_failures"])).fit()
+
+
+@dataclass
+class ModelSweep:
+    model: str
+    experiment_path: str
+    results: object = None      # ray.tune.ResultGrid
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def run_model_sweep(model: str, sweep: SweepConfig, *, data, dargs: dict, storage: str, store: Path, name: str,
+                    resume: bool, concurrency: int) -> ModelSweep:
+    """Run (or resume) one model's Tune experiment; returns its ResultGrid."""
+    import ray.tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    exp_name = f"{name}-{model}"
+    exp_path = os.path.join(storage, exp_name)
+    ctx = dict(base_config=sweep.base_config(model).to_dict(), searched=list(search_space(sweep)),
+               data_args=dargs, source_hash=data.info.get("source_manifest_hash"), store=str(store),
+               storage=storage, workers=sweep.workers_per_trial, cpus_per_trial=sweep.cpus_per_trial,
+               gpus_per_trial=sweep.gpus_per_trial, max_failures=sweep.max_failures)
+    # The trial itself only waits on its Ray Train jobs: no CPU (a 0-CPU bundle needs some resource
+    # to be valid, hence the token memory), so concurrency is set by the workers' resources alone.
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(trial_fn, ctx=ctx),
+                                        {"cpu": 0, "memory": 64 * 1024 ** 2})
+    t0 = time.time()
+    if resume and ray.tune.Tuner.can_restore(exp_path):
+        tuner = ray.tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                       restart_errored=False)
+    else:
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space=search_space(sweep),
+            tune_config=ray.tune.TuneConfig(
+                search_alg=OptunaSearch(seed=sweep.seed), metric=METRIC, mode="max", num_samples=sweep.num_samples,
+                scheduler=ASHAScheduler(time_attr="epoch", max_t=sweep.epochs, grace_period=sweep.grace_period,
+                                        reduction_factor=sweep.reduction_factor),
+                max_concurrent_trials=concurrency),
+            run_config=ray.tune.RunConfig(name=exp_name, storage_path=storage, verbose=1))
+    grid = tuner.fit()
+    return ModelSweep(model, exp_path, grid, time.time() - t0)
+
+
+TEST_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "tn", "fp",
+             "fn", "tp")
+
+
+def trial_rows(ms: ModelSweep, sweep: SweepConfig, preset: str, source_hash: str | None) -> tuple[list, list, list]:
+    """(trial rows, epoch rows, prediction frames) from one model's ResultGrid."""
+    trials, epochs, preds = [], [], []
+    for result in ms.results:
+        m = result.metrics or {}
+        cfg = dict(result.config)
+        trial_id = m.get("trial_id") or Path(result.path).name
+        hist = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        epochs_run = int(hist["epoch"].max()) if "epoch" in hist else 0
+        if result.error is not None:
+            stop = "error"
+        elif epochs_run >= sweep.epochs:
+            stop = "completed"
+        else:
+            stop = "early_stopped"
+        base = sweep.base_config(ms.model).replace(**{k: cfg[k] for k in cfg if k in TrainConfig.__dataclass_fields__})
+        row = dict(trial_id=trial_id, model=ms.model, preset=preset, seed=sweep.seed, **cfg,
+                   image_size=base.image_size, epochs=sweep.epochs, pretrain_epochs=base.pretrain_epochs,
+                   batch_size=base.batch_size, pretrain_key=pretrain_key(base, source_hash) if source_hash and base.pretrain_epochs else None,
+                   pretrain_computed=m.get("pretrain_computed"), epochs_run=epochs_run, stop_reason=stop,
+                   best_epoch=m.get("best_epoch"), best_val_auc=m.get("best_val_auc"),
+                   best_val_loss=m.get("best_val_loss"),
+                   test_threshold=m.get("best_threshold"),
+                   **{f"test_{k}": m.get(f"best_test_{k}") for k in TEST_KEYS},
+                   wall_s=m.get("time_total_s"), workers=sweep.workers_per_trial, cpus=sweep.cpus_per_trial,
+                   gpus=sweep.gpus_per_trial, hostname=m.get("hostname"), node_id=m.get("node_id"),
+                   error=None if result.error is None else str(result.error)[:500],
+                   checkpoint_path=m.get("checkpoint_path"))
+        trials.append(row)
+        if len(hist):
+            cols = [c for c in ("epoch", "train_loss", "val_loss", "val_auc", "best_val_auc", "lr", "epoch_seconds",
+                                "train_images_per_s", "hostname") if c in hist]
+            e = hist[cols].copy()
+            e.insert(0, "model", ms.model)
+            e.insert(0, "trial_id", trial_id)
+            epochs.append(e)
+        p, _ = load_best_artifacts(m.get("checkpoint_path"))
+        if p is not None:
+            p.insert(0, "model", ms.model)
+            p.insert(0, "trial_id", trial_id)
+            preds.append(p)
+    return trials, epochs, preds

@@ -1,0 +1,117 @@
+"""study.sweep end to end on a real local Ray: Tune + Optuna + ASHA over Ray Train jobs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pneumo_ray.results import read_results
+from pneumo_ray.tuning import max_concurrent_trials
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_concurrency_from_resources():
+    assert max_concurrent_trials({"CPU": 2}, 1, 0) == 2
+    assert max_concurrent_trials({"CPU": 16, "GPU": 1}, 2, 0.25) == 4        # four CNN trials share one GPU
+    assert max_concurrent_trials({"CPU": 64, "GPU": 8}, 8, 2) == 4           # whole-GPU 2-worker DenseNet trials
+    assert max_concurrent_trials({"CPU": 3}, 1.5, 0) == 2
+    assert max_concurrent_trials({"CPU": 8}, 1, 0, cap=3) == 3
+    with pytest.raises(ValueError, match="cluster has 8 CPU and 0 GPU"):
+        max_concurrent_trials({"CPU": 8}, 1, 1)
+
+
+@pytest.fixture
+def ray_cleanup():
+    yield
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120,
+                   env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+
+
+def _sweep(*args, cache_dir, **kw):
+    env = {**os.environ, "PNEUMO_RAY_CACHE": str(cache_dir), "RAY_DEDUP_LOGS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "study.sweep", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def test_smoke_sweep_both_models(tmp_path, cache_dir, ray_cleanup):
+    p = _sweep("--preset", "smoke", "--name", "t1", "--results", str(tmp_path), cache_dir=cache_dir)
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out[-4000:]
+    res = read_results(tmp_path / "t1")
+    t = res.trials
+    assert sorted(t.model.unique()) == ["cnn", "densenet"]
+    for model, g in t.groupby("model"):
+        assert len(g) == 2 and g.trial_id.is_unique
+        assert g[["aug_strength", "class_weight_scale", "lr"]].drop_duplicates().shape[0] == 2  # distinct configs
+        # one pre-training per (model, key), not one per trial
+        assert g.pretrain_key.nunique() == 1 and g.pretrain_key.notna().all()
+        assert int(g.pretrain_computed.sum()) == 1
+    assert set(t.stop_reason) <= {"completed", "early_stopped"}
+    assert t.best_val_auc.between(0.5, 1).all() and t.test_auc.between(0, 1).all()
+    # the best-validation checkpoint's predictions: 624 synthetic test images per trial
+    assert res.predictions.groupby("trial_id").size().eq(624).all()
+    assert set(res.predictions.trial_id) == set(t.trial_id)
+    e = res.epochs
+    assert not e.duplicated(["trial_id", "epoch"]).any()
+    assert e.groupby("trial_id").epoch.max().to_dict() == t.set_index("trial_id").epochs_run.to_dict()
+    run = res.run
+    assert run["status"] == "finished" and run["preset"] == "smoke" and run["versions"]["ray"] == "2.60.0"
+    assert run["data"]["test_manifest_hash"] and run["sweep"]["num_samples"] == 2
+    assert "best trial per model" in out
+
+
+def test_killed_sweep_resumes_without_duplicates(tmp_path, cache_dir, ray_cleanup):
+    args = ["--preset", "smoke", "--models", "cnn", "--num-samples", "3", "--max-concurrent", "1",
+            "--name", "k", "--results", str(tmp_path)]
+    p = _sweep(*args, cache_dir=cache_dir)
+    exp = tmp_path / "k" / "ray" / "k-cnn"
+    deadline = time.time() + 600
+    # kill the driver once one trial has finished and the next one is under way
+    while time.time() < deadline:
+        done = [f for f in exp.glob("*/result.json") if '"done": true' in f.read_text()]
+        started = list(exp.glob("*/result.json"))
+        if done and len(started) >= 2:
+            break
+        assert p.poll() is None, p.stdout.read()[-3000:]
+        time.sleep(1)
+    else:
+        pytest.fail("sweep never reached a finished trial")
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120,
+                   env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert not (tmp_path / "k" / "trials.parquet").exists()  # killed before anything was collected
+    r = _sweep("--name", "k", "--results", str(tmp_path), "--resume", cache_dir=cache_dir)
+    out, _ = r.communicate(timeout=900)
+    assert r.returncode == 0, out[-4000:]
+    assert "resuming sweep k" in out
+    res = read_results(tmp_path / "k")
+    assert len(res.trials) == 3 and res.trials.trial_id.is_unique
+    assert res.trials.error.isna().all()
+    assert not res.epochs.duplicated(["trial_id", "epoch"]).any()
+    assert res.predictions.groupby("trial_id").size().eq(624).all() and res.predictions.trial_id.nunique() == 3
+    # re-collecting (a second --resume of a finished sweep) changes nothing
+    before = res.trials.sort_values("trial_id").reset_index(drop=True)
+    r2 = _sweep("--name", "k", "--results", str(tmp_path), "--resume", cache_dir=cache_dir)
+    out2, _ = r2.communicate(timeout=600)
+    assert r2.returncode == 0, out2[-3000:]
+    after = read_results(tmp_path / "k").trials.sort_values("trial_id").reset_index(drop=True)
+    assert len(after) == 3
+    pd.testing.assert_frame_equal(before[["trial_id", "best_val_auc", "test_auc"]], after[["trial_id", "best_val_auc", "test_auc"]])
+
+
+def test_refuses_to_overwrite_and_bad_models(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "trials.parquet").write_bytes(b"")
+    r = subprocess.run([sys.executable, "-m", "study.sweep", "--name", "x", "--results", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "already holds a sweep" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "study.sweep", "--models", "vgg"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "--models must name cnn and/or densenet" in r.stderr
