@@ -9,9 +9,7 @@ content-addressed store, so every trial with the same key reuses them.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -23,7 +21,7 @@ import pandas as pd
 from . import checkpoints
 from .config import TrainConfig
 from .datasets import load_study_data
-from .pipeline import final_evaluation, finetune, pretrain, pretrain_key
+from .pipeline import finetune, pretrain, pretrain_key, test_evaluation, validation_summary
 
 
 def data_args(data_root, pretrain_root, *, size, seed, val_fraction, use_pretrain, allow_overlap, cache_dir) -> dict:
@@ -75,10 +73,10 @@ def finetune_worker(config: dict) -> None:
     """train_loop_per_worker of a fine-tuning trial.
 
     Every epoch reports the validation metrics that Tune and ASHA act on. When an epoch is the new
-    best on validation, rank 0 also evaluates that checkpoint once on test (threshold chosen on
-    validation) and carries the result forward: the test metrics and predictions of the
-    best-validation checkpoint exist even when ASHA ends the trial early. They are recorded, never
-    used to choose anything.
+    best on validation, rank 0 also reports a checkpoint of it (weights, the threshold chosen on
+    validation, the normalization), so the best-validation checkpoint exists even when ASHA ends
+    the trial early. The test set is not touched here: `evaluate_checkpoint` applies the
+    checkpoint to test once, after the trial.
     """
     import ray.train
     import ray.train.torch
@@ -89,32 +87,52 @@ def finetune_worker(config: dict) -> None:
     init_state, pre_meta = None, {}
     if config.get("pretrain_path"):
         init_state, pre_meta = checkpoints.load_weights(config["pretrain_path"])
-    best = {"metrics": {}, "preds": None}
-    where = _where()
-    t0 = time.time()
+    best: dict = {}
+    import torch
+
+    fixed = dict(_where(), world_size=world, torch_threads=torch.get_num_threads(), **config.get("extra", {}))
 
     def report(rec, model, result):
-        if rank == 0 and rec["best_epoch"] == rec["epoch"]:
-            metrics, preds = final_evaluation(cfg, data, result, device)
-            best["metrics"], best["preds"] = metrics, preds
-            best["state"] = result.best_state
         out = {k: v for k, v in rec.items() if isinstance(v, (int, float, str))}
-        out.update({f"best_{k}": v for k, v in best["metrics"].items() if isinstance(v, (int, float))})
-        out.update(where, train_seconds_total=time.time() - t0, world_size=world, **config.get("extra", {}))
-        if rank != 0 or best["preds"] is None:
+        improved = rec["best_epoch"] == rec["epoch"]
+        if improved:
+            best.clear()
+            best.update({f"best_{k}": v for k, v in validation_summary(data, result.best_val_probs).items()
+                         if isinstance(v, (int, float))})
+            best["best_val_loss"] = rec["val_loss"]
+        out.update(best, **fixed, reported_at=time.time())
+        if rank != 0 or not improved:
             ray.train.report(out)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            best["preds"].to_parquet(Path(tmp) / "predictions.parquet", index=False)
-            checkpoints.save_weights(Path(tmp) / "best.safetensors", best["state"],
-                                     dict(config=cfg.to_dict(), pretrain_key=pre_meta.get("key"),
-                                          best_epoch=best["metrics"]["best_epoch"],
-                                          threshold=best["metrics"]["threshold"],
+            checkpoints.save_weights(Path(tmp) / "best.safetensors", result.best_state,
+                                     dict(config=cfg.to_dict(), pretrain_key=pre_meta.get("key"), best_epoch=rec["epoch"],
+                                          threshold=best["best_threshold"], val_auc=rec["val_auc"],
                                           normalize=dict(mean=result.normalize.mean, std=result.normalize.std)))
             ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     finetune(cfg, data, device, init_state=init_state, rank=rank, world=world,
              wrap=ray.train.torch.prepare_model, on_epoch=report, log=None)
+
+
+def evaluate_checkpoint(checkpoint_path: str, dargs: dict, storage_filesystem=None) -> tuple[dict, pd.DataFrame]:
+    """Apply a trial's best-validation checkpoint, with its validation-chosen threshold, to test.
+    Returns (test_* metrics, per-image predictions). Runs as a Ray task with the trial's resources."""
+    from ray.train import Checkpoint
+
+    from .augment import Normalize
+    from .engine import pick_device
+    from .models import build_model
+
+    with Checkpoint(checkpoint_path, filesystem=storage_filesystem).as_directory() as d:
+        state, meta = checkpoints.load_weights(Path(d) / "best.safetensors")
+    cfg = TrainConfig(**meta["config"])
+    data = load_study_data(**dargs, quiet=True, log=None)
+    device = pick_device("auto")
+    model = build_model(cfg.model)
+    model.load_state_dict(state)
+    metrics, preds = test_evaluation(model.to(device), data, Normalize(**meta["normalize"]), meta["threshold"], device)
+    return metrics, preds
 
 
 @contextmanager
@@ -170,27 +188,3 @@ def run_pretrain_job(cfg: TrainConfig, dargs: dict, store: Path, *, name: str, s
                  train_loop_config=dict(train_config=cfg.to_dict(), data_args=dargs, store=str(store)),
                  scaling_config=scaling(workers, cpus_per_trial, gpus_per_trial),
                  run_config=train_run_config(name, storage)).fit()
-
-
-def load_best_artifacts(checkpoint_path: str | None, storage_filesystem=None) -> tuple[pd.DataFrame | None, dict]:
-    """Predictions and weight metadata from a trial's last checkpoint (which carries its best)."""
-    if not checkpoint_path:
-        return None, {}
-    from ray.train import Checkpoint
-
-    ckpt = Checkpoint(checkpoint_path, filesystem=storage_filesystem)
-    with ckpt.as_directory() as d:
-        d = Path(d)
-        preds = pd.read_parquet(d / "predictions.parquet") if (d / "predictions.parquet").exists() else None
-        meta = json.loads((d / "best.json").read_text()) if (d / "best.json").exists() else {}
-    return preds, meta
-
-
-def copy_weights(checkpoint_path: str, dest: Path, storage_filesystem=None) -> None:
-    from ray.train import Checkpoint
-
-    with Checkpoint(checkpoint_path, filesystem=storage_filesystem).as_directory() as d:
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in ("best.safetensors", "best.json"):
-            if (Path(d) / name).exists():
-                shutil.copy2(Path(d) / name, dest / name)

@@ -44,6 +44,7 @@ class FitResult:
     best_val_auc: float
     normalize: Normalize
     weights: tuple[float, float]
+    best_val_probs: np.ndarray | None = None   # validation probabilities of the best epoch
 
 
 def seed_everything(seed: int) -> None:
@@ -239,6 +240,7 @@ def fit(model, train: ImageSet, val: ImageSet | None, phase: Phase, *, device, r
             result.best_val_auc = rec.get("val_auc", math.nan)
             result.best_epoch = epoch
             result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+            result.best_val_probs = ev["probs"] if "val_auc" in rec else None
         rec["best_epoch"] = result.best_epoch
         rec["best_val_auc"] = result.best_val_auc
         result.history.append(rec)

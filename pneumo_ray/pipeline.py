@@ -79,22 +79,36 @@ def finetune(cfg: TrainConfig, data: StudyData, device, *, init_state: dict | No
     return model, result
 
 
+def validation_summary(data: StudyData, val_probs) -> dict:
+    """Threshold (Youden's J on validation) and the validation metrics at it."""
+    threshold = choose_threshold(data.val.labels, val_probs)
+    metrics = {f"val_{k}": v for k, v in binary_metrics(data.val.labels, val_probs, threshold).items()}
+    metrics["threshold"] = threshold
+    return metrics
+
+
+def test_evaluation(model, data: StudyData, normalize, threshold: float, device) -> tuple[dict, pd.DataFrame]:
+    """Apply a model and a validation-chosen threshold to the test set, unchanged."""
+    test_probs = predict(model, data.test, normalize=normalize, device=device)
+    metrics = {f"test_{k}": v for k, v in binary_metrics(data.test.labels, test_probs, threshold).items()}
+    preds = pd.DataFrame(dict(path=data.test.manifest["path"], name=data.test.manifest["name"],
+                              label=data.test.labels, probability=test_probs,
+                              prediction=(test_probs >= threshold).astype(int)))
+    return metrics, preds
+
+
 def final_evaluation(cfg: TrainConfig, data: StudyData, result: FitResult, device) -> tuple[dict, pd.DataFrame]:
     """Best-validation weights → threshold chosen on validation → applied to test.
 
     Returns (metrics with val_* and test_* keys, per-test-image predictions)."""
     model = build_model(cfg.model).to(device)
     model.load_state_dict(result.best_state)
-    val = evaluate(model, data.val, normalize=result.normalize, weights=result.weights, device=device)
-    threshold = choose_threshold(data.val.labels, val["probs"])
-    test_probs = predict(model, data.test, normalize=result.normalize, device=device)
-    metrics = {f"val_{k}": v for k, v in binary_metrics(data.val.labels, val["probs"], threshold).items()}
-    metrics["val_loss"] = val["loss"]
-    metrics.update({f"test_{k}": v for k, v in binary_metrics(data.test.labels, test_probs, threshold).items()})
-    metrics.update(threshold=threshold, best_epoch=result.best_epoch)
-    preds = pd.DataFrame(dict(path=data.test.manifest["path"], name=data.test.manifest["name"],
-                              label=data.test.labels, probability=test_probs,
-                              prediction=(test_probs >= threshold).astype(int)))
+    val_probs = result.best_val_probs
+    if val_probs is None:
+        val_probs = evaluate(model, data.val, normalize=result.normalize, weights=result.weights, device=device)["probs"]
+    metrics = validation_summary(data, val_probs)
+    test_metrics, preds = test_evaluation(model, data, result.normalize, metrics["threshold"], device)
+    metrics.update(test_metrics, best_epoch=result.best_epoch)
     return metrics, preds
 
 

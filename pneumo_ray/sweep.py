@@ -12,7 +12,7 @@ from . import cache
 from .datasets import load_study_data
 from .distributed import data_args
 from .results import read_results, write_run_json, write_tables
-from .tuning import SweepConfig, max_concurrent_trials, run_model_sweep, trial_rows
+from .tuning import SweepConfig, evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,8 @@ def run_sweep(sweep: SweepConfig, args, *, name: str, out: Path) -> int:
                   f"{sweep.epochs} fine-tuning epochs at {sweep.image_size}px")
             ms = run_model_sweep(model, sweep, data=data, dargs=dargs, storage=storage, store=store, name=name,
                                  resume=args.resume, concurrency=concurrency)
-            trials, epochs, preds = trial_rows(ms, sweep, args.preset, source_hash)
+            print(f"evaluating the best-validation checkpoint of each {model} trial on test")
+            trials, epochs, preds = trial_rows(ms, sweep, args.preset, source_hash, evaluate_trials(ms, sweep, dargs))
             write_tables(out, trials, epochs, preds)
             per_model[model] = round(ms.seconds, 1)
         cluster = dict(resources={k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},

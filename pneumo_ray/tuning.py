@@ -18,8 +18,8 @@ import pandas as pd
 
 from .config import TrainConfig
 from .pipeline import pretrain_key
-from .distributed import (data_args, ensure_pretrained, finetune_worker, load_best_artifacts, run_pretrain_job,
-                          scaling, train_run_config)
+from .distributed import (ensure_pretrained, evaluate_checkpoint, finetune_worker, run_pretrain_job, scaling,
+                          train_run_config)
 
 METRIC = "best_val_auc"
 
@@ -158,8 +158,24 @@ TEST_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1",
              "fn", "tp")
 
 
-def trial_rows(ms: ModelSweep, sweep: SweepConfig, preset: str, source_hash: str | None) -> tuple[list, list, list]:
-    """(trial rows, epoch rows, prediction frames) from one model's ResultGrid."""
+def evaluate_trials(ms: ModelSweep, sweep: SweepConfig, dargs: dict) -> dict:
+    """Test metrics + predictions of every trial's best-validation checkpoint, as parallel Ray tasks
+    with a trial's resources (the test set is applied once per trial, after the search)."""
+    import ray
+
+    task = ray.remote(evaluate_checkpoint).options(num_cpus=sweep.cpus_per_trial,
+                                                  num_gpus=sweep.gpus_per_trial / sweep.workers_per_trial)
+    refs = {}
+    for result in ms.results:
+        m = result.metrics or {}
+        if m.get("checkpoint_path"):
+            refs[m["trial_id"]] = task.remote(m["checkpoint_path"], dargs)
+    return {tid: ray.get(ref) for tid, ref in refs.items()}
+
+
+def trial_rows(ms: ModelSweep, sweep: SweepConfig, preset: str, source_hash: str | None,
+               evaluated: dict) -> tuple[list, list, list]:
+    """(trial rows, epoch rows, prediction frames) from one model's ResultGrid + test evaluations."""
     trials, epochs, preds = [], [], []
     for result in ms.results:
         m = result.metrics or {}
@@ -181,7 +197,7 @@ def trial_rows(ms: ModelSweep, sweep: SweepConfig, preset: str, source_hash: str
                    best_epoch=m.get("best_epoch"), best_val_auc=m.get("best_val_auc"),
                    best_val_loss=m.get("best_val_loss"),
                    test_threshold=m.get("best_threshold"),
-                   **{f"test_{k}": m.get(f"best_test_{k}") for k in TEST_KEYS},
+                   **{f"test_{k}": evaluated.get(trial_id, ({}, None))[0].get(f"test_{k}") for k in TEST_KEYS},
                    wall_s=m.get("time_total_s"), workers=sweep.workers_per_trial, cpus=sweep.cpus_per_trial,
                    gpus=sweep.gpus_per_trial, hostname=m.get("hostname"), node_id=m.get("node_id"),
                    error=None if result.error is None else str(result.error)[:500],
@@ -194,8 +210,9 @@ def trial_rows(ms: ModelSweep, sweep: SweepConfig, preset: str, source_hash: str
             e.insert(0, "model", ms.model)
             e.insert(0, "trial_id", trial_id)
             epochs.append(e)
-        p, _ = load_best_artifacts(m.get("checkpoint_path"))
+        p = evaluated.get(trial_id, ({}, None))[1]
         if p is not None:
+            p = p.copy()
             p.insert(0, "model", ms.model)
             p.insert(0, "trial_id", trial_id)
             preds.append(p)
