@@ -117,6 +117,7 @@ def load_study_data(data_root: str | os.PathLike | None = None, pretrain_root: s
                     quiet: bool = False, log=print) -> StudyData:
     """Target train/val/test (+ pre-training source). With no data_root: the synthetic phantoms
     (target and, unless use_pretrain is False, the shifted synthetic source domain)."""
+    log = log or (lambda *_: None)
     info: dict = dict(image_size=size, val_fraction=val_fraction, split_seed=seed, problems=[])
     if data_root is None:
         full_train = synthetic_set("target_train", size, cache_dir)
