@@ -1,6 +1,7 @@
 """python -m study.data — look at a data folder before training on it.
 
-    python -m study.data inspect PATH [--strict] [--decode]
+    python -m study.data inspect PATH [--strict] [--decode SIZE]
+    python -m study.data download [--dest DIR]      # the two Kaggle data sets, with your Kaggle token
 
 PATH is a Kaggle chest_xray/ (Kermany) folder or a CoronaHack folder (detected by its metadata CSV).
 """
@@ -26,7 +27,61 @@ def get_args_parser() -> argparse.ArgumentParser:
     ins.add_argument("--subset", choices=["all", "covid"], default="all",
                      help="CoronaHack only: all pneumonia (default) or COVID-19 vs normal")
     ins.add_argument("--cache-dir", help="decoded-image cache (with --decode)")
+    dl = sub.add_parser("download", help="fetch the Kaggle data sets (needs kagglehub and a Kaggle API token)",
+                        description="Download Kaggle 'paultimothymooney/chest-xray-pneumonia' (Kermany) and "
+                                    "'praveengovi/coronahack-chest-xraydataset' (CoronaHack) with kagglehub, then "
+                                    "link them as DEST/chest_xray and DEST/coronahack. Needs `pip install kagglehub` "
+                                    "and a token in ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY. On a "
+                                    "cluster, use a DEST on shared storage (e.g. /mnt/efs/pneumo-ray/data), once.")
+    dl.add_argument("--dest", default="data", help="where the data sets end up (default: ./data)")
+    dl.add_argument("--which", default="chest_xray,coronahack", help="comma-separated: chest_xray,coronahack")
     return p
+
+
+KAGGLE = {"chest_xray": "paultimothymooney/chest-xray-pneumonia",
+          "coronahack": "praveengovi/coronahack-chest-xraydataset"}
+
+
+def download(args) -> int:
+    """Explicit network access, only when asked; every failure says what to do."""
+    import os
+    from pathlib import Path
+
+    which = [w.strip() for w in args.which.split(",") if w.strip()]
+    unknown = [w for w in which if w not in KAGGLE]
+    if unknown:
+        print(f"error: unknown data set(s) {unknown}; choose from {sorted(KAGGLE)}", file=sys.stderr)
+        return 2
+    token = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
+    if not token.exists() and not (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")):
+        print(f"error: no Kaggle API token: create one at kaggle.com → Settings → API → 'Create New Token', save it "
+              f"as {token} (chmod 600) or set KAGGLE_USERNAME and KAGGLE_KEY; or download the two data sets by hand "
+              f"({', '.join(KAGGLE[w] for w in which)}) and pass their folders with --data-root / --pretrain-root",
+              file=sys.stderr)
+        return 2
+    try:
+        import kagglehub
+    except ImportError:
+        print("error: kagglehub is not installed: pip install kagglehub (or download by hand, see --help)",
+              file=sys.stderr)
+        return 2
+    dest = Path(args.dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for w in which:
+        print(f"downloading {KAGGLE[w]} ...", flush=True)
+        try:
+            path = Path(kagglehub.dataset_download(KAGGLE[w]))
+        except Exception as e:  # noqa: BLE001 - offline, auth and quota errors all end here
+            print(f"error: could not download {KAGGLE[w]}: {type(e).__name__}: {e} (offline? token valid? "
+                  f"accepted the data set's terms on kaggle.com?)", file=sys.stderr)
+            return 1
+        link = dest / w
+        if link.is_symlink() or not link.exists():
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(path, target_is_directory=True)
+        print(f"  {w}: {path} (linked as {link}); check it with: python -m study.data inspect {link}")
+    return 0
 
 
 def inspect(args) -> int:
@@ -67,7 +122,7 @@ def inspect(args) -> int:
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    return {"inspect": inspect}[args.command](args)
+    return {"inspect": inspect, "download": download}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -80,3 +80,13 @@ def test_inspect_reports_each_bad_file(tmp_path):
     assert "IM-0003-0001.jpeg: cannot decode image" in r.stdout
     assert "decoded 1 of 3 images" in r.stdout
     assert run("study.data", "inspect", str(tmp_path / "nowhere")).returncode == 2
+
+
+def test_download_without_token_says_what_to_do(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE")}
+    env["HOME"] = str(tmp_path)  # no ~/.kaggle/kaggle.json here; nothing touches the network
+    r = subprocess.run([sys.executable, "-m", "study.data", "download", "--dest", str(tmp_path / "d")], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "no Kaggle API token" in r.stderr and "kaggle.json" in r.stderr and "--data-root" in r.stderr
+    assert not (tmp_path / "d").exists()
