@@ -76,7 +76,7 @@ def run_sweep(sweep: SweepConfig, args, *, name: str, out: Path) -> int:
             ms = run_model_sweep(model, sweep, data=data, dargs=dargs, storage=storage, store=store, name=name,
                                  resume=args.resume, concurrency=concurrency)
             print(f"evaluating the best-validation checkpoint of each {model} trial on test")
-            trials, epochs, preds = trial_rows(ms, sweep, args.preset, source_hash, evaluate_trials(ms, sweep, dargs))
+            trials, epochs, preds = trial_rows(ms, sweep, args.preset, source_hash, evaluate_trials(ms, sweep, dargs, storage))
             write_tables(out, trials, epochs, preds)
             per_model[model] = round(ms.seconds, 1)
         cluster = dict(resources={k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},

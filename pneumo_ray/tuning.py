@@ -158,18 +158,36 @@ TEST_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1",
              "fn", "tp")
 
 
-def evaluate_trials(ms: ModelSweep, sweep: SweepConfig, dargs: dict) -> dict:
+def _storage_filesystem(storage: str):
+    """pyarrow filesystem for an s3://, gs://… storage URI; None for a local or mounted path."""
+    if "://" not in storage:
+        return None
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(storage)[0]
+
+
+def best_checkpoint_path(result) -> str | None:
+    """The trial's last reported checkpoint, which is its best-validation one (the worker reports a
+    checkpoint only on improvement). The last report itself may carry none, so look through all."""
+    df = result.metrics_dataframe
+    if df is not None and "checkpoint_path" in df and df["checkpoint_path"].notna().any():
+        return str(df["checkpoint_path"].dropna().iloc[-1])
+    return (result.metrics or {}).get("checkpoint_path")
+
+
+def evaluate_trials(ms: ModelSweep, sweep: SweepConfig, dargs: dict, storage: str) -> dict:
     """Test metrics + predictions of every trial's best-validation checkpoint, as parallel Ray tasks
     with a trial's resources (the test set is applied once per trial, after the search)."""
     import ray
 
     task = ray.remote(evaluate_checkpoint).options(num_cpus=sweep.cpus_per_trial,
                                                   num_gpus=sweep.gpus_per_trial / sweep.workers_per_trial)
-    refs = {}
+    fs, refs = _storage_filesystem(storage), {}
     for result in ms.results:
-        m = result.metrics or {}
-        if m.get("checkpoint_path"):
-            refs[m["trial_id"]] = task.remote(m["checkpoint_path"], dargs)
+        path = best_checkpoint_path(result)
+        if path:
+            refs[(result.metrics or {}).get("trial_id")] = task.remote(path, dargs, fs)
     return {tid: ray.get(ref) for tid, ref in refs.items()}
 
 
@@ -201,7 +219,7 @@ def trial_rows(ms: ModelSweep, sweep: SweepConfig, preset: str, source_hash: str
                    wall_s=m.get("time_total_s"), workers=sweep.workers_per_trial, cpus=sweep.cpus_per_trial,
                    gpus=sweep.gpus_per_trial, hostname=m.get("hostname"), node_id=m.get("node_id"),
                    error=None if result.error is None else str(result.error)[:500],
-                   checkpoint_path=m.get("checkpoint_path"))
+                   checkpoint_path=best_checkpoint_path(result))
         trials.append(row)
         if len(hist):
             cols = [c for c in ("epoch", "train_loss", "val_loss", "val_auc", "best_val_auc", "lr", "epoch_seconds",

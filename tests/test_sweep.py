@@ -115,3 +115,15 @@ def test_refuses_to_overwrite_and_bad_models(tmp_path):
     assert r.returncode == 2 and "already holds a sweep" in r.stderr
     r = subprocess.run([sys.executable, "-m", "study.sweep", "--models", "vgg"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "--models must name cnn and/or densenet" in r.stderr
+
+
+def test_best_checkpoint_is_the_last_reported_one_even_if_the_last_epoch_had_none():
+    from types import SimpleNamespace
+
+    from pneumo_ray.tuning import best_checkpoint_path
+
+    df = pd.DataFrame(dict(epoch=[1, 2, 3], checkpoint_path=["/c/1", "/c/2", None]))
+    assert best_checkpoint_path(SimpleNamespace(metrics_dataframe=df, metrics={"epoch": 3})) == "/c/2"
+    assert best_checkpoint_path(SimpleNamespace(metrics_dataframe=None, metrics={"checkpoint_path": "/c/9"})) == "/c/9"
+    none = pd.DataFrame(dict(epoch=[1]))
+    assert best_checkpoint_path(SimpleNamespace(metrics_dataframe=none, metrics={})) is None
