@@ -77,9 +77,13 @@ def main(argv=None) -> int:
         b = bare(args, cache_dir)
         print(f"  bare loop epochs (s): {[round(x, 2) for x in b]}")
         cycles, inner, startup, threads = through_ray(args, cache_dir, str(Path(tmp) / "ray"))
+        # the bare loop again after Ray: this VM's speed drifts by ±10% over minutes, so the bare
+        # reference is the mean of a run before and a run after the Ray path
+        b2 = bare(args, cache_dir)
+        print(f"  bare loop again (s): {[round(x, 2) for x in b2]}")
         print(f"  Tune→Train report-to-report (s): {[round(x, 2) for x in cycles]}; in-worker epoch (s): "
               f"{[round(x, 2) for x in inner]}; worker torch threads {threads}")
-    bare_epoch = statistics.median(b[1:])
+    bare_epoch = (statistics.median(b[1:]) + statistics.median(b2[1:])) / 2
     ray_epoch = statistics.median(cycles[-(len(b) - 1):]) if cycles else float("nan")
     inner_epoch = statistics.median(inner[1:])
     print(f"\nepoch time  bare {bare_epoch:.2f} s | Tune→Train {ray_epoch:.2f} s | ratio {ray_epoch / bare_epoch:.3f} "

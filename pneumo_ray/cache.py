@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_write
 from .config import stable_id
 from .sources import Problem
 
@@ -79,16 +79,6 @@ def cache_key(manifest: pd.DataFrame, size: int) -> str:
                       zip(manifest["path"], manifest["label"])]], 20)
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 class _Progress:
     """Live line on a terminal; in a log file only a line every 10 s and at the end."""
 
@@ -131,11 +121,11 @@ def _build(manifest, size, data_path, meta_path, workers, label, quiet) -> None:
     workers = workers or min(os.cpu_count() or 1, 8)
     chunk = 64
     jobs = [(paths[i:i + chunk], size) for i in range(0, n, chunk)]
-    tmp = data_path.with_name(f".{data_path.name}.{uuid.uuid4().hex}.tmp")
-    kept, failed, done = [], [], 0
-    progress = _Progress(label, n)
-    t0 = time.time()
-    try:
+    kept, failed = [], []
+    progress, t0 = _Progress(label, n), time.time()
+
+    def stream(tmp: Path) -> None:
+        done = 0
         with open(tmp, "wb") as f:
             pool = ProcessPoolExecutor(workers) if workers > 1 and n > chunk else None
             results = pool.map(_decode_chunk, jobs) if pool else map(_decode_chunk, jobs)
@@ -150,13 +140,11 @@ def _build(manifest, size, data_path, meta_path, workers, label, quiet) -> None:
                     progress(done)
             if pool:
                 pool.shutdown()
-        os.replace(tmp, data_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(data_path, stream)
     meta = dict(version=CACHE_VERSION, size=size, n=n, kept=kept, failed=failed,
                 seconds=round(time.time() - t0, 2))
-    _atomic_write_bytes(meta_path, lambda p: p.write_text(json.dumps(meta)))
+    atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta)))
 
 
 def cached_array(key: str, shape: tuple, build, cache_dir: str | os.PathLike | None = None):
@@ -170,6 +158,6 @@ def cached_array(key: str, shape: tuple, build, cache_dir: str | os.PathLike | N
         arr = np.ascontiguousarray(arr, dtype=np.uint8)
         if arr.shape != tuple(shape):
             raise ValueError(f"generated array has shape {arr.shape}, expected {shape}")
-        _atomic_write_bytes(path, lambda p: p.write_bytes(arr.tobytes()))
-        _atomic_write_bytes(meta_path, lambda p: p.write_text(json.dumps(meta)))
+        atomic_write(path, lambda p: p.write_bytes(arr.tobytes()))
+        atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta)))
     return np.memmap(path, np.uint8, "r", shape=tuple(shape)), json.loads(meta_path.read_text())

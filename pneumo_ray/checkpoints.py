@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_write
 
 
 def save_weights(path: str | os.PathLike, state: dict, meta: dict) -> Path:
@@ -16,13 +17,9 @@ def save_weights(path: str | os.PathLike, state: dict, meta: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-    side = path.with_suffix(".json")
-    tmp = side.with_name(f".{side.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, side)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write(path.with_suffix(".json"),
+                 lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str)))
     return path
 
 

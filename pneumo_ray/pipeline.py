@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from . import checkpoints
+from .atomic import atomic_write
 from .config import TrainConfig, stable_id
 from .datasets import StudyData
 from .engine import FitResult, Phase, evaluate, fit, predict, seed_everything
@@ -138,9 +139,9 @@ def run_study(cfg: TrainConfig, data: StudyData, out_dir: str | os.PathLike, dev
                                   normalize=dict(mean=result.normalize.mean, std=result.normalize.std),
                                   threshold=metrics["threshold"], pretrain_key=metrics["pretrain_key"]))
     history = [*(pre_meta["history"] if pre_meta else []), *result.history]
-    _atomic(out / "history.parquet", lambda p: pd.DataFrame(history).to_parquet(p, index=False))
-    _atomic(out / "predictions.parquet", lambda p: preds.to_parquet(p, index=False))
-    _atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2, default=_json_default)))
+    atomic_write(out / "history.parquet", lambda p: pd.DataFrame(history).to_parquet(p, index=False))
+    atomic_write(out / "predictions.parquet", lambda p: preds.to_parquet(p, index=False))
+    atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2, default=_json_default)))
     return metrics
 
 
@@ -148,9 +149,3 @@ def _json_default(o):
     if hasattr(o, "item"):
         return o.item()
     return str(o)
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)

@@ -12,24 +12,14 @@ import os
 import platform
 import subprocess
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from .atomic import atomic_write
+
 TABLES = {"trials": ["trial_id"], "epochs": ["trial_id", "epoch"], "predictions": ["trial_id", "path"]}
-
-
-def atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def upsert_parquet(path: Path, rows: pd.DataFrame, key: list[str]) -> pd.DataFrame:

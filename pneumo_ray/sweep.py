@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -22,15 +23,19 @@ def init_ray(address: str | None):
     needs the State API to clean up finished trials' placement groups)."""
     import ray
 
-    # Report latency: Train hands results to Tune once per health-check interval (2 s by default),
-    # which would stall every epoch of a fast CPU trial; Tune saves its state often enough to resume.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    # Report latency: Train hands results to Tune once per health-check interval (2 s by default).
+    # A report only waits when the previous one is still queued, so 1 s costs nothing for epochs
+    # longer than that, while a shorter interval keeps the controller busy on a small machine.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.0")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     env = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "PNEUMO_RAY_CACHE") if k in os.environ}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    ray.init(address=address or os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env},
-             log_to_driver=True, logging_level="WARNING")
+    address = address or os.environ.get("RAY_ADDRESS")
+    # A local Ray on a small machine: skip the per-process metrics export that the dashboard agent
+    # and raylet otherwise do every few seconds (measured: it slows training epochs on 2 cores).
+    extra = {} if address else {"_system_config": {"enable_metrics_collection": False}}
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, logging_level="WARNING", **extra)
     return ray
 
 
@@ -57,8 +62,11 @@ def run_sweep(sweep: SweepConfig, args, *, name: str, out: Path) -> int:
     saved_args = dict(data_root=args.data_root, pretrain_root=args.pretrain_root,
                       allow_test_overlap=args.allow_test_overlap, cache_dir=str(cache_dir), storage=storage,
                       preset=args.preset, address=args.address, results=args.results)
+    # every invocation (the first run and each --resume) is one session, so time spent is not lost
+    previous = json.loads((out / "run.json").read_text()).get("sessions", []) if (out / "run.json").exists() else []
+    session = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed=bool(args.resume))
     run_info = dict(name=name, preset=args.preset, sweep=dataclasses.asdict(sweep), args=saved_args, data=data.info,
-                    status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                    status="running", sessions=previous + [session])
     write_run_json(out, **run_info)
 
     ray = init_ray(args.address)
@@ -83,8 +91,9 @@ def run_sweep(sweep: SweepConfig, args, *, name: str, out: Path) -> int:
                        nodes=len([n for n in ray.nodes() if n["Alive"]]), concurrency=concurrency)
     finally:
         ray.shutdown()
-    write_run_json(out, **{**run_info, "status": "finished", "seconds": round(time.time() - t_start, 1),
-                           "seconds_per_model": per_model, "cluster": cluster})
+    session.update(seconds=round(time.time() - t_start, 1), seconds_per_model=per_model)
+    write_run_json(out, **{**run_info, "status": "finished", "cluster": cluster,
+                           "seconds": round(sum(s.get("seconds", 0) for s in run_info["sessions"]), 1)})
     print_summary(out)
     return 0
 

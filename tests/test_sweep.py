@@ -102,8 +102,11 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, cache_dir, ray_cleanu
     r2 = _sweep("--name", "k", "--results", str(tmp_path), "--resume", cache_dir=cache_dir)
     out2, _ = r2.communicate(timeout=600)
     assert r2.returncode == 0, out2[-3000:]
-    after = read_results(tmp_path / "k").trials.sort_values("trial_id").reset_index(drop=True)
+    again = read_results(tmp_path / "k")
+    after = again.trials.sort_values("trial_id").reset_index(drop=True)
     assert len(after) == 3
+    # run.json keeps every session: the killed first run and both resumes
+    assert [s["resumed"] for s in again.run["sessions"]] == [False, True, True]
     pd.testing.assert_frame_equal(before[["trial_id", "best_val_auc", "test_auc"]], after[["trial_id", "best_val_auc", "test_auc"]])
 
 
