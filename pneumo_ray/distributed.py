@@ -163,14 +163,15 @@ def ensure_pretrained(cfg: TrainConfig, source_hash: str, store: Path, run_pretr
         return path, True
 
 
-def scaling(workers: int, cpus_per_trial: float, gpus_per_trial: float):
+def scaling(workers: int, cpus_per_trial: float, gpus_per_trial: float, placement_strategy: str = "PACK"):
     """ScalingConfig for one job: the trial's CPUs and GPUs split evenly over its workers."""
     from ray.train import ScalingConfig
 
     per = {"CPU": cpus_per_trial / workers}
     if gpus_per_trial:
         per["GPU"] = gpus_per_trial / workers
-    return ScalingConfig(num_workers=workers, use_gpu=bool(gpus_per_trial), resources_per_worker=per)
+    return ScalingConfig(num_workers=workers, use_gpu=bool(gpus_per_trial), resources_per_worker=per,
+                         placement_strategy=placement_strategy)
 
 
 def train_run_config(name: str, storage: str, callbacks=(), max_failures: int = 1):
@@ -181,10 +182,10 @@ def train_run_config(name: str, storage: str, callbacks=(), max_failures: int = 
 
 
 def run_pretrain_job(cfg: TrainConfig, dargs: dict, store: Path, *, name: str, storage: str, workers: int,
-                     cpus_per_trial: float, gpus_per_trial: float) -> None:
+                     cpus_per_trial: float, gpus_per_trial: float, placement_strategy: str = "PACK") -> None:
     from ray.train.torch import TorchTrainer
 
     TorchTrainer(pretrain_worker,
                  train_loop_config=dict(train_config=cfg.to_dict(), data_args=dargs, store=str(store)),
-                 scaling_config=scaling(workers, cpus_per_trial, gpus_per_trial),
+                 scaling_config=scaling(workers, cpus_per_trial, gpus_per_trial, placement_strategy),
                  run_config=train_run_config(name, storage)).fit()

@@ -44,6 +44,7 @@ class SweepConfig:
     workers_per_trial: int = 1
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    placement_strategy: str = "PACK"      # of a job's workers: PACK, SPREAD or STRICT_SPREAD (one per node)
     max_concurrent: int = 0               # 0 = as many as the cluster's resources allow
     max_failures: int = 1
 
@@ -92,7 +93,8 @@ def trial_fn(config: dict, ctx: dict) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = TrainConfig(**{**ctx["base_config"], **{k: config[k] for k in ctx["searched"]}})
     dargs = ctx["data_args"]
-    res = dict(workers=ctx["workers"], cpus_per_trial=ctx["cpus_per_trial"], gpus_per_trial=ctx["gpus_per_trial"])
+    res = dict(workers=ctx["workers"], cpus_per_trial=ctx["cpus_per_trial"], gpus_per_trial=ctx["gpus_per_trial"],
+               placement_strategy=ctx["placement_strategy"])
     pretrain_path, computed = None, False
     t0 = time.time()
     if cfg.pretrain_epochs > 0 and ctx["source_hash"]:
@@ -104,7 +106,7 @@ def trial_fn(config: dict, ctx: dict) -> None:
                  train_loop_config=dict(train_config=cfg.to_dict(), data_args=dargs,
                                         pretrain_path=str(pretrain_path) if pretrain_path else None,
                                         extra=dict(pretrain_computed=computed, pretrain_wait_s=round(time.time() - t0, 2))),
-                 scaling_config=scaling(res["workers"], res["cpus_per_trial"], res["gpus_per_trial"]),
+                 scaling_config=scaling(**res),
                  run_config=train_run_config(f"finetune-{trial_id}", ctx["storage"],
                                              callbacks=[TuneReportCallback()],
                                              max_failures=ctx["max_failures"])).fit()
@@ -131,7 +133,8 @@ def run_model_sweep(model: str, sweep: SweepConfig, *, data, dargs: dict, storag
     ctx = dict(base_config=sweep.base_config(model).to_dict(), searched=list(search_space(sweep)),
                data_args=dargs, source_hash=data.info.get("source_manifest_hash"), store=str(store),
                storage=storage, workers=sweep.workers_per_trial, cpus_per_trial=sweep.cpus_per_trial,
-               gpus_per_trial=sweep.gpus_per_trial, max_failures=sweep.max_failures)
+               gpus_per_trial=sweep.gpus_per_trial, placement_strategy=sweep.placement_strategy,
+               max_failures=sweep.max_failures)
     # The trial itself only waits on its Ray Train jobs: no CPU (a 0-CPU bundle needs some resource
     # to be valid, hence the token memory), so concurrency is set by the workers' resources alone.
     trainable = ray.tune.with_resources(ray.tune.with_parameters(trial_fn, ctx=ctx),

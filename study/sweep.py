@@ -51,6 +51,8 @@ OVERRIDES = [  # flag, SweepConfig field, type, help
     ("--workers-per-trial", "workers_per_trial", int, "Ray Train workers (DDP) per job"),
     ("--cpus-per-trial", "cpus_per_trial", float, "CPUs per trial (split over its workers)"),
     ("--gpus-per-trial", "gpus_per_trial", float, "GPUs per trial; fractions share a GPU (e.g. 0.25)"),
+    ("--placement-strategy", "placement_strategy", str,
+     "where a job's workers go: PACK (default), SPREAD, STRICT_SPREAD (one worker per node)"),
     ("--max-concurrent", "max_concurrent", int, "cap on concurrent trials (0 = what the resources allow)"),
 ]
 
@@ -103,6 +105,9 @@ def sweep_config(args) -> SweepConfig:
     bad = [m for m in cfg.models if m not in ("cnn", "densenet")]
     if bad or not cfg.models:
         raise ValueError(f"--models must name cnn and/or densenet, got {','.join(cfg.models) or 'nothing'}")
+    if cfg.placement_strategy not in ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"):
+        raise ValueError(f"--placement-strategy must be PACK, SPREAD, STRICT_SPREAD or STRICT_PACK, "
+                         f"got {cfg.placement_strategy}")
     if cfg.num_samples < 1 or cfg.epochs < 1:
         raise ValueError("--num-samples and --epochs must be at least 1")
     return cfg
