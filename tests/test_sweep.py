@@ -40,8 +40,10 @@ def _sweep(*args, cache_dir, **kw):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 
-def test_smoke_sweep_both_models(tmp_path, cache_dir, ray_cleanup):
-    p = _sweep("--preset", "smoke", "--name", "t1", "--results", str(tmp_path), cache_dir=cache_dir)
+def test_smoke_sweep_both_models(tmp_path, ray_cleanup):
+    # its own cache: the content-addressed pre-training store must start empty for this count
+    # (other tests' sweeps would otherwise have computed the same keys already, correctly reused here)
+    p = _sweep("--preset", "smoke", "--name", "t1", "--results", str(tmp_path), cache_dir=tmp_path / "cache")
     out, _ = p.communicate(timeout=900)
     assert p.returncode == 0, out[-4000:]
     res = read_results(tmp_path / "t1")
