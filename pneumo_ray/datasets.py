@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import cache, phantoms, sources
+from . import audit, cache, phantoms, sources
 from .config import stable_id
 from .split import patient_grouped_split
 
@@ -103,12 +103,36 @@ def _decoded_set(manifest: pd.DataFrame, size: int, cache_dir, label: str, quiet
     return ImageSet(dec.images, np.arange(len(dec.manifest)), dec.manifest, label), dec.problems
 
 
-def exclude_overlap(source: pd.DataFrame, held_out: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Drop source rows sharing a file name or a patient with the held-out (val + test) rows.
-    Returns (kept, dropped). CoronaHack reuses Kermany's file names, so names and patients align."""
-    names, patients = set(held_out["name"]), set(held_out["patient"])
-    clash = source["name"].isin(names) | source["patient"].isin(patients)
-    return source[~clash].reset_index(drop=True), source[clash].reset_index(drop=True)
+def exclude_leakage(source: ImageSet, held_out: list[ImageSet]) -> tuple[ImageSet, dict]:
+    """Drop source images that share a file name, a patient or their content (perceptual hash) with
+    any held-out set. CoronaHack reuses Kermany's images under the same names, but a re-encoded copy
+    under another name is caught by content too. Returns (kept, counts by reason)."""
+    flags = audit.leakage_flags(source, held_out)
+    drop = (flags["by_name"] | flags["by_patient"] | flags["by_content"]).to_numpy()
+    counts = dict(excluded=int(drop.sum()), by_name=int(flags["by_name"].sum()),
+                  by_patient=int(flags["by_patient"].sum()), by_content=int(flags["by_content"].sum()))
+    return source.subset(np.flatnonzero(~drop), source.name), counts
+
+
+def audit_sets(data_root=None, pretrain_root=None, *, size: int = 64, cache_dir=None, quiet: bool = False) -> tuple[dict, list]:
+    """The sets a leakage audit compares: target train/test and source train/test (synthetic
+    phantoms where a root is not given). Returns ({name: ImageSet}, problems)."""
+    sets, problems = {}, []
+    for role, root in (("target", data_root), ("source", pretrain_root)):
+        if root is None:
+            parts = ("target_train", "target_test") if role == "target" else ("source_train",)
+            sets.update({f"synthetic-{p.replace('_', '-')}": synthetic_set(p, size, cache_dir) for p in parts})
+            continue
+        scan = sources.scan(root)
+        problems += [str(p) for p in scan.problems]
+        layout = sources.detect_layout(root)
+        for split in ("train", "test"):
+            man = scan.manifest[scan.manifest.split == split]
+            if len(man):
+                s, probs = _decoded_set(man, size, cache_dir, f"{layout}-{split}", quiet)
+                sets[f"{layout}-{split}"] = s
+                problems += [str(p) for p in probs]
+    return sets, problems
 
 
 def load_study_data(data_root: str | os.PathLike | None = None, pretrain_root: str | os.PathLike | None = None,
@@ -143,14 +167,15 @@ def load_study_data(data_root: str | os.PathLike | None = None, pretrain_root: s
             scan = sources.scan(pretrain_root, source_subset)
             info["problems"] += [str(p) for p in scan.problems]
             man = scan.manifest[scan.manifest.split == "train"]
-            if not allow_overlap:
-                held = pd.concat([val.manifest, test.manifest])
-                man, dropped = exclude_overlap(man, held)
-                info["source_excluded_overlap"] = int(len(dropped))
-                log(f"pre-training source: excluded {len(dropped)} images sharing a file name or patient "
-                    f"with the target's validation/test sets (pass allow_overlap to keep them)")
             source, probs = _decoded_set(man, size, cache_dir, "source-train", quiet)
             info["problems"] += [str(p) for p in probs]
+            if not allow_overlap:
+                source, counts = exclude_leakage(source, [val, test])
+                info["source_excluded_overlap"] = counts["excluded"]
+                info["source_excluded_by"] = counts
+                log(f"pre-training source: excluded {counts['excluded']} images sharing a file name "
+                    f"({counts['by_name']}), a patient ({counts['by_patient']}) or their content "
+                    f"({counts['by_content']}) with the target's validation/test sets (allow_overlap keeps them)")
             info["source"] = str(os.path.abspath(pretrain_root))
         source.name = "source"
     elif use_pretrain and pretrain_root is None:

@@ -105,3 +105,10 @@ def read_results(path: str | os.PathLike) -> Results:
     if not run and all(t.empty for t in tables.values()):
         raise FileNotFoundError(f"{path}: no run.json and no trials/epochs/predictions.parquet")
     return Results(path, run, tables["trials"], tables["epochs"], tables["predictions"])
+
+
+def write_audit(out: Path, pairs: pd.DataFrame, summary: pd.DataFrame) -> None:
+    """The leakage audit's tables (replaced as a whole: an audit describes the data as it is now)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, frame in (("audit", pairs), ("audit_summary", summary)):
+        atomic_write(out / f"{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False))

@@ -21,5 +21,6 @@ def test_real_study_data_leakage_free_source(kermany_root, coronahack_root, cach
     assert len(d.info["problems"]) == 3
     leaky = load_study_data(kermany_root, coronahack_root, size=32, seed=0, cache_dir=cache_dir, quiet=True,
                             log=None, allow_overlap=True)
+    assert d.info["source_excluded_by"]["by_content"] >= len(d.val)  # every val image is in CoronaHack
     assert len(leaky.source) == 5283 and set(leaky.source.manifest.name) >= set(d.val.manifest.name)
     assert np.array_equal(leaky.val.index, d.val.index)  # the split does not depend on the source
