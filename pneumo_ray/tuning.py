@@ -112,6 +112,16 @@ def trial_fn(config: dict, ctx: dict) -> None:
                                              max_failures=ctx["max_failures"])).fit()
 
 
+def trial_context(sweep: SweepConfig, base: TrainConfig, searched: list[str], dargs: dict, source_hash, store: Path,
+                  storage: str) -> dict:
+    """What every trial of one experiment shares (`trial_fn`'s ctx): the base configuration, which
+    of its fields the trial's config sets, the data, the pre-training store and the resources."""
+    return dict(base_config=base.to_dict(), searched=list(searched), data_args=dargs, source_hash=source_hash,
+                store=str(store), storage=storage, workers=sweep.workers_per_trial, cpus_per_trial=sweep.cpus_per_trial,
+                gpus_per_trial=sweep.gpus_per_trial, placement_strategy=sweep.placement_strategy,
+                max_failures=sweep.max_failures)
+
+
 @dataclass
 class ModelSweep:
     model: str
@@ -130,11 +140,8 @@ def run_model_sweep(model: str, sweep: SweepConfig, *, data, dargs: dict, storag
 
     exp_name = f"{name}-{model}"
     exp_path = os.path.join(storage, exp_name)
-    ctx = dict(base_config=sweep.base_config(model).to_dict(), searched=list(search_space(sweep)),
-               data_args=dargs, source_hash=data.info.get("source_manifest_hash"), store=str(store),
-               storage=storage, workers=sweep.workers_per_trial, cpus_per_trial=sweep.cpus_per_trial,
-               gpus_per_trial=sweep.gpus_per_trial, placement_strategy=sweep.placement_strategy,
-               max_failures=sweep.max_failures)
+    ctx = trial_context(sweep, sweep.base_config(model), list(search_space(sweep)), dargs,
+                        data.info.get("source_manifest_hash"), store, storage)
     # The trial itself only waits on its Ray Train jobs: no CPU (a 0-CPU bundle needs some resource
     # to be valid, hence the token memory), so concurrency is set by the workers' resources alone.
     trainable = ray.tune.with_resources(ray.tune.with_parameters(trial_fn, ctx=ctx),

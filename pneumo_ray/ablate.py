@@ -1,0 +1,162 @@
+"""The ablation driver: data once (leakage audit of the pre-training data included), Ray up, one
+seed-grid experiment per model for the arm, Parquet out, the statistics printed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from . import audit, cache
+from .ablation import Arm, base_configs, run_seeds, seed_rows
+from .ablation_summary import format_summary, summarize
+from .atomic import atomic_write
+from .datasets import load_study_data
+from .distributed import data_args
+from .results import read_results, upsert_parquet, write_run_json
+from .sweep import init_ray
+from .tuning import SweepConfig, evaluate_trials, max_concurrent_trials
+
+KEYS = dict(ablations=["arm", "model", "seed"], ablation_predictions=["arm", "model", "seed", "path"],
+            audit_summary=["arm", "a_set", "b_set"])
+# settings every arm in one results folder must share, or the arms would not be comparable
+SHARED = ("preset", "data_root", "pretrain_root", "image_size", "epochs", "pretrain_epochs", "batch_size", "split_seed",
+          "val_fraction")
+
+
+def read_table(out: Path, name: str) -> pd.DataFrame:
+    path = out / f"{name}.parquet"
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
+def check_compatible(out: Path, settings: dict) -> None:
+    run = out / "run.json"
+    if not run.exists():
+        return
+    before = json.loads(run.read_text()).get("settings", {})
+    diff = {k: (before.get(k), settings.get(k)) for k in SHARED if k in before and before.get(k) != settings.get(k)}
+    if diff:
+        raise ValueError(f"{out} holds arms run with other settings ({', '.join(f'{k}: {a} → {b}' for k, (a, b) in diff.items())}); "
+                         f"arms are only comparable with the same settings: use another --name")
+
+
+def best_from(path: str | None) -> tuple[pd.DataFrame | None, dict]:
+    if path is None:
+        return None, {}
+    res = read_results(path)
+    if res.trials.empty:
+        raise ValueError(f"--from {path}: no trials.parquet (is it a finished study.sweep folder?)")
+    return res.best_trials(), res.run.get("sweep", {})
+
+
+def run_ablation(sweep: SweepConfig, arm: Arm, seeds: list[int], args, *, name: str, out: Path) -> int:
+    t_start = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    best, from_sweep = best_from(args.from_)
+    if from_sweep and from_sweep.get("image_size") != sweep.image_size:
+        print(f"warning: --from {args.from_} searched at {from_sweep.get('image_size')} px, this ablation runs at "
+              f"{sweep.image_size} px", file=sys.stderr)
+    configs = {m: (arm.apply(c), origin) for m, (c, origin) in base_configs(sweep, best, args.from_).items()}
+    settings = dict(preset=args.preset, data_root=args.data_root, pretrain_root=args.pretrain_root,
+                    image_size=sweep.image_size, epochs=sweep.epochs, pretrain_epochs=sweep.pretrain_epochs,
+                    batch_size=sweep.batch_size, split_seed=sweep.seed, val_fraction=sweep.val_fraction)
+    check_compatible(out, settings)
+
+    done = read_table(out, "ablations")
+    todo = {}
+    for model, (cfg, _) in configs.items():
+        mine = done[(done.arm == arm.name) & (done.model == model)] if len(done) else done
+        if len(mine):
+            recorded = json.loads(mine.iloc[0]["config"])
+            recorded.pop("seed")
+            wanted = {k: v for k, v in cfg.to_dict().items() if k != "seed"}
+            if recorded != wanted:
+                raise ValueError(f"arm {arm.name}/{model} in {out} was run with another configuration "
+                                 f"({ {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v} }); "
+                                 "use another --name")
+        missing = [s for s in seeds if s not in set(mine["seed"] if len(mine) else [])]
+        if missing:
+            todo[model] = missing
+    if not todo:
+        print(f"arm {arm.name}: seeds {seeds} of {', '.join(configs)} already in {out}; nothing to run")
+        return print_summary(out)
+
+    cache_dir = Path(args.cache_dir).resolve() if args.cache_dir else cache.default_cache_dir().resolve()
+    storage = args.storage or str((out / "ray").resolve())
+    uses_source = arm.pretrains and sweep.pretrain_epochs > 0
+    print(f"ablation {name}, arm {arm.name}: preparing data (decoded once, shared through the cache {cache_dir})")
+    data = load_study_data(args.data_root, args.pretrain_root, size=sweep.image_size, seed=sweep.seed,
+                           val_fraction=sweep.val_fraction, use_pretrain=uses_source, allow_overlap=arm.allow_overlap,
+                           cache_dir=cache_dir)
+    for problem in data.info["problems"]:
+        print(f"warning: {problem}", file=sys.stderr)
+    dargs = data_args(args.data_root, args.pretrain_root, size=sweep.image_size, seed=sweep.seed,
+                      val_fraction=sweep.val_fraction, use_pretrain=uses_source, allow_overlap=arm.allow_overlap,
+                      cache_dir=cache_dir)
+    if data.source is not None:
+        sets = {"target-train": data.train, "target-val": data.val, "target-test": data.test, "pretraining": data.source}
+        _, summary = audit.audit(sets)
+        summary.insert(0, "arm", arm.name)
+        upsert_parquet(out / "audit_summary.parquet", summary, KEYS["audit_summary"])
+        leak = summary[(summary.a_set == "pretraining") & summary.b_set.isin(["target-val", "target-test"])]
+        print("leakage audit of the pre-training images against the target's validation and test sets:\n"
+              + leak[["b_set", "a_images", "by_name", "by_patient", "by_content"]].to_string(index=False))
+    source_hash = data.info.get("source_manifest_hash") if uses_source else None
+    previous = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    session = dict(arm=arm.name, seeds=todo, started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed=bool(args.resume),
+                   configs={m: dict(config=c.to_dict(), source=o) for m, (c, o) in configs.items()},
+                   sweep=dataclasses.asdict(sweep), data={k: v for k, v in data.info.items() if k != "problems"})
+    info = dict(name=name, kind="ablation", settings=settings, sessions=previous.get("sessions", []) + [session],
+                args=dict(cache_dir=str(cache_dir), storage=storage, address=args.address))
+    write_run_json(out, **info)
+
+    ray = init_ray(args.address)
+    try:
+        resources = ray.cluster_resources()
+        concurrency = max_concurrent_trials(resources, sweep.cpus_per_trial, sweep.gpus_per_trial, sweep.max_concurrent)
+        for model, missing in todo.items():
+            cfg, origin = configs[model]
+            print(f"\n=== arm {arm.name}, {model}: seeds {missing} ({concurrency} at a time); configuration from "
+                  f"{origin}; {cfg.pretrain_epochs} pre-training + {cfg.epochs} fine-tuning epochs at {cfg.image_size}px")
+            exp = f"{arm.name}-{model}-seeds-{'_'.join(map(str, missing))}"
+            ms = run_seeds(model, cfg, missing, sweep, source_hash=source_hash, dargs=dargs, storage=storage,
+                           store=cache_dir / "pretrain", exp_name=exp, resume=args.resume, concurrency=concurrency)
+            print(f"evaluating each seed's best-validation checkpoint on test")
+            rows, preds = seed_rows(ms, arm, cfg, origin, args.preset, sweep.seed, source_hash,
+                                    evaluate_trials(ms, sweep, dargs, storage))
+            upsert_parquet(out / "ablations.parquet", pd.DataFrame(rows), KEYS["ablations"])
+            if preds:
+                upsert_parquet(out / "ablation_predictions.parquet", pd.concat(preds, ignore_index=True),
+                               KEYS["ablation_predictions"])
+            session.setdefault("seconds_per_model", {})[model] = round(ms.seconds, 1)
+    finally:
+        ray.shutdown()
+    session["seconds"] = round(time.time() - t_start, 1)
+    write_run_json(out, **info)
+    return print_summary(out)
+
+
+def print_summary(out: Path, n_boot: int = 2000) -> int:
+    abl, preds = read_table(out, "ablations"), read_table(out, "ablation_predictions")
+    if abl.empty:
+        print(f"{out}: no ablation rows yet (ablations.parquet missing or empty)", file=sys.stderr)
+        return 1
+    failed = abl[abl["error"].notna()]
+    if len(failed):
+        print(f"warning: {len(failed)} run(s) failed and are left out: "
+              + ", ".join(f"{r.arm}/{r.model}/seed {r.seed}" for r in failed.itertuples()), file=sys.stderr)
+    summary = summarize(abl, preds, n_boot=n_boot)
+    atomic_write(out / "ablation_summary.parquet", lambda p: summary.to_parquet(p, index=False))
+    print("\n" + format_summary(summary))
+    audit_path = out / "audit_summary.parquet"
+    if audit_path.exists():
+        a = pd.read_parquet(audit_path)
+        a = a[(a.a_set == "pretraining") & a.b_set.isin(["target-val", "target-test"])]
+        print("\npre-training images also in the target's validation/test sets (name, patient or content):\n"
+              + a[["arm", "b_set", "a_images", "any"]].to_string(index=False))
+    print(f"\nresults: {out}/ablations.parquet, ablation_predictions.parquet, ablation_summary.parquet")
+    return 0

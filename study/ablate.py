@@ -1,0 +1,111 @@
+"""python -m study.ablate — does pre-training on CoronaHack help? Multi-seed ablation arms.
+
+An arm trains every selected model over --seeds K seeds (Ray Train jobs on a Ray Tune grid):
+  (no flag)            transfer: pre-train on the source, fine-tune unfrozen on the target
+  --no-pretrain        the same models from random initialisation
+  --no-augment         no augmentation (pre-training and fine-tuning)
+  --no-class-weights   unweighted fine-tuning loss
+  --freeze-backbone    fine-tune only the classifier head
+  --allow-test-overlap pre-train on all source images, as the seed study did (a separate, labelled arm)
+Flags combine into one arm. Run arms under one --name, then compare: every arm is paired with the
+transfer arm on the same test images and seeds (paired bootstrap, DeLong), with 95% CIs across seeds.
+
+Configuration: the best trial (by validation AUC) of a finished sweep (--from results/<sweep>),
+else the seed study's defaults; training lengths and resources come from --preset and the flags.
+Pre-training excludes every source image whose name, patient or content is in the target's
+validation or test set (the leakage audit is written beside the results).
+
+Results: <results>/<name>/ablations.parquet, ablation_predictions.parquet, ablation_summary.parquet,
+audit_summary.parquet, run.json. Re-running an arm runs only seeds it lacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from study.sweep import OVERRIDES, PRESETS, sweep_config
+
+FLAGS = ("--no-pretrain", "--no-augment", "--no-class-weights", "--freeze-backbone")
+# the sweep's flags that make sense here (not the search ranges, not --seed: seeds are replicates)
+KEPT = ("--models", "--image-size", "--epochs", "--pretrain-epochs", "--batch-size", "--workers-per-trial",
+        "--cpus-per-trial", "--gpus-per-trial", "--placement-strategy", "--max-concurrent")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m study.ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  python -m study.ablate --preset smoke --seeds 2 --name demo\n"
+        "  python -m study.ablate --preset smoke --seeds 2 --name demo --no-pretrain\n"
+        "  python -m study.ablate --summarize results/demo\n"
+        "  python -m study.ablate --preset cpu --models cnn --seeds 3 --data-root ~/data/chest_xray \\\n"
+        "      --pretrain-root ~/data/coronahack --from results/my-sweep --name cnn-transfer")
+    p.add_argument("--summarize", metavar="FOLDER", help="only print (and write) the statistics of an ablation folder")
+    arms = p.add_argument_group("arm (no flag: transfer)")
+    for flag in FLAGS:
+        arms.add_argument(flag, action="store_true")
+    arms.add_argument("--allow-test-overlap", action="store_true",
+                      help="pre-train on all source images, also those sharing a name, patient or content with the "
+                           "target's validation/test sets (the seed's protocol)")
+    t = p.add_argument_group("training (see python -m study.sweep --help for the presets)")
+    t.add_argument("--preset", choices=sorted(PRESETS), default="smoke", help="lengths and resources (default: smoke)")
+    t.add_argument("--seeds", type=int, default=5, help="seeds 0..K-1 per model (default 5)")
+    t.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the patient-grouped validation split, the same for every arm (default: the preset's)")
+    t.add_argument("--from", dest="from_", metavar="SWEEP", help="take each model's configuration from this sweep folder")
+    for flag, _, typ, help_ in OVERRIDES:
+        if flag in KEPT:
+            t.add_argument(flag, type=typ, default=None, help=help_)
+    d = p.add_argument_group("data")
+    d.add_argument("--data-root", help="Kaggle chest_xray/ folder (target); default: synthetic phantoms")
+    d.add_argument("--pretrain-root", help="Kaggle CoronaHack folder (pre-training source)")
+    d.add_argument("--cache-dir", help="decoded images + pre-trained weights (default $PNEUMO_RAY_CACHE or ~/.cache/pneumo_ray)")
+    o = p.add_argument_group("output and cluster")
+    o.add_argument("--results", default="results", help="results folder")
+    o.add_argument("--name", help="ablation name: run every arm under the same one (default: ablate-<preset>)")
+    o.add_argument("--resume", action="store_true", help="complete this arm's interrupted run")
+    o.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
+    o.add_argument("--storage", help="Ray storage, a shared PATH or s3://… (default: <results>/<name>/ray)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.summarize:
+        from pneumo_ray.ablate import print_summary
+
+        if not Path(args.summarize).is_dir():
+            print(f"error: --summarize {args.summarize}: no such folder", file=sys.stderr)
+            return 2
+        return print_summary(Path(args.summarize))
+    from pneumo_ray.ablation import Arm
+
+    try:
+        for flag, _, _, _ in OVERRIDES:  # the sweep flags this command does not take stay unset
+            if flag not in KEPT:
+                setattr(args, flag[2:].replace("-", "_"), None)
+        sweep = sweep_config(argparse.Namespace(**{**vars(args), "no_pretrain": False}))
+        if args.split_seed is not None:
+            sweep = dataclasses.replace(sweep, seed=args.split_seed)
+        if args.seeds < 1:
+            raise ValueError("--seeds must be at least 1")
+        arm = Arm(tuple(f[2:].replace("-", "_") for f in FLAGS if getattr(args, f[2:].replace("-", "_"))),
+                  allow_overlap=args.allow_test_overlap)
+        if args.from_ and not Path(args.from_).is_dir():
+            raise ValueError(f"--from {args.from_}: no such folder")
+        if arm.pretrains and sweep.pretrain_epochs == 0:
+            raise ValueError("this arm pre-trains, but --pretrain-epochs is 0: use --no-pretrain for that arm")
+        from pneumo_ray.ablate import run_ablation
+
+        name = args.name or f"ablate-{args.preset}"
+        return run_ablation(sweep, arm, list(range(args.seeds)), args, name=name, out=Path(args.results) / name)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
