@@ -26,7 +26,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from study.sweep import OVERRIDES, PRESETS, sweep_config
+from study.sweep import OVERRIDES, PRESETS, add_data_args, add_output_args, sweep_config
 
 FLAGS = ("--no-pretrain", "--no-augment", "--no-class-weights", "--freeze-backbone")
 # the sweep's flags that make sense here (not the search ranges, not --seed: seeds are replicates)
@@ -59,16 +59,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     for flag, _, typ, help_ in OVERRIDES:
         if flag in KEPT:
             t.add_argument(flag, type=typ, default=None, help=help_)
-    d = p.add_argument_group("data")
-    d.add_argument("--data-root", help="Kaggle chest_xray/ folder (target); default: synthetic phantoms")
-    d.add_argument("--pretrain-root", help="Kaggle CoronaHack folder (pre-training source)")
-    d.add_argument("--cache-dir", help="decoded images + pre-trained weights (default $PNEUMO_RAY_CACHE or ~/.cache/pneumo_ray)")
-    o = p.add_argument_group("output and cluster")
-    o.add_argument("--results", default="results", help="results folder")
-    o.add_argument("--name", help="ablation name: run every arm under the same one (default: ablate-<preset>)")
-    o.add_argument("--resume", action="store_true", help="complete this arm's interrupted run")
-    o.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
-    o.add_argument("--storage", help="Ray storage, a shared PATH or s3://… (default: <results>/<name>/ray)")
+    add_data_args(p)
+    add_output_args(p, "ablation name: run every arm under the same one (default: ablate-<preset>)",
+                    "complete this arm's interrupted run")
     return p
 
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from pneumo_ray.tuning import SweepConfig
 
-REPO = Path(__file__).resolve().parents[1]
 
 PRESETS: dict[str, dict] = {
     # synthetic data, tiny images: the whole Tune → Train path end to end in minutes on a laptop
@@ -67,6 +65,26 @@ def _preset_table() -> str:
     return "\n".join(lines)
 
 
+def add_data_args(p: argparse.ArgumentParser):
+    """The data flags every study command shares; returns the group for more."""
+    d = p.add_argument_group("data")
+    d.add_argument("--data-root", help="Kaggle chest_xray/ folder (target); default: synthetic phantoms")
+    d.add_argument("--pretrain-root", help="Kaggle CoronaHack folder (pre-training source)")
+    d.add_argument("--cache-dir", help="decoded images + pre-trained weights (default $PNEUMO_RAY_CACHE or "
+                                       "~/.cache/pneumo_ray; on a cluster: shared storage)")
+    return d
+
+
+def add_output_args(p: argparse.ArgumentParser, name_help: str, resume_help: str):
+    o = p.add_argument_group("output and cluster")
+    o.add_argument("--results", default="results", help="results folder")
+    o.add_argument("--name", help=name_help)
+    o.add_argument("--resume", action="store_true", help=resume_help)
+    o.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
+    o.add_argument("--storage", help="Ray Tune/Train storage, a shared PATH or s3://… (default: <results>/<name>/ray)")
+    return o
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m study.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -78,21 +96,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="smoke", help="starting values (default: smoke)")
     for flag, _, typ, help_ in OVERRIDES:
         p.add_argument(flag, type=typ, default=None, help=help_)
-    d = p.add_argument_group("data")
-    d.add_argument("--data-root", help="Kaggle chest_xray/ folder (target); default: synthetic phantoms")
-    d.add_argument("--pretrain-root", help="Kaggle CoronaHack folder (pre-training source)")
+    d = add_data_args(p)
     d.add_argument("--no-pretrain", action="store_true", help="no pre-training: fine-tune from random initialisation")
     d.add_argument("--allow-test-overlap", action="store_true",
-                   help="pre-train on all source images, even those sharing a file name or patient with the target's "
-                        "validation/test sets (the seed's leaky protocol)")
-    d.add_argument("--cache-dir", help="decoded images + pre-trained weights (default $PNEUMO_RAY_CACHE or "
-                                       "~/.cache/pneumo_ray; on a cluster: shared storage)")
-    o = p.add_argument_group("output and cluster")
-    o.add_argument("--results", default="results", help="results folder")
-    o.add_argument("--name", help="sweep name (default: sweep-YYYYmmdd-HHMMSS)")
-    o.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
-    o.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
-    o.add_argument("--storage", help="Ray Tune/Train storage, a shared PATH or s3://… (default: <results>/<name>/ray)")
+                   help="pre-train on all source images, even those sharing a file name, patient or content with the "
+                        "target's validation/test sets (the seed's leaky protocol)")
+    add_output_args(p, "sweep name (default: sweep-YYYYmmdd-HHMMSS)", "continue the interrupted sweep --name")
     return p
 
 

@@ -34,9 +34,10 @@ def cluster():
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     port = _free_port()
     try:
-        _ray(["start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1"], env)
-        token = _ray(["get-auth-token"], env).strip().splitlines()[-1]
+        # --generate creates ~/.ray/auth_token on a machine that has none (else prints the existing one)
+        token = _ray(["get-auth-token", "--generate"], env).strip().splitlines()[-1]
         env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+        _ray(["start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1"], env)
         _ray(["start", f"--address=127.0.0.1:{port}", "--num-cpus=2", "--node-ip-address=127.0.0.1"], env)
         yield f"127.0.0.1:{port}", env
     finally:

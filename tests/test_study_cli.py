@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,3 +91,11 @@ def test_download_without_token_says_what_to_do(tmp_path):
     assert r.returncode == 2
     assert "no Kaggle API token" in r.stderr and "kaggle.json" in r.stderr and "--data-root" in r.stderr
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("study.train", "--data-root"), ("study.data", "download"), ("study.sweep", "presets"),
+    ("study.ablate", "--no-pretrain"), ("study.audit", "--pretrain-root")])
+def test_every_command_has_help(command, expected):
+    r = subprocess.run([sys.executable, "-m", command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and expected in r.stdout and f"python -m {command}" in r.stdout, r.stderr[-2000:]
