@@ -47,7 +47,7 @@ def weighted_auc(scores, labels, weights) -> np.ndarray:
         return num / den
 
 
-def _stratified_counts(labels, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+def stratified_counts(labels, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """[n_boot, N] bootstrap counts that resample positives and negatives separately, so every
     replicate keeps the test set's class sizes (its AUC is always defined)."""
     y = np.asarray(labels).astype(bool)
@@ -72,7 +72,7 @@ def paired_bootstrap_auc(probs_a, probs_b, labels, n_boot: int = 2000, seed: int
         raise ValueError(f"paired arms need the same seeds × images, got {a.shape} and {b.shape}")
     rng = np.random.default_rng(seed)
     k = a.shape[0]
-    counts = _stratified_counts(labels, n_boot, rng)
+    counts = stratified_counts(labels, n_boot, rng)
     auc_a = np.stack([weighted_auc(a[s], labels, counts) for s in range(k)], axis=1)   # [B, k]
     auc_b = np.stack([weighted_auc(b[s], labels, counts) for s in range(k)], axis=1)
     seed_draw = rng.integers(0, k, size=(n_boot, k)) if k > 1 else np.zeros((n_boot, 1), int)

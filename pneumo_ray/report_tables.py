@@ -1,0 +1,140 @@
+"""The report's summary tables and sentences: best configuration per model, test metrics with
+CIs (bootstrap over test images for a sweep's best trial, across seeds for ablation arms), the
+ablation verdicts in plain words and the leakage-audit numbers of each pre-training."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from .report_data import SEARCHED, Candidate
+from .report_stats import CI_METRICS, bootstrap_counts, bootstrap_metrics
+
+MINUS = "\u2212"
+
+
+def num(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    return f"{x:.{digits}f}".replace("-", MINUS)
+
+
+def ci(value, lo, hi, digits: int = 3) -> str:
+    if lo is None or hi is None or any(isinstance(v, float) and math.isnan(v) for v in (lo, hi)):
+        return num(value, digits)
+    return f"{num(value, digits)} [{num(lo, digits)}, {num(hi, digits)}]"
+
+
+def pval(p) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "p=–"
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
+
+
+def _sci(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
+
+
+def best_config_table(rows: list[dict], labels: list[str]) -> pd.DataFrame:
+    """One row per model: where its best run comes from (trial, or seed of an ablation arm) and
+    its configuration (trial columns, or an ablation row's config JSON)."""
+    out = []
+    for label, r in zip(labels, rows):
+        cfg = json.loads(r["config"]) if isinstance(r.get("config"), str) else r
+        out.append({"model": label, "trial / seed": f"seed {r.get('seed')}" if "arm" in r else r.get("trial_id"),
+                    "stop reason": r.get("stop_reason", "–"), "epochs run": r.get("epochs_run"),
+                    "best epoch": r.get("best_epoch"),
+                    **{p: _sci(cfg.get(p)) for p in SEARCHED},
+                    "val AUC": num(r.get("best_val_auc", r.get("val_auc"))),
+                    "threshold (val)": num(r.get("test_threshold"))})
+    return pd.DataFrame(out)
+
+
+def test_metric_table(cands: list[Candidate], n_boot: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Test AUC, accuracy, sensitivity, specificity with 95% bootstrap CIs over the test images, at
+    each candidate's validation-chosen threshold. Returns (display table, {label: raw metrics})."""
+    rows, raw = [], {}
+    for c in cands:
+        m = bootstrap_metrics(c.labels, c.probs, c.threshold, bootstrap_counts(c.labels, n_boot, seed))
+        raw[c.label] = m
+        rows.append({"model": c.label, **{k: ci(*m[k]) for k in CI_METRICS},
+                     "test images": len(c.labels), "PNEUMONIA": int(c.labels.sum())})
+    table = pd.DataFrame(rows).rename(columns={"auc": "test AUC"})
+    return table, raw
+
+
+def arm_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, arm): mean [95% t-CI across seeds] of the test metrics (clipped to [0, 1])."""
+    arms = summary[summary["kind"] == "arm"] if len(summary) else summary
+    rows = []
+    for r in arms.to_dict("records"):
+        row = {"model": r["model"], "arm": r["arm"], "seeds": r.get("n_seeds")}
+        for m in CI_METRICS:
+            lo, hi = r.get(f"test_{m}_ci_low"), r.get(f"test_{m}_ci_high")
+            row["test AUC" if m == "auc" else m] = ci(r.get(f"test_{m}_mean"), _clip(lo), _clip(hi))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _clip(x):
+    return x if x is None or (isinstance(x, float) and math.isnan(x)) else float(min(max(x, 0.0), 1.0))
+
+
+def verdict(r: dict) -> str:
+    """'no-pretrain vs transfer (cnn): ΔAUC −0.031 [−0.060, −0.004], p=0.02: transfer better'."""
+    head = f"{r['arm']} vs {r.get('reference', 'transfer')} ({r['model']})"
+    d, lo, hi = r.get("auc_diff"), r.get("auc_diff_ci_low"), r.get("auc_diff_ci_high")
+    if d is None or (isinstance(d, float) and math.isnan(d)):
+        return f"{head}: no seed trained in both arms, no comparison yet"
+    if hi < 0:
+        word = f"{r.get('reference', 'transfer')} better"
+    elif lo > 0:
+        word = f"{r['arm']} better"
+    else:
+        word = "no clear difference (the interval includes 0)"
+    delong = f"; DeLong {pval(r.get('p_delong'))}" if r.get("p_delong") is not None else ""
+    seeds = r.get("n_seeds")
+    extra = f" ({int(seeds)} paired seed{'s' if seeds != 1 else ''}, {int(r['n_test'])} test images{delong})" \
+        if r.get("n_test") is not None and not math.isnan(r["n_test"]) else ""
+    return f"{head}: ΔAUC {ci(d, lo, hi)}, {pval(r.get('p_bootstrap'))}: {word}{extra}"
+
+
+def verdicts(summary: pd.DataFrame) -> list[str]:
+    if summary.empty:
+        return []
+    return [verdict(r) for r in summary[summary["kind"] == "vs_transfer"].to_dict("records")]
+
+
+def audit_table(audit: pd.DataFrame) -> pd.DataFrame:
+    """Per arm that pre-trains: the pre-training images against the target's sets."""
+    if audit.empty or "a_set" not in audit:
+        return pd.DataFrame()
+    pre = audit[audit["a_set"] == "pretraining"]
+    pre = pre[pre["b_set"] != "pretraining"]
+    cols = [c for c in ("study", "arm", "b_set", "a_images", "by_name", "by_patient", "by_content", "any",
+                        "patients_shared", "content_label_conflicts") if c in pre]
+    out = pre[cols].rename(columns={"b_set": "against", "a_images": "pre-training images"})
+    if "study" in out and out["study"].nunique() < 2:
+        out = out.drop(columns="study")
+    return out.reset_index(drop=True)
+
+
+def audit_sentences(audit: pd.DataFrame) -> list[str]:
+    """'transfer: pre-trained on 2000 images; 0 share a name, patient or content with target-val/test'."""
+    t = audit_table(audit)
+    out = []
+    if t.empty:
+        return out
+    for arm, g in t.groupby("arm", sort=False):
+        held = g[g["against"].isin(["target-val", "target-test"])]
+        n = int(g["pre-training images"].iloc[0])
+        leaked = int(held["any"].sum()) if len(held) else 0
+        sets = "/".join(s.replace("target-", "") for s in held["against"]) or "held-out"
+        out.append(f"{arm}: pre-trained on {n} images; {leaked} share a file name, patient or content "
+                   f"with the target's {sets} set{'s' if len(held) > 1 else ''}")
+    return out
