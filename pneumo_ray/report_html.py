@@ -18,14 +18,20 @@ h1 { margin-bottom: 0.1em; } h2 { border-bottom: 2px solid #ddd; padding-bottom:
 table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
 th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
-figure { margin: 0.8em 0; display: inline-block; vertical-align: top; max-width: 100%; }
+figure { margin: 0.8em 1.5em 0.8em 0; display: inline-block; vertical-align: top; width: calc(50% - 1.6em); }
+figure.wide { width: 100%; margin-right: 0; }
+.row figure { width: 100%; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { font-size: 13px; color: #555; max-width: 60em; }
+figcaption { font-size: 13px; color: #555; }
 .row { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
 .row > * { flex: 1 1 420px; min-width: 0; }
 ul.verdicts li { margin: 0.3em 0; }
 .scroll { overflow-x: auto; }
 """
+
+
+# figures with several panels side by side: the page's full width (the others go two to a line)
+WIDE = {"learning_curves", "optimisation_history", "importance", "params", "arm_metrics", "test_examples", "gradcam"}
 
 
 @dataclass
@@ -51,7 +57,8 @@ def _block(b) -> str:
         _, name, caption, formats = b
         big = "svg" if "svg" in formats else "png"
         links = " · ".join(f'<a href="figures/{name}.{ext}">{ext.upper()}</a>' for ext in formats)
-        return (f'<figure><a href="figures/{name}.{big}"><img src="figures/{name}.png" alt="{html.escape(name)}"></a>'
+        cls = ' class="wide"' if name in WIDE else ""
+        return (f'<figure{cls}><a href="figures/{name}.{big}"><img src="figures/{name}.png" alt="{html.escape(name)}"></a>'
                 f'<figcaption>{html.escape(caption)} {links}</figcaption></figure>')
     if kind == "table":
         return _table(b[1], b[2])
