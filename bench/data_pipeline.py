@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pneumo_ray import cache, sources  # noqa: E402
+from pneumo_ray import cache, fastwarp, sources  # noqa: E402
 from pneumo_ray.augment import FULL, Augment, Normalize, to_float  # noqa: E402
 from pneumo_ray.datasets import ImageSet  # noqa: E402
 from pneumo_ray.engine import Phase, epoch_order, fit  # noqa: E402
@@ -52,8 +52,21 @@ def imagefolder_rate(root: Path, names: set[str], size: int, batch: int, workers
     return n / (time.perf_counter() - t0)
 
 
-def cached_rate(data: ImageSet, batch: int, epochs: int = 3) -> float:
-    """Our path: uint8 memory map → batch tensor → batched affine + photometric → normalize."""
+def cached_rate(data: ImageSet, batch: int, epochs: int = 3, fast: bool = True) -> float:
+    """Our path: uint8 memory map → batch tensor → batched affine + photometric → normalize.
+    fast=False forces torch's grid_sample path instead of the fused C kernel (for comparison)."""
+    saved = os.environ.get("PNEUMO_RAY_NO_FASTWARP")
+    os.environ["PNEUMO_RAY_NO_FASTWARP"] = "0" if fast else "1"
+    try:
+        return _cached_rate(data, batch, epochs)
+    finally:
+        if saved is None:
+            del os.environ["PNEUMO_RAY_NO_FASTWARP"]
+        else:
+            os.environ["PNEUMO_RAY_NO_FASTWARP"] = saved
+
+
+def _cached_rate(data: ImageSet, batch: int, epochs: int) -> float:
     aug, norm = Augment(STRENGTH), Normalize(0.5, 0.25)
     gen = torch.Generator().manual_seed(0)
     aug(to_float(torch.from_numpy(data.batch(np.arange(batch)))), gen, norm)  # warm-up (thread pool)
@@ -92,8 +105,10 @@ def main(argv=None) -> int:
     m = sources.kermany_manifest(root).manifest
     m = m[m.split == "train"].sample(n=min(args.n, (m.split == "train").sum()), random_state=0)
     train_root = Path(m["path"].iloc[0]).parents[1]
+    kernel = "fused C kernel" if fastwarp.kernel() is not None else "torch grid_sample (C kernel unavailable)"
     print(f"{len(m)} real images from {train_root}; batch {args.batch_size}; augmentation strength {STRENGTH}; "
-          f"{torch.get_num_threads()} torch threads; baseline DataLoader workers {args.workers}")
+          f"{torch.get_num_threads()} torch threads; baseline DataLoader workers {args.workers}; "
+          f"cache+batched augments with: {kernel}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
@@ -103,14 +118,18 @@ def main(argv=None) -> int:
             data = ImageSet(dec.images, np.arange(len(dec.manifest)), dec.manifest, "bench")
             base = imagefolder_rate(train_root, set(m["name"]), size, args.batch_size, args.workers)
             ours = cached_rate(data, args.batch_size)
+            torch_path = cached_rate(data, args.batch_size, fast=False)
             train = training_rate(data, args.train_n)
-            rows.append((size, build, base, ours, train))
+            rows.append((size, build, base, ours, torch_path, train))
             print(f"  {size:3d} px: cache build (once) {len(m) / build:7.0f} img/s | ImageFolder+PIL {base:7.0f} img/s | "
-                  f"cache+batched {ours:7.0f} img/s | ratio {ours / base:5.1f}x | CNN training {train:6.0f} img/s | "
-                  f"pipeline/training {ours / train:5.1f}x", flush=True)
-    print("\nsize  baseline_img_s  cached_img_s  speedup  cnn_train_img_s  pipeline_over_training")
-    for size, _, base, ours, train in rows:
-        print(f"{size:4d}  {base:14.0f}  {ours:12.0f}  {ours / base:6.1f}x  {train:15.0f}  {ours / train:21.1f}x")
+                  f"cache+batched {ours:7.0f} img/s | ratio {ours / base:5.1f}x | (torch path {torch_path:7.0f} img/s, "
+                  f"{torch_path / base:4.1f}x) | CNN training {train:6.0f} img/s | pipeline/training {ours / train:5.1f}x",
+                  flush=True)
+    print("\nsize  baseline_img_s  cached_img_s  speedup  torch_path_img_s  torch_path_speedup  cnn_train_img_s  "
+          "pipeline_over_training")
+    for size, _, base, ours, torch_path, train in rows:
+        print(f"{size:4d}  {base:14.0f}  {ours:12.0f}  {ours / base:6.1f}x  {torch_path:16.0f}  {torch_path / base:17.1f}x  "
+              f"{train:15.0f}  {ours / train:21.1f}x")
     return 0
 
 

@@ -5,7 +5,8 @@ At strength 1: rotation ±15°, shifts ±10%, zoom ±15%, shear ±0.15, brightne
 Strength 0 is exactly the identity. Horizontal flip is optional and off by default: chest X-rays
 are not mirror-symmetric (the heart sits on the patient's left).
 All geometric transforms of a batch (flip included) are one grid + one `grid_sample` call, and
-the photometric change and the normalization one fused multiply-add.
+the photometric change and the normalization one fused multiply-add. On the CPU (float32), all of
+that is one pass of the small C kernel in fastwarp.py instead, to float rounding the same result.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from . import fastwarp
 
 FULL = dict(rotation_deg=15.0, shift=0.10, zoom=0.15, shear=0.15, brightness=0.15, contrast=0.25)
 
@@ -77,13 +80,17 @@ class Augment:
         if self.hflip:  # a mirror is a sign flip of the x input coordinate: free inside the warp
             flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
             theta[:, :, 0] = torch.where(flip.view(b, 1), -theta[:, :, 0], theta[:, :, 0])
-        out = F.grid_sample(x, affine_grid(theta, x.shape[2], x.shape[3]), mode="bilinear",
-                            padding_mode="border", align_corners=False)
         brightness = u(FULL["brightness"] * s).view(b, 1, 1, 1)
         contrast = (1.0 + u(FULL["contrast"] * s)).view(b, 1, 1, 1)
+        mu, sd = (normalize.mean, normalize.std) if normalize is not None else (0.0, 1.0)
+        if fastwarp.usable(x):  # CPU float32: the same computation in one fused C pass
+            out = fastwarp.augment(x, theta, contrast, brightness, mu, sd)
+            if out is not None:
+                return out
+        out = F.grid_sample(x, affine_grid(theta, x.shape[2], x.shape[3]), mode="bilinear",
+                            padding_mode="border", align_corners=False)
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         # contrast around the image mean, plus brightness: y = out·c + (mean·(1−c) + b), clipped to [0, 1]
-        mu, sd = (normalize.mean, normalize.std) if normalize is not None else (0.0, 1.0)
         scale, shift = contrast / sd, (mean * (1 - contrast) + brightness - mu) / sd
         return torch.addcmul(shift, out, scale).clamp_((0.0 - mu) / sd, (1.0 - mu) / sd)
 
