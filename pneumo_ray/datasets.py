@@ -103,11 +103,34 @@ def _decoded_set(manifest: pd.DataFrame, size: int, cache_dir, label: str, quiet
     return ImageSet(dec.images, np.arange(len(dec.manifest)), dec.manifest, label), dec.problems
 
 
-def exclude_leakage(source: ImageSet, held_out: list[ImageSet]) -> tuple[ImageSet, dict]:
+def _identity(s: ImageSet):
+    """What a set's pixels are: its backing file (the decoded cache's name covers the files' paths,
+    sizes and mtimes) and its rows; None for an in-memory array."""
+    filename = getattr(s.images, "filename", None)
+    return None if filename is None else [os.path.basename(filename), stable_id(s.index.tolist(), 16)]
+
+
+def exclude_leakage(source: ImageSet, held_out: list[ImageSet], cache_dir=None) -> tuple[ImageSet, dict]:
     """Drop source images that share a file name, a patient or their content (perceptual hash) with
     any held-out set. CoronaHack reuses Kermany's images under the same names, but a re-encoded copy
-    under another name is caught by content too. Returns (kept, counts by reason)."""
-    flags = audit.leakage_flags(source, held_out)
+    under another name is caught by content too. Returns (kept, counts by reason).
+
+    The flags are cached beside the decoded images (keyed by the sets' pixels and the matching
+    rule), so the Ray workers that re-open the study data do not hash every image again."""
+    ids = [_identity(s) for s in (source, *held_out)]
+    rule = [audit.HASH_BITS, audit.MATCH_DISTANCE]
+    flags = None
+    if all(ids):
+        key = "leakage-" + stable_id([rule, ids, [list(s.manifest["name"]) for s in held_out]], 20)
+
+        def build():
+            f = audit.leakage_flags(source, held_out)[["by_name", "by_patient", "by_content"]]
+            return f.to_numpy(np.uint8), {}
+
+        arr, _ = cache.cached_array(key, (len(source), 3), build, cache_dir)
+        flags = pd.DataFrame(np.asarray(arr, bool), columns=["by_name", "by_patient", "by_content"])
+    else:
+        flags = audit.leakage_flags(source, held_out)
     drop = (flags["by_name"] | flags["by_patient"] | flags["by_content"]).to_numpy()
     counts = dict(excluded=int(drop.sum()), by_name=int(flags["by_name"].sum()),
                   by_patient=int(flags["by_patient"].sum()), by_content=int(flags["by_content"].sum()))
@@ -170,7 +193,7 @@ def load_study_data(data_root: str | os.PathLike | None = None, pretrain_root: s
             source, probs = _decoded_set(man, size, cache_dir, "source-train", quiet)
             info["problems"] += [str(p) for p in probs]
             if not allow_overlap:
-                source, counts = exclude_leakage(source, [val, test])
+                source, counts = exclude_leakage(source, [val, test], cache_dir)
                 info["source_excluded_overlap"] = counts["excluded"]
                 info["source_excluded_by"] = counts
                 log(f"pre-training source: excluded {counts['excluded']} images sharing a file name "

@@ -50,8 +50,12 @@ def test_hash_finds_reencoded_resized_copy(kermany_root, cache_dir, tmp_path):
     # and distinct images do not match
     assert not audit.matches(others, b)["by_content"].any()
     # the copies (new names, new patients) are excluded from pre-training by content alone
-    kept, counts = exclude_leakage(a, [b])
-    assert len(kept) == 0 and counts == dict(excluded=12, by_name=0, by_patient=0, by_content=12)
+    for _ in range(2):   # computed, then read back from the cache
+        kept, counts = exclude_leakage(a, [b], cache_dir=tmp_path / "flags")
+        assert len(kept) == 0 and counts == dict(excluded=12, by_name=0, by_patient=0, by_content=12)
+    assert len(list((tmp_path / "flags").glob("leakage-*.u8"))) == 1
+    kept, counts = exclude_leakage(a, [others], cache_dir=tmp_path / "flags")   # other held-out set: new key
+    assert len(kept) == 12 and counts["excluded"] == 0
 
 
 def test_synthetic_audit_has_no_overlap():
