@@ -17,7 +17,7 @@ from .ablation_summary import format_summary, summarize
 from .atomic import atomic_write
 from .datasets import load_study_data
 from .distributed import data_args
-from .results import read_results, upsert_parquet, write_run_json
+from .results import read_results, read_table, upsert_parquet, write_run_json
 from .sweep import init_ray
 from .tuning import SweepConfig, evaluate_trials, max_concurrent_trials
 
@@ -26,11 +26,6 @@ KEYS = dict(ablations=["arm", "model", "seed"], ablation_predictions=["arm", "mo
 # settings every arm in one results folder must share, or the arms would not be comparable
 SHARED = ("preset", "data_root", "pretrain_root", "image_size", "epochs", "pretrain_epochs", "batch_size", "split_seed",
           "val_fraction")
-
-
-def read_table(out: Path, name: str) -> pd.DataFrame:
-    path = out / f"{name}.parquet"
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
 
 
 def check_compatible(out: Path, settings: dict) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .results import Results, read_results
+from .results import Results, read_results, read_table
 
 SEARCHED = ("aug_strength", "class_weight_scale", "lr", "pretrain_lr")   # what the sweep's Optuna searches
 REFERENCE_ARM = "transfer"
@@ -52,11 +52,6 @@ class Candidate:
     row: dict                             # its trials / ablations row
 
 
-def _read(path: Path, name: str) -> pd.DataFrame:
-    f = path / f"{name}.parquet"
-    return pd.read_parquet(f) if f.exists() else pd.DataFrame()
-
-
 def load_report_data(folders) -> ReportData:
     """Read every folder; a folder that is neither a sweep nor an ablation is noted and skipped."""
     folders = [Path(f) for f in folders]
@@ -80,7 +75,7 @@ def load_report_data(folders) -> ReportData:
         if is_ablation:
             abl_runs[f.name] = run
             for t in ABLATION_TABLES:
-                frame = _read(f, t)
+                frame = read_table(f, t)
                 if len(frame):
                     frame.insert(0, "study", f.name)
                 abl[t].append(frame)

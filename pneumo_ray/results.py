@@ -35,6 +35,12 @@ def upsert_parquet(path: Path, rows: pd.DataFrame, key: list[str]) -> pd.DataFra
     return rows
 
 
+def read_table(out: Path, name: str) -> pd.DataFrame:
+    """`<out>/<name>.parquet`, or an empty frame where it does not exist (yet)."""
+    path = Path(out) / f"{name}.parquet"
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
 def write_tables(out: Path, trials: list[dict], epochs: list[pd.DataFrame], preds: list[pd.DataFrame]) -> None:
     frames = dict(trials=pd.DataFrame(trials),
                   epochs=pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(),
@@ -99,8 +105,7 @@ def read_results(path: str | os.PathLike) -> Results:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such results folder")
-    tables = {name: pd.read_parquet(path / f"{name}.parquet") if (path / f"{name}.parquet").exists() else pd.DataFrame()
-              for name in TABLES}
+    tables = {name: read_table(path, name) for name in TABLES}
     run = json.loads((path / "run.json").read_text()) if (path / "run.json").exists() else {}
     if not run and all(t.empty for t in tables.values()):
         raise FileNotFoundError(f"{path}: no run.json and no trials/epochs/predictions.parquet")
