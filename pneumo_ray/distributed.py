@@ -73,8 +73,8 @@ def finetune_worker(config: dict) -> None:
     """train_loop_per_worker of a fine-tuning trial.
 
     Every epoch reports the validation metrics that Tune and ASHA act on. When an epoch is the new
-    best on validation, rank 0 also reports a checkpoint of it (weights, the threshold chosen on
-    validation, the normalization), so the best-validation checkpoint exists even when ASHA ends
+    best on validation, rank 0 also reports a checkpoint of it (weights, the loss's decision
+    threshold, the normalization), so the best-validation checkpoint exists even when ASHA ends
     the trial early. The test set is not touched here: `evaluate_checkpoint` applies the
     checkpoint to test once, after the trial.
     """
@@ -97,7 +97,7 @@ def finetune_worker(config: dict) -> None:
         improved = rec["best_epoch"] == rec["epoch"]
         if improved:
             best.clear()
-            best.update({f"best_{k}": v for k, v in validation_summary(data, result.best_val_probs).items()
+            best.update({f"best_{k}": v for k, v in validation_summary(data, result.best_val_probs, result.threshold).items()
                          if isinstance(v, (int, float))})
             best["best_val_loss"] = rec["val_loss"]
         out.update(best, **fixed, reported_at=time.time())
@@ -116,7 +116,7 @@ def finetune_worker(config: dict) -> None:
 
 
 def evaluate_checkpoint(checkpoint_path: str, dargs: dict, storage_filesystem=None) -> tuple[dict, pd.DataFrame]:
-    """Apply a trial's best-validation checkpoint, with its validation-chosen threshold, to test.
+    """Apply a trial's best-validation checkpoint, with its decision threshold, to test.
     Returns (test_* metrics, per-image predictions). Runs as a Ray task with the trial's resources."""
     from ray.train import Checkpoint
 

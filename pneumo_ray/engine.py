@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .augment import Augment, Normalize, to_float
 from .datasets import ImageSet
-from .metrics import roc_auc
+from .metrics import decision_threshold, roc_auc
 from .models import train_mode
 
 
@@ -45,6 +45,7 @@ class FitResult:
     normalize: Normalize
     weights: tuple[float, float]
     best_val_probs: np.ndarray | None = None   # validation probabilities of the best epoch
+    threshold: float = 0.5       # the decision rule of this phase's loss (metrics.decision_threshold)
 
 
 def seed_everything(seed: int) -> None:
@@ -219,7 +220,8 @@ def fit(model, train: ImageSet, val: ImageSet | None, phase: Phase, *, device, r
     augment = Augment(phase.aug_strength, phase.hflip)
     steps_per_epoch = math.ceil((len(train) // world) / phase.batch_size)
     optimizer, scheduler = make_optimizer(model, phase, steps_per_epoch * phase.epochs)
-    result = FitResult([], None, 0, -math.inf, normalize, weights)
+    result = FitResult([], None, 0, -math.inf, normalize, weights,
+                       threshold=decision_threshold(weights, train.class_counts()))
     show = progress and rank == 0
     for epoch in range(1, phase.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]

@@ -19,7 +19,7 @@ from .atomic import atomic_write
 from .config import TrainConfig, stable_id
 from .datasets import StudyData
 from .engine import FitResult, Phase, evaluate, fit, predict, seed_everything
-from .metrics import binary_metrics, choose_threshold
+from .metrics import binary_metrics
 from .models import build_model, freeze_backbone
 from .split import patient_grouped_split
 
@@ -80,16 +80,16 @@ def finetune(cfg: TrainConfig, data: StudyData, device, *, init_state: dict | No
     return model, result
 
 
-def validation_summary(data: StudyData, val_probs) -> dict:
-    """Threshold (Youden's J on validation) and the validation metrics at it."""
-    threshold = choose_threshold(data.val.labels, val_probs)
+def validation_summary(data: StudyData, val_probs, threshold: float) -> dict:
+    """The validation metrics at the loss's decision threshold (`metrics.decision_threshold`, fixed
+    before any score is seen; validation does not choose it)."""
     metrics = {f"val_{k}": v for k, v in binary_metrics(data.val.labels, val_probs, threshold).items()}
     metrics["threshold"] = threshold
     return metrics
 
 
 def test_evaluation(model, data: StudyData, normalize, threshold: float, device) -> tuple[dict, pd.DataFrame]:
-    """Apply a model and a validation-chosen threshold to the test set, unchanged."""
+    """Apply a model and its decision threshold (fixed by the training loss) to the test set."""
     test_probs = predict(model, data.test, normalize=normalize, device=device)
     metrics = {f"test_{k}": v for k, v in binary_metrics(data.test.labels, test_probs, threshold).items()}
     preds = pd.DataFrame(dict(path=data.test.manifest["path"], name=data.test.manifest["name"],
@@ -99,7 +99,7 @@ def test_evaluation(model, data: StudyData, normalize, threshold: float, device)
 
 
 def final_evaluation(cfg: TrainConfig, data: StudyData, result: FitResult, device) -> tuple[dict, pd.DataFrame]:
-    """Best-validation weights → threshold chosen on validation → applied to test.
+    """Best-validation weights → the loss's decision threshold → applied to validation and test.
 
     Returns (metrics with val_* and test_* keys, per-test-image predictions)."""
     model = build_model(cfg.model).to(device)
@@ -107,7 +107,7 @@ def final_evaluation(cfg: TrainConfig, data: StudyData, result: FitResult, devic
     val_probs = result.best_val_probs
     if val_probs is None:
         val_probs = evaluate(model, data.val, normalize=result.normalize, weights=result.weights, device=device)["probs"]
-    metrics = validation_summary(data, val_probs)
+    metrics = validation_summary(data, val_probs, result.threshold)
     test_metrics, preds = test_evaluation(model, data, result.normalize, metrics["threshold"], device)
     metrics.update(test_metrics, best_epoch=result.best_epoch)
     return metrics, preds

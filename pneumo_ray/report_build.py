@@ -112,7 +112,7 @@ def build_report(folders, out=None, *, n_boot: int = 2000, top: int = 3, example
 def _model_comparison(b: _Builder, summary: Section, cands: list[Candidate]) -> Section:
     s = Section("1. Model comparison on the test set",
                 "Each model's best trial by validation AUC (for ablation-only input: each arm's best-validation "
-                "seed), its test predictions, and the threshold chosen on validation.")
+                "seed), its test predictions, and the decision threshold fixed by its loss.")
     if not cands:
         if b.data.has_sweep or b.data.has_ablation:
             b.note("model comparison: no test predictions (predictions.parquet / ablation_predictions.parquet) "
@@ -121,7 +121,7 @@ def _model_comparison(b: _Builder, summary: Section, cands: list[Candidate]) -> 
             b.aside(s, "needs test predictions from a sweep or an ablation")
         return s
     metrics, raw = test_metric_table(cands, b.n_boot, b.seed)
-    b.table(summary, "test_metrics", f"Test metrics at the validation threshold (95% bootstrap CI over test images, "
+    b.table(summary, "test_metrics", f"Test metrics at the decision threshold (95% bootstrap CI over test images, "
                                      f"{b.n_boot} resamples, stratified by class)", metrics)
     for c in cands:
         rec = c.row.get("test_auc")
@@ -132,11 +132,11 @@ def _model_comparison(b: _Builder, summary: Section, cands: list[Candidate]) -> 
              for c in cands}
     b.figure(s, "roc", figs.roc_figure(cands, bands, {k: v["auc"] for k, v in raw.items()}),
              "ROC curves on the test set with a pointwise 95% bootstrap band; the dot is the operating point at the "
-             "threshold chosen on validation.")
+             "decision threshold fixed by the loss.")
     b.figure(s, "precision_recall", figs.pr_figure(cands),
              "Precision–recall on the test set; AP = average precision.")
     b.figure(s, "confusion", figs.confusion_figure(cands),
-             "Confusion matrices at the validation-chosen threshold (row shares in %).")
+             "Confusion matrices at the decision threshold (row shares in %).")
     b.figure(s, "calibration", figs.calibration_figure(cands),
              "Reliability curve (10 equal-width bins) and the distribution of predicted probabilities.")
     return s
@@ -205,7 +205,8 @@ def _ablation_section(b: _Builder, summary_section: Section) -> Section:
                                                "fine-tuned on the target)", v))
     arms = arm_table(summ)
     b.report.tables["arms"] = arms
-    summary_section.blocks.append(("table", "Ablation arms: mean [95% CI across seeds]", arms))
+    summary_section.blocks.append(("table", "Ablation arms: mean [95% CI]; test AUC's interval covers seeds and "
+                                            "test images, the threshold metrics' seeds only", arms))
     vs = summ[summ["kind"] == "vs_transfer"].dropna(subset=["auc_diff"]) if "auc_diff" in summ else summ.iloc[0:0]
     if vs.empty:
         b.note("ablations: no arm shares seeds with the transfer arm yet, so no AUC differences (run the transfer "
@@ -220,7 +221,8 @@ def _ablation_section(b: _Builder, summary_section: Section) -> Section:
             b.note("ablations: audit_summary.parquet missing: no leakage audit numbers", s)
         else:
             side.append(("list", "Leakage audit of the pre-training images", audit_sentences(audit)))
-        caption = "AUC difference to transfer with 95% paired bootstrap CI; p = bootstrap p-value."
+        caption = ("AUC difference to transfer with its 95% CI covering seed-to-seed variation and test-image "
+                   "sampling; p_holm = the primary paired test, Holm-adjusted over the arms of each model.")
         s.blocks.append(("row", [("figure", "forest", caption, b.formats), ("stack", side)]))
     if (summ["kind"] == "arm").any():
         b.figure(s, "arm_metrics", figs.arm_bars_figure(summ, abl["ablations"]),
@@ -244,7 +246,7 @@ def _recompute_summary(b: _Builder, s: Section) -> pd.DataFrame:
         return pd.DataFrame()
     b.note("ablations: ablation_summary.parquet missing: recomputed from ablations.parquet and "
            "ablation_predictions.parquet", s)
-    return summarize(abl["ablations"], abl["ablation_predictions"], n_boot=b.n_boot, seed=b.seed)
+    return summarize(abl["ablations"], abl["ablation_predictions"])
 
 
 def _pictures(b: _Builder, cands: list[Candidate], examples: int, n_cam: int) -> Section:
@@ -256,7 +258,7 @@ def _pictures(b: _Builder, cands: list[Candidate], examples: int, n_cam: int) ->
         return s
     c = max(cands, key=lambda c: c.row.get("best_val_auc", c.row.get("val_auc", -1)))
     s.intro = (f"{c.label} (the best model by validation AUC): the most confident examples of each outcome at "
-               f"its validation-chosen threshold, and Grad-CAM heat-maps from its checkpoint.")
+               f"its decision threshold, and Grad-CAM heat-maps from its checkpoint.")
     picked = pick_examples(c, examples)
     try:
         imgs = load_test_images(c, picked)

@@ -38,7 +38,7 @@ class ReportData:
 
 @dataclass
 class Candidate:
-    """One model's test predictions at its validation-chosen threshold (a sweep's best trial, or an
+    """One model's test predictions at its decision threshold (a sweep's best trial, or an
     ablation arm's best-validation seed)."""
     label: str
     model: str
@@ -167,7 +167,7 @@ def candidates(data: ReportData, notes: list[str]) -> list[Candidate]:
 
 
 def _threshold(row: dict, preds: pd.DataFrame) -> float:
-    """The recorded validation-chosen threshold; else the smallest probability predicted positive."""
+    """The recorded decision threshold (the loss rule); else the smallest probability predicted positive."""
     t = row.get("test_threshold")
     if t is not None and np.isfinite(t):
         return float(t)

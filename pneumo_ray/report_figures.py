@@ -4,6 +4,8 @@ read back exactly what was drawn."""
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import matplotlib
@@ -37,7 +39,7 @@ def save(fig: Figure, folder: Path, name: str, formats=("png", "svg")) -> list[P
 
 def roc_figure(cands: list[Candidate], bands: dict, aucs: dict) -> Figure:
     """Test ROC of each candidate, its 95% bootstrap band and its operating point at the
-    validation-chosen threshold."""
+    decision threshold (fixed by the training loss)."""
     fig = Figure(figsize=(5.5, 5))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls=":")
@@ -88,7 +90,7 @@ def confusion_figure(cands: list[Candidate]) -> Figure:
             share = v / max(cm[r].sum(), 1)
             ax.text(k, r, f"{v}\n{share:.0%}", ha="center", va="center", color="white" if share > 0.6 else "black")
         ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["NORMAL", "PNEUMONIA"], yticklabels=["NORMAL", "PNEUMONIA"],
-               xlabel="predicted", ylabel="true", title=f"{c.label}\nthreshold {c.threshold:.3f} (val)")
+               xlabel="predicted", ylabel="true", title=f"{c.label}\nthreshold {c.threshold:.3f} (loss rule)")
         ax.images[0].set_gid(f"confusion:{c.label}")
     fig.tight_layout()
     return fig
@@ -213,7 +215,8 @@ def params_figure(trials: pd.DataFrame) -> Figure:
 
 
 def forest_figure(summary: pd.DataFrame) -> Figure:
-    """AUC difference (arm − transfer) with its 95% paired-bootstrap CI, one row per (model, arm)."""
+    """AUC difference (arm − transfer) with its 95% CI (seeds + test images), one row per (model, arm),
+    annotated with the Holm-adjusted p-value that the verdict uses."""
     vs = summary[(summary["kind"] == "vs_transfer")].dropna(subset=["auc_diff"]).sort_values(["model", "arm"])
     fig = Figure(figsize=(7, 1.0 + 0.5 * max(len(vs), 1)))
     ax = fig.add_subplot()
@@ -227,9 +230,9 @@ def forest_figure(summary: pd.DataFrame) -> Figure:
     pts.set_gid("forest")
     ax.axvline(0, color="0.5", lw=1)
     ax.set_yticks(y, [f"{m}: {a}" for m, a in zip(vs["model"], vs["arm"])])
-    for yi, p in zip(y, vs["p_bootstrap"]):
-        ax.annotate(f"p={p:.3f}", (1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
-    ax.set(xlabel="ΔAUC vs transfer (95% paired bootstrap CI)  ← transfer better | arm better →",
+    for yi, p in zip(y, vs["p_holm"] if "p_holm" in vs else [math.nan] * len(vs)):
+        ax.annotate(f"p_holm={p:.3f}", (1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    ax.set(xlabel="ΔAUC vs transfer (95% CI: seeds + test images)  ← transfer better | arm better →",
            title="Ablations: test AUC difference to the transfer arm")
     ax.set_ylim(-0.7, len(vs) - 0.3)
     fig.tight_layout()

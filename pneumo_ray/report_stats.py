@@ -1,6 +1,6 @@
 """What the report's model-comparison figures and tables compute from one model's test predictions:
 bootstrap CIs of the metrics and of the ROC curve (resampling test images), precision–recall,
-calibration and the confusion matrix at the validation-chosen threshold."""
+calibration and the confusion matrix at the decision threshold (fixed by the training loss)."""
 
 from __future__ import annotations
 

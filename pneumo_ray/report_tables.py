@@ -51,13 +51,13 @@ def best_config_table(rows: list[dict], labels: list[str]) -> pd.DataFrame:
                     "best epoch": r.get("best_epoch"),
                     **{p: _sci(cfg.get(p)) for p in SEARCHED},
                     "val AUC": num(r.get("best_val_auc", r.get("val_auc"))),
-                    "threshold (val)": num(r.get("test_threshold"))})
+                    "threshold (loss rule)": num(r.get("test_threshold"))})
     return pd.DataFrame(out)
 
 
 def test_metric_table(cands: list[Candidate], n_boot: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Test AUC, accuracy, sensitivity, specificity with 95% bootstrap CIs over the test images, at
-    each candidate's validation-chosen threshold. Returns (display table, {label: raw metrics})."""
+    each candidate's decision threshold (fixed by its loss). Returns (display table, {label: raw metrics})."""
     rows, raw = [], {}
     for c in cands:
         m = bootstrap_metrics(c.labels, c.probs, c.threshold, bootstrap_counts(c.labels, n_boot, seed))
@@ -69,7 +69,8 @@ def test_metric_table(cands: list[Candidate], n_boot: int = 2000, seed: int = 0)
 
 
 def arm_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, arm): mean [95% t-CI across seeds] of the test metrics (clipped to [0, 1])."""
+    """Per (model, arm): mean [95% CI] of the test metrics (clipped to [0, 1]): test AUC's interval covers
+    seeds and test images where predictions exist, the threshold metrics' seeds only."""
     arms = summary[summary["kind"] == "arm"] if len(summary) else summary
     rows = []
     for r in arms.to_dict("records"):
@@ -86,22 +87,13 @@ def _clip(x):
 
 
 def verdict(r: dict) -> str:
-    """'no-pretrain vs transfer (cnn): ΔAUC −0.031 [−0.060, −0.004], p=0.02: transfer better'."""
-    head = f"{r['arm']} vs {r.get('reference', 'transfer')} ({r['model']})"
-    d, lo, hi = r.get("auc_diff"), r.get("auc_diff_ci_low"), r.get("auc_diff_ci_high")
-    if d is None or (isinstance(d, float) and math.isnan(d)):
-        return f"{head}: no seed trained in both arms, no comparison yet"
-    if hi < 0:
-        word = f"{r.get('reference', 'transfer')} better"
-    elif lo > 0:
-        word = f"{r['arm']} better"
-    else:
-        word = "no clear difference (the interval includes 0)"
-    delong = f"; DeLong {pval(r.get('p_delong'))}" if r.get("p_delong") is not None else ""
-    seeds = r.get("n_seeds")
-    extra = f" ({int(seeds)} paired seed{'s' if seeds != 1 else ''}, {int(r['n_test'])} test images{delong})" \
-        if r.get("n_test") is not None and not math.isnan(r["n_test"]) else ""
-    return f"{head}: ΔAUC {ci(d, lo, hi)}, {pval(r.get('p_bootstrap'))}: {word}{extra}"
+    """A comparison in words: the summary's own wording (from p_holm and the ΔAUC interval), so the
+    console, the report and the README say the same thing."""
+    if isinstance(r.get("verdict"), str):
+        return r["verdict"]
+    from .ablation_summary import verdict as words
+
+    return words(r)
 
 
 def verdicts(summary: pd.DataFrame) -> list[str]:

@@ -7,7 +7,7 @@ retraining, no Ray) and writes <first folder>/report/:
   summary.json       the page's tables, ablation verdicts and notes, for scripts
 
 Sections: 1. model comparison on test (ROC with bootstrap band, precision–recall, confusion
-matrices at the validation-chosen threshold, calibration); 2. learning curves (ASHA-stopped trials
+matrices at the decision threshold, calibration); 2. learning curves (ASHA-stopped trials
 marked); 3. sweep insight (optimisation history, fANOVA hyper-parameter importance, validation AUC
 against each searched parameter); 4. ablations (forest plot of ΔAUC vs transfer, per-arm metrics,
 leakage audit); 5. test images with the model's probabilities and Grad-CAM heat-maps (these need

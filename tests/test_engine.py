@@ -65,8 +65,9 @@ def test_pretrain_weights_roundtrip_and_threshold_from_validation(tiny, tmp_path
     model, result = finetune(cfg, tiny, dev, init_state=loaded, log=None)
     metrics, preds = final_evaluation(cfg, tiny, result, dev)
     assert len(preds) == len(tiny.test) == 624
-    # the threshold is the validation Youden point; the test metrics use it unchanged
-    assert metrics["val_threshold"] == metrics["test_threshold"] == metrics["threshold"]
+    # the threshold is the loss's equal-prior rule (inverse-frequency weights → 0.5), fixed before any
+    # score is seen; validation and test use it unchanged
+    assert metrics["val_threshold"] == metrics["test_threshold"] == metrics["threshold"] == pytest.approx(0.5)
     assert ((preds.probability >= metrics["threshold"]).astype(int) == preds.prediction).all()
     assert metrics["test_tp"] + metrics["test_fn"] == int(preds.label.sum())
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve as sk_roc
 
-from pneumo_ray.metrics import binary_metrics, choose_threshold, roc_auc, roc_curve
+from pneumo_ray.metrics import binary_metrics, decision_threshold, roc_auc, roc_curve
 
 
 def test_auc_matches_sklearn_with_ties():
@@ -22,11 +22,24 @@ def test_auc_edge_cases():
     assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
 
 
-def test_threshold_youden_and_confusion():
+def test_decision_threshold_from_the_loss():
+    # inverse-frequency weights (NORMAL scale·n1/n0, PNEUMONIA 1): 1 / (1 + scale); 0.5 at scale 1
+    n0, n1 = 1000, 2900
+    assert decision_threshold((n1 / n0, 1.0), (n0, n1)) == pytest.approx(0.5)
+    assert decision_threshold((2 * n1 / n0, 1.0), (n0, n1)) == pytest.approx(1 / 3)
+    # an unweighted loss: the training prevalence of PNEUMONIA
+    assert decision_threshold((1.0, 1.0), (n0, n1)) == pytest.approx(n1 / (n0 + n1))
+    # it is the equal-prior Bayes rule: a calibrated weighted posterior q at the threshold means p1 = p0
+    w0, p1, p0 = 1.7, 0.3, 0.3
+    q = n1 * p1 / (n1 * p1 + w0 * n0 * p0)
+    assert q == pytest.approx(decision_threshold((w0, 1.0), (n0, n1)))
+    with pytest.raises(ValueError, match="both classes"):
+        decision_threshold((1.0, 1.0), (0, 5))
+
+
+def test_confusion_counts_at_a_threshold():
     y = np.array([0, 0, 0, 1, 1, 1])
     s = np.array([0.1, 0.2, 0.6, 0.4, 0.7, 0.9])
-    t = choose_threshold(y, s)
-    assert t == 0.7  # sens 2/3 spec 1 (J=.667) beats t=0.4 (sens 1, spec 2/3 → J=.667, tie → higher threshold)
     m = binary_metrics(y, s, 0.4)
     assert (m["tp"], m["fn"], m["tn"], m["fp"]) == (3, 0, 2, 1)
     assert m["sensitivity"] == 1.0 and m["specificity"] == pytest.approx(2 / 3)
