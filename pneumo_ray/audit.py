@@ -1,5 +1,6 @@
 """Leakage audit: which images of one set also appear in another, by file name, by patient id and
-by image content (a perceptual hash of the decoded image).
+by image content (a perceptual hash of the decoded image). Patients come from `sources.patient_id`
+(person number + category; `patient_rule_evidence` holds the facts that decide it).
 
 The hash is a 256-bit DCT hash (the sign of the 16×16 lowest DCT coefficients, relative to their
 median, of the image reduced to 32×32). Measured on the real data at 64 px: the same image under
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from .sources import parse_kermany_name, patient_id
 
 HASH_BITS = 256
 MATCH_DISTANCE = 24
@@ -130,3 +133,163 @@ def format_summary(summary: pd.DataFrame) -> str:
             + s[cols].to_string(index=False)
             + "\n\nduplicate content inside one set (images with a near-identical other image)\n"
             + dup.rename(columns={"by_content": "with_duplicate"}).to_string(index=False))
+
+
+def format_split_overlap(summary: pd.DataFrame, train: str, test: str) -> str:
+    """One line: what a target's own train and test sets share (patients, file names, content)."""
+    s = summary.set_index(["a_set", "b_set"])
+    tr, te = s.loc[(train, test)], s.loc[(test, train)]
+    return (f"{train} vs {test} (patient = person number + category; `--patients` shows why): "
+            f"{tr.patients_shared} patients shared ({tr.by_patient} {train} / {te.by_patient} {test} images of "
+            f"them), {te.by_name} file names shared, {te.by_content} {test} images with the content of a {train} "
+            f"image (Hamming distance ≤ {MATCH_DISTANCE})")
+
+
+# --- Which patient does a file name name? The evidence behind sources.patient_id -------------------------------
+# Kermany's names are `personN_<bacteria|virus>_M` and `[NORMAL2-]IM-NNNN-MMMM`. Whether N is a child (shared by
+# both categories) or a number counted per category decides which images are one patient; these facts decide it.
+
+READINGS = ("person number", "person number + category")
+_SERIES = ("bacteria", "virus", "IM", "NORMAL2-IM")
+
+
+def _patient_under(reading: str, name: str) -> str:
+    """The patient of `name` under a reading: "person number" joins `personN_bacteria_*` with
+    `personN_virus_*` (the rule before this evidence), "person number + category" is `sources.patient_id`."""
+    k = parse_kermany_name(name)
+    if reading == READINGS[0] and k is not None and k.series == "person":
+        return f"person{k.number}"
+    return patient_id(name)
+
+
+def _names(manifest: pd.DataFrame) -> pd.DataFrame:
+    """One row per parsed Kermany name: split, series (bacteria, virus, IM, NORMAL2-IM), number, counter."""
+    rows = []
+    for name, split in zip(manifest["name"], manifest["split"]):
+        k = parse_kermany_name(name)
+        if k is not None:
+            rows.append((split, k.category or k.series, k.number, k.counter))
+    return pd.DataFrame(rows, columns=["split", "series", "number", "counter"])
+
+
+def _spearman(x: pd.Series, y: pd.Series) -> float:
+    ok = x.notna() & y.notna()
+    if ok.sum() < 3:
+        return float("nan")
+    return float(np.corrcoef(x[ok].rank(), y[ok].rank())[0, 1])
+
+
+def _reading_rows(manifest: pd.DataFrame) -> list[tuple]:
+    rows = []
+    for reading in READINGS:
+        patients = manifest["name"].map(lambda n, r=reading: _patient_under(r, n))
+        train, test = (patients[manifest["split"] == s] for s in ("train", "test"))
+        shared = set(train) & set(test)
+        for item, value in (("patients train", train.nunique()), ("patients test", test.nunique()),
+                            ("shared train/test", len(shared)), ("train images of shared", train.isin(shared).sum()),
+                            ("test images of shared", test.isin(shared).sum())):
+            rows.append(("reading", reading, item, value))
+    return rows
+
+
+def _numbers(names: pd.DataFrame, split: str | None = None, series: str | None = None) -> set:
+    sel = names[((names["split"] == split) if split else True) & ((names["series"] == series) if series else True)]
+    return set(sel["number"])
+
+
+def _category_rows(names: pd.DataFrame) -> list[tuple]:
+    """Person numbers used by both categories, against |B|·|V|/range for two independent numberings."""
+    bac, vir = _numbers(names, series="bacteria"), _numbers(names, series="virus")
+    span = (max(bac | vir) - min(bac | vir) + 1) if bac | vir else 0
+    facts = (("bacteria numbers |B|", len(bac)), ("virus numbers |V|", len(vir)), ("range of numbers", span),
+             ("used by both", len(bac & vir)),
+             ("expected by chance |B|·|V|/range", len(bac) * len(vir) / span if span else np.nan))
+    return [("both categories", "person numbers", item, value) for item, value in facts]
+
+
+def _train_test_rows(names: pd.DataFrame) -> list[tuple]:
+    """Numbers shared by a train series and a test series; for one series, train numbers inside the
+    test's range (0: the test is a block cut out of the numbering)."""
+    rows = []
+    for a, b in (("bacteria", "bacteria"), ("virus", "virus"), ("bacteria", "virus"), ("virus", "bacteria"),
+                 ("IM", "IM"), ("NORMAL2-IM", "NORMAL2-IM")):
+        train, test = _numbers(names, "train", a), _numbers(names, "test", b)
+        rows.append(("train vs test", f"train {a} × test {b}", "numbers shared", len(train & test)))
+        if a == b:
+            inside = sum(min(test) <= n <= max(test) for n in train) if test else 0
+            rows.append(("train vs test", f"train {a} × test {b}", "train numbers inside test range", inside))
+    return rows
+
+
+def _series_rows(names: pd.DataFrame) -> list[tuple]:
+    """Per split and series: images, numbers, their range, Spearman(image counter, person number)."""
+    rows = []
+    for (split, series), g in names.groupby(["split", "series"], sort=False):
+        rho = _spearman(g["counter"], g["number"]) if series in ("bacteria", "virus") else np.nan
+        for item, value in (("images", len(g)), ("numbers", g["number"].nunique()), ("min number", g["number"].min()),
+                            ("max number", g["number"].max()), ("spearman(counter, number)", rho)):
+            rows.append(("series", f"{split} {series}", item, value))
+    return rows
+
+
+def patient_rule_evidence(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The facts that decide what a Kermany file name's person number means, from a manifest's
+    `name` and `split` (train/test) columns alone.
+
+    One row per fact: section, group, item, value. Sections: "reading" (patients per split and
+    shared by train and test, under each of READINGS), "both categories" (person numbers used by
+    bacteria and by virus, against |B|·|V|/range expected of two independent numberings),
+    "train vs test" (numbers shared per pair of series), "series" (per split and series: images,
+    numbers, their range, Spearman correlation of the image counter with the person number).
+    """
+    names = _names(manifest)
+    rows = _reading_rows(manifest) + _category_rows(names) + _train_test_rows(names) + _series_rows(names)
+    ev = pd.DataFrame(rows, columns=["section", "group", "item", "value"]).astype({"value": float})
+    order = [f"{split} {x}" for split in ("train", "test") for x in _SERIES]  # series rows: train first, then test
+    rank = ev["group"].map({g: i for i, g in enumerate(order)}).where(ev["section"] == "series", -1)
+    return ev.iloc[np.argsort(rank.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _fmt(v: float) -> str:
+    if np.isnan(v):
+        return "-"
+    return f"{int(v)}" if float(v).is_integer() else f"{v:.6f}" if abs(v) <= 1 else f"{v:.0f}"
+
+
+def _wide(ev: pd.DataFrame, section: str) -> str:
+    part = ev[ev["section"] == section]
+    t = part.pivot(index="group", columns="item", values="value")
+    t = t.loc[list(dict.fromkeys(part["group"])), list(dict.fromkeys(part["item"]))]  # in the table's order
+    return t.map(_fmt).rename_axis(index=None, columns=None).to_string()
+
+
+def _chance_line(both: pd.Series) -> str:
+    return (f"person numbers used by both bacteria and virus: {_fmt(both['used by both'])}; expected by chance if "
+            f"each category is numbered on its own: {both['expected by chance |B|·|V|/range']:.0f} (|B| "
+            f"{_fmt(both['bacteria numbers |B|'])} · |V| {_fmt(both['virus numbers |V|'])} / range "
+            f"{_fmt(both['range of numbers'])})")
+
+
+def _decision_line(get: pd.Series) -> str:
+    r, shared = get["reading"], get["train vs test"].xs("numbers shared", level="item")
+    same = sum(shared[f"train {c} × test {c}"] for c in ("bacteria", "virus"))
+    cross = shared["train bacteria × test virus"] + shared["train virus × test bacteria"]
+    return (f"decision: patient = (person number, category), e.g. person123-bacteria / person123-virus, with "
+            f"IM-NNNN and NORMAL2-IM-NNNN as series of their own: each category has its own image counter rising "
+            f"with N, the categories share about as many numbers as chance gives, and Kermany split train/test by "
+            f"patient, yet the joined reading would put {_fmt(r[READINGS[0], 'shared train/test'])} patients on "
+            f"both sides ({_fmt(cross)} of them bacteria on one side and virus on the other, {_fmt(same)} within "
+            f"one category) against {_fmt(r[READINGS[1], 'shared train/test'])} per category.")
+
+
+def format_patient_evidence(ev: pd.DataFrame) -> str:
+    """The evidence table as text, ending with one line: the chosen definition and why."""
+    get = ev.set_index(["section", "group", "item"])["value"].sort_index()
+    return "\n".join([
+        ("patients under each reading of `personN_<category>_M` (Kermany train vs test; IM/NORMAL2-IM: the same "
+         "under both)"), _wide(ev, "reading"), "",
+        _chance_line(get["both categories", "person numbers"]), "",
+        "person / IM numbers of train against those of test", _wide(ev, "train vs test"), "",
+        ("per split and series: images, numbers, range, Spearman correlation of the image counter M "
+         "(personN_<category>_M) with the person number N"), _wide(ev, "series"), "",
+        _decision_line(get)])

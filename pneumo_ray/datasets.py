@@ -3,6 +3,12 @@
 
 An `ImageSet` is a view (row index) onto a decoded uint8 array, usually a memory map shared by
 every process on the machine; batches are read from it on demand.
+
+One exclusion rule for everything trained on: an image that shares a file name, a patient
+(`sources.patient_id`) or its content (perceptual hash) with a held-out set is not trained on.
+Pre-training drops such source images against the target's validation and test sets; fine-tuning
+drops such target-train images against the test set before the validation split (the split itself
+keeps patients apart). Both go through `exclude_leakage` and its cache.
 """
 
 from __future__ import annotations
@@ -163,7 +169,12 @@ def load_study_data(data_root: str | os.PathLike | None = None, pretrain_root: s
                     allow_overlap: bool = False, source_subset: str = "all", cache_dir=None,
                     quiet: bool = False, log=print) -> StudyData:
     """Target train/val/test (+ pre-training source). With no data_root: the synthetic phantoms
-    (target and, unless use_pretrain is False, the shifted synthetic source domain)."""
+    (target and, unless use_pretrain is False, the shifted synthetic source domain).
+
+    Target-train images sharing a name, patient or content with the test set are dropped before the
+    validation split (`info["train_excluded_overlap"]`; on the real data: 0); source images sharing
+    one with validation or test are dropped from pre-training unless allow_overlap (which concerns
+    pre-training only: the seed study's leaky arm)."""
     log = log or (lambda *_: None)
     info: dict = dict(image_size=size, val_fraction=val_fraction, split_seed=seed, problems=[])
     if data_root is None:
@@ -177,6 +188,11 @@ def load_study_data(data_root: str | os.PathLike | None = None, pretrain_root: s
         test, probs_te = _decoded_set(scan.manifest[scan.manifest.split == "test"], size, cache_dir, "target-test", quiet)
         info["problems"] += [str(p) for p in probs_tr + probs_te]
         info["target"] = str(os.path.abspath(data_root))
+    full_train, counts = exclude_leakage(full_train, [test], cache_dir)
+    info["train_excluded_overlap"], info["train_excluded_by"] = counts["excluded"], counts
+    if counts["excluded"]:
+        log(f"target train/val pool: excluded {counts['excluded']} images sharing a file name ({counts['by_name']}), "
+            f"a patient ({counts['by_patient']}) or their content ({counts['by_content']}) with the test set")
     tr, va = patient_grouped_split(full_train.labels, full_train.manifest["patient"], val_fraction, seed)
     train, val = full_train.subset(tr, "train"), full_train.subset(va, "val")
     test.name = "test"
@@ -207,4 +223,5 @@ def load_study_data(data_root: str | os.PathLike | None = None, pretrain_root: s
         info[f"{s.name}_n"] = len(s)
         info[f"{s.name}_manifest_hash"] = manifest_hash(s.manifest)
     assert not set(train.manifest["patient"]) & set(val.manifest["patient"]), "patient on both sides of the split"
+    assert not set(full_train.manifest["patient"]) & set(test.manifest["patient"]), "test patient in train/val"
     return StudyData(train, val, test, source, info)

@@ -3,6 +3,9 @@
 A manifest is a DataFrame with one row per image:
     path (absolute), name (file name), label (0=NORMAL, 1=PNEUMONIA), patient, split (train|test),
     source, orig_split, category (bacteria/virus/COVID-19/... where known)
+The patient comes from the file name alone (`patient_id`), the one definition that the validation
+split, the leakage audit and every exclusion use; `personN_bacteria_*` and `personN_virus_*` are two
+patients, because Kermany numbers persons per category (evidence: `python -m study.audit --patients`).
 Every file or row that cannot be used is returned as a `Problem` naming the file and the reason;
 nothing is silently dropped or relabelled.
 """
@@ -45,21 +48,50 @@ class Scan:
     ignored: list[str] = field(default_factory=list)  # OS clutter and duplicate copies, not problems
 
 
-_PERSON = re.compile(r"^person(\d+)_", re.IGNORECASE)
-_IM = re.compile(r"^(NORMAL2-)?IM-(\d+)-", re.IGNORECASE)
+_PERSON = re.compile(r"^person(\d+)_(?:(bacteria|virus)_)?(\d+)?", re.IGNORECASE)
+_IM = re.compile(r"^(NORMAL2-)?IM-(\d+)-(\d+)?", re.IGNORECASE)
 _TRAILING_VIEW = re.compile(r"([-_](day\d+|[a-d]\d?))+$", re.IGNORECASE)
 
 
-def patient_id(name: str) -> str:
-    """Patient of a Kermany/CoronaHack file name.
+@dataclass(frozen=True)
+class KermanyName:
+    """The fields of a Kermany file name: `person12_virus_44.jpeg` → ("person", 12, "virus", 44);
+    `NORMAL2-IM-0115-0001.jpeg` → ("NORMAL2-IM", 115, "", 1)."""
+    series: str          # "person", "IM" or "NORMAL2-IM"
+    number: int          # the person / IM number
+    category: str        # "bacteria" or "virus" for the person series, else ""
+    counter: int | None  # the number after it: a running image counter (person) or the view (IM)
 
-    `person123_bacteria_4.jpeg` → `person123`; `IM-0115-0001.jpeg` → `IM-0115`;
-    `NORMAL2-IM-0115-0001.jpeg` → `NORMAL2-IM-0115` (its own series, not the same patient).
+
+def parse_kermany_name(name: str) -> KermanyName | None:
+    """KermanyName of a `personN_<category>_M` / `[NORMAL2-]IM-NNNN-MMMM` name, None for any other name."""
+    if m := _PERSON.match(name):
+        return KermanyName("person", int(m.group(1)), (m.group(2) or "").lower(),
+                           int(m.group(3)) if m.group(3) else None)
+    if m := _IM.match(name):
+        return KermanyName("NORMAL2-IM" if m.group(1) else "IM", int(m.group(2)), "",
+                           int(m.group(3)) if m.group(3) else None)
+    return None
+
+
+def patient_id(name: str) -> str:
+    """Patient of a Kermany/CoronaHack file name: the one definition used by the validation split,
+    the leakage audit and every exclusion.
+
+    `person123_bacteria_4.jpeg` → `person123-bacteria`, `person123_virus_7.jpeg` → `person123-virus`:
+    Kermany counts person numbers per category, not per child. Measured on the real file list
+    (`python -m study.audit --patients`): the image counter rises with N separately in each category
+    (Spearman ≥ 0.9998 per split and category); bacteria and virus share 979 numbers, about the 894
+    that independent numbering gives by chance; train and test share no (number, category) pair,
+    while joining the categories would put 170 patients on both sides of Kermany's patient-wise
+    split, every one of them across categories.
+    `IM-0115-0001.jpeg` → `IM-0115`; `NORMAL2-IM-0115-0001.jpeg` → `NORMAL2-IM-0115` (its own
+    series; train and test share no IM and no NORMAL2 number, their ranges do not even overlap).
     Other names (CoronaHack's COVID images) keep their stem without view/day suffixes, so that
     `x-day3.jpg` and `x-day5.jpg` are one patient.
     """
     if m := _PERSON.match(name):
-        return f"person{int(m.group(1))}"
+        return f"person{int(m.group(1))}" + (f"-{m.group(2).lower()}" if m.group(2) else "")
     if m := _IM.match(name):
         return f"{'NORMAL2-' if m.group(1) else ''}IM-{m.group(2)}"
     stem = Path(name).stem

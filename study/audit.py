@@ -6,8 +6,15 @@ counts duplicates inside each set. Writes <out>/audit.parquet (one row per image
 set, name, patient, which kinds of match, the matching image) and <out>/audit_summary.parquet
 (counts per pair of sets), and prints the summary.
 
+With --patients it prints, from the file names alone (no decoding), the evidence behind the patient
+definition every split, audit and exclusion uses: patients shared by Kermany's train and test when
+`personN_bacteria_*` and `personN_virus_*` are one patient vs two, and the numbering facts that
+decide it (the chosen one: patient = person number + category).
+
 Pre-training in study.sweep and study.ablate already excludes every source image whose name,
-patient or content occurs in the target's validation or test set (unless --allow-test-overlap).
+patient or content occurs in the target's validation or test set (unless --allow-test-overlap), and
+fine-tuning, by the same rule, every target-train image whose name, patient or content is in the
+test set (none on the real data: Kermany's train and test share none).
 """
 
 from __future__ import annotations
@@ -21,18 +28,22 @@ from pathlib import Path
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m study.audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  python -m study.audit --pretrain-root ~/data/coronahack --data-root ~/data/chest_xray")
+        epilog="examples:\n  python -m study.audit --pretrain-root ~/data/coronahack --data-root ~/data/chest_xray\n"
+               "  python -m study.audit --patients --data-root ~/data/chest_xray     # patient-definition evidence")
     p.add_argument("--data-root", help="Kaggle chest_xray/ folder (target); default: the synthetic phantoms")
     p.add_argument("--pretrain-root", help="Kaggle CoronaHack folder (source); default: the synthetic source domain")
     p.add_argument("--image-size", type=int, default=64, help="decode size the hashes are computed at (default 64)")
     p.add_argument("--cache-dir", help="decoded-image cache (default $PNEUMO_RAY_CACHE or ~/.cache/pneumo_ray)")
+    p.add_argument("--patients", action="store_true",
+                   help="print the evidence table for the patient definition (personN_bacteria/virus: one patient "
+                        "or two?) from --data-root's file names, then exit; no decoding, no --pretrain-root needed")
     p.add_argument("--out", default="results/audit", help="folder for audit.parquet and audit_summary.parquet")
     return p
 
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    from pneumo_ray.audit import audit, format_summary
+    from pneumo_ray.audit import audit, format_split_overlap, format_summary
     from pneumo_ray.datasets import audit_sets
     from pneumo_ray.results import write_audit
 
@@ -40,6 +51,8 @@ def main(argv=None) -> int:
         if root is not None and not Path(root).is_dir():
             print(f"error: {flag} {root}: no such folder", file=sys.stderr)
             return 2
+    if args.patients:
+        return patient_evidence(args.data_root)
     t0 = time.time()
     sets, problems = audit_sets(args.data_root, args.pretrain_root, size=args.image_size, cache_dir=args.cache_dir)
     for problem in problems:
@@ -48,7 +61,26 @@ def main(argv=None) -> int:
     pairs, summary = audit(sets)
     write_audit(Path(args.out), pairs, summary)
     print(format_summary(summary))
+    prefix = next(iter(sets), "").rsplit("-", 1)[0]  # the target's sets come first
+    if f"{prefix}-train" in sets and f"{prefix}-test" in sets:
+        print("\n" + format_split_overlap(summary, f"{prefix}-train", f"{prefix}-test"))
     print(f"\n{len(pairs)} matching image rows → {args.out}/audit.parquet, audit_summary.parquet ({time.time() - t0:.1f} s)")
+    return 0
+
+
+def patient_evidence(data_root) -> int:
+    """Print the patient-definition evidence of a Kermany folder's file names."""
+    from pneumo_ray.audit import format_patient_evidence, patient_rule_evidence
+    from pneumo_ray.sources import kermany_manifest
+
+    if data_root is None:
+        print("error: --patients needs --data-root (a Kaggle chest_xray/ folder)", file=sys.stderr)
+        return 2
+    scan = kermany_manifest(data_root)
+    for problem in scan.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"{data_root}: {len(scan.manifest)} images")
+    print(format_patient_evidence(patient_rule_evidence(scan.manifest)))
     return 0
 
 

@@ -102,6 +102,9 @@ def inspect(args) -> int:
         merged = part[part["orig_split"] != split]
         if len(merged):
             print(f"         ({len(merged)} of them from {sorted(set(merged.orig_split))} merged into {split})")
+    splits = [set(m.loc[m["split"] == s, "patient"]) for s in ("train", "test")]
+    if all(splits):  # patient = person number + category (`python -m study.audit --patients` shows why)
+        print(f"  patients in both train and test: {len(splits[0] & splits[1])} (patient = person number + category)")
     if scan.ignored:
         print(f"  ignored {len(scan.ignored)} OS clutter files / duplicate copies (e.g. {scan.ignored[0]})")
     problems = list(scan.problems)

@@ -10,7 +10,7 @@ from pneumo_ray.datasets import _decoded_set, audit_sets, exclude_leakage
 from study.audit import main as audit_main
 
 
-def test_real_audit_numbers(kermany_root, coronahack_root, cache_dir, tmp_path):
+def test_real_audit_numbers(kermany_root, coronahack_root, cache_dir, tmp_path, capsys):
     assert audit_main(["--data-root", str(kermany_root), "--pretrain-root", str(coronahack_root), "--cache-dir",
                        str(cache_dir), "--out", str(tmp_path)]) == 0
     s = pd.read_parquet(tmp_path / "audit_summary.parquet").set_index(["a_set", "b_set"])
@@ -20,10 +20,17 @@ def test_real_audit_numbers(kermany_root, coronahack_root, cache_dir, tmp_path):
     # CoronaHack TRAIN holds every Kermany train image
     tr = s.loc[("kermany-train", "coronahack-train")]
     assert (tr.a_images, tr.by_name, tr.by_content) == (5216, 5216, 5216)
-    # no test image is in CoronaHack TRAIN, but 170 patients are on both sides of Kermany's own split
+    # no test image is in CoronaHack TRAIN, and Kermany's own train and test share nothing: no patient
+    # (person number + category; joining the categories would give 170, see test_patients.py), no name, no content
     assert s.loc[("kermany-test", "coronahack-train")].by_content == 0
-    assert s.loc[("kermany-train", "kermany-test")].patients_shared == 170
-    assert s.loc[("kermany-test", "kermany-train")].by_patient == 320
+    assert s.loc[("kermany-train", "kermany-test")].patients_shared == 0
+    assert s.loc[("kermany-test", "kermany-train")][["by_patient", "by_name", "by_content"]].tolist() == [0, 0, 0]
+    assert s.loc[("kermany-train", "kermany-test")][["by_patient", "by_name", "by_content"]].tolist() == [0, 0, 0]
+    assert s.loc[("kermany-train", "coronahack-train")].patients_shared == 3654  # every Kermany train patient
+    out = capsys.readouterr().out
+    assert ("kermany-train vs kermany-test (patient = person number + category; `--patients` shows why): "
+            "0 patients shared (0 kermany-train / 0 kermany-test images of them), 0 file names shared, 0 kermany-test "
+            "images with the content of a kermany-train image") in out
     pairs = pd.read_parquet(tmp_path / "audit.parquet")
     hit = pairs[(pairs.a_set == "kermany-test") & (pairs.b_set == "coronahack-test")]
     assert len(hit) == 624 and (hit["name"] == hit["content_match"]).mean() > 0.97  # a few exact duplicates

@@ -14,10 +14,13 @@ def _jpeg(path: Path, size=(40, 30), mode="L"):
 
 
 @pytest.mark.parametrize("name,patient", [
-    ("person1000_bacteria_2931.jpeg", "person1000"),
-    ("person1000_virus_1681.jpeg", "person1000"),
-    ("person1_virus_6.jpeg", "person1"),
-    ("person78_virus_142_1.jpeg", "person78"),
+    # Kermany numbers persons per category: person1000 with bacteria and with virus are two patients
+    ("person1000_bacteria_2931.jpeg", "person1000-bacteria"),
+    ("person1000_virus_1681.jpeg", "person1000-virus"),
+    ("person1_virus_6.jpeg", "person1-virus"),
+    ("person78_virus_142_1.jpeg", "person78-virus"),
+    ("PERSON0078_Virus_142.jpeg", "person78-virus"),
+    ("person12_7.jpeg", "person12"),  # no category in the name: the number alone
     ("IM-0115-0001.jpeg", "IM-0115"),
     ("IM-0011-0001-0002.jpeg", "IM-0011"),
     ("NORMAL2-IM-0115-0001.jpeg", "NORMAL2-IM-0115"),   # its own series: not IM-0115
@@ -26,6 +29,18 @@ def _jpeg(path: Path, size=(40, 30), mode="L"):
 ])
 def test_patient_id(name, patient):
     assert sources.patient_id(name) == patient
+
+
+@pytest.mark.parametrize("name,fields", [
+    ("person12_virus_44.jpeg", ("person", 12, "virus", 44)),
+    ("person447_virus_921_1.jpeg", ("person", 447, "virus", 921)),
+    ("IM-0115-0001.jpeg", ("IM", 115, "", 1)),
+    ("NORMAL2-IM-0381-0001.jpeg", ("NORMAL2-IM", 381, "", 1)),
+])
+def test_parse_kermany_name(name, fields):
+    k = sources.parse_kermany_name(name)
+    assert (k.series, k.number, k.category, k.counter) == fields
+    assert sources.parse_kermany_name("01E392EE-69F9-4E33-BFCE-E5C968654078.jpeg") is None
 
 
 def test_kermany_real_counts(kermany_root):
@@ -38,7 +53,8 @@ def test_kermany_real_counts(kermany_root):
     assert set(m["category"][m.label == 1]) == {"bacteria", "virus"}
     assert set(m["category"][m.label == 0]) == {""}
     # every pneumonia image is a person<N>, every normal one an IM series
-    assert m[m.label == 1]["patient"].str.startswith("person").all()
+    assert m[m.label == 1]["patient"].str.fullmatch(r"person\d+-(bacteria|virus)").all()
+    assert (m["patient"] == m["name"].map(sources.patient_id)).all()
     assert m[m.label == 0]["patient"].str.contains("IM-").all()
 
 

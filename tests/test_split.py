@@ -15,6 +15,8 @@ def test_real_holdout_is_patient_disjoint_stratified_and_20_percent(kermany_root
     assert len(tr) + len(va) == len(m) == 5216
     assert set(tr).isdisjoint(va)
     assert set(m.patient[tr]).isdisjoint(set(m.patient[va]))
+    # patient = person number + category: personN_bacteria and personN_virus may fall on different sides
+    assert (m.patient[tr].nunique(), m.patient[va].nunique()) == (2919, 735)
     for cls in (0, 1):
         frac = (m.label[va] == cls).sum() / (m.label == cls).sum()
         assert abs(frac - 0.2) < 0.01, frac
