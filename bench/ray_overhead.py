@@ -53,8 +53,9 @@ def through_ray(args, cache_dir, storage) -> tuple[list[float], list[float], flo
     ray = init_ray(None)
     try:
         t0 = time.time()
-        ms = run_model_sweep(args.model, sweep, data=data, dargs=dargs, storage=storage,
-                             store=Path(cache_dir) / "pretrain", name="overhead", resume=False, concurrency=1)
+        ms = run_model_sweep(args.model, sweep, source_hash=data.info.get("source_manifest_hash"), dargs=dargs,
+                             storage=storage, store=Path(cache_dir) / "pretrain", exp_name=f"overhead-{args.model}",
+                             resume=False, concurrency=1)
     finally:
         ray.shutdown()
     df = next(iter(ms.results)).metrics_dataframe.sort_values("epoch")

@@ -12,20 +12,22 @@ from pathlib import Path
 import pandas as pd
 
 from . import audit, cache
-from .ablation import Arm, base_configs, run_seeds, seed_rows
+from .ablation import SEARCHED, Arm, ArmConfig, base_configs, best_tuned, run_seeds, seed_rows
 from .ablation_summary import format_summary, summarize
 from .atomic import atomic_write
 from .datasets import load_study_data
 from .distributed import data_args
 from .results import read_results, read_table, upsert_parquet, write_run_json
 from .sweep import init_ray
-from .tuning import SweepConfig, evaluate_trials, max_concurrent_trials
+from .tuning import SweepConfig, evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
 
 KEYS = dict(ablations=["arm", "model", "seed"], ablation_predictions=["arm", "model", "seed", "path"],
-            audit_summary=["arm", "a_set", "b_set"])
-# settings every arm in one results folder must share, or the arms would not be comparable
+            audit_summary=["arm", "a_set", "b_set"], ablation_tuning=["arm", "model", "trial_id"],
+            ablation_tuning_epochs=["arm", "model", "trial_id", "epoch"])
+# settings every arm in one results folder must share, or the arms would not be comparable (the
+# configuration protocol too: a tuned arm against an untuned one is not a fair comparison)
 SHARED = ("preset", "data_root", "pretrain_root", "image_size", "epochs", "pretrain_epochs", "batch_size", "split_seed",
-          "val_fraction")
+          "val_fraction", "config_protocol", "search_space")
 
 
 def check_compatible(out: Path, settings: dict) -> None:
@@ -48,36 +50,107 @@ def best_from(path: str | None) -> tuple[pd.DataFrame | None, dict]:
     return res.best_trials(), res.run.get("sweep", {})
 
 
-def run_ablation(sweep: SweepConfig, arm: Arm, seeds: list[int], args, *, name: str, out: Path) -> int:
-    t_start = time.time()
-    out.mkdir(parents=True, exist_ok=True)
+def protocol(args) -> str:
+    """How the arms' configurations are chosen: every arm of one results folder must share it."""
+    if args.tune:
+        return f"tune {args.tune}"
+    return f"from {Path(args.from_).resolve()}" if args.from_ else "defaults"
+
+
+def known_configs(sweep: SweepConfig, arm: Arm, args, out: Path) -> tuple[dict[str, ArmConfig], list[str]]:
+    """The configurations known before any training ({model: ArmConfig}) and the models whose
+    per-arm search still has to run (--tune without a finished search of this arm in `out`)."""
+    if args.tune:
+        tuned, configs, to_tune = read_table(out, "ablation_tuning"), {}, []
+        for model in sweep.models:
+            mine = tuned[(tuned.arm == arm.name) & (tuned.model == model)] if len(tuned) else tuned
+            if len(mine):
+                configs[model] = best_tuned(mine, arm, arm.apply(sweep.base_config(model)), arm.searched(SEARCHED))
+            else:
+                to_tune.append(model)
+        return configs, to_tune
     best, from_sweep = best_from(args.from_)
     if from_sweep and from_sweep.get("image_size") != sweep.image_size:
         print(f"warning: --from {args.from_} searched at {from_sweep.get('image_size')} px, this ablation runs at "
               f"{sweep.image_size} px", file=sys.stderr)
-    configs = {m: (arm.apply(c), origin) for m, (c, origin) in base_configs(sweep, best, args.from_).items()}
+    tuned_for = None
+    if from_sweep:   # the arm the sweep's configuration was searched for
+        tuned_for = ("transfer" if from_sweep.get("pretrain_epochs") else "no-pretrain")
+    configs = {m: ArmConfig(arm.apply(ac.config), ac.source, ac.tuned_for)
+               for m, ac in base_configs(sweep, best, args.from_, tuned_for).items()}
+    return configs, []
+
+
+def check_recorded(done: pd.DataFrame, arm: Arm, model: str, ac: ArmConfig, out: Path) -> None:
+    """An arm's seeds already in `out` must have run at the same configuration."""
+    mine = done[(done.arm == arm.name) & (done.model == model)] if len(done) else done
+    if not len(mine):
+        return
+    recorded = json.loads(mine.iloc[0]["config"])
+    recorded.pop("seed")
+    wanted = {k: v for k, v in ac.config.to_dict().items() if k != "seed"}
+    if recorded != wanted:
+        raise ValueError(f"arm {arm.name}/{model} in {out} was run with another configuration "
+                         f"({ {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v} }, "
+                         f"recorded from {mine.iloc[0]['config_source']}); use another --name")
+
+
+def tune_arm(model: str, arm: Arm, sweep: SweepConfig, args, *, source_hash, dargs: dict, storage: str, store: Path,
+             out: Path, concurrency: int) -> ArmConfig:
+    """The arm's own Optuna search (same space minus what the arm fixes, budget --tune, ASHA on
+    validation AUC); its trials go to ablation_tuning*.parquet, its best configuration is returned."""
+    import os
+
+    import ray.tune
+
+    base = arm.apply(sweep.base_config(model))
+    searched = arm.searched(SEARCHED)
+    tsweep = dataclasses.replace(sweep, num_samples=args.tune)
+    exp = f"tune-{arm.name}-{model}"
+    if ray.tune.Tuner.can_restore(os.path.join(storage, exp)) and not args.resume:
+        raise RuntimeError(f"an interrupted search of this arm is in {os.path.join(storage, exp)}: pass --resume")
+    print(f"\n=== arm {arm.name}, {model}: its own search, {args.tune} trial(s) over {', '.join(searched)} "
+          f"({concurrency} at a time; validation AUC only, ASHA)")
+    ms = run_model_sweep(model, tsweep, source_hash=source_hash, dargs=dargs, storage=storage, store=store,
+                         exp_name=exp, resume=args.resume, concurrency=concurrency, base=base, searched=searched)
+    trials, epochs, _ = trial_rows(ms, tsweep, args.preset, source_hash, {}, base=base)
+    trials = pd.DataFrame(trials)
+    trials.insert(0, "arm", arm.name)
+    upsert_parquet(out / "ablation_tuning.parquet", trials, KEYS["ablation_tuning"])
+    if epochs:
+        ep = pd.concat(epochs, ignore_index=True)
+        ep.insert(0, "arm", arm.name)
+        upsert_parquet(out / "ablation_tuning_epochs.parquet", ep, KEYS["ablation_tuning_epochs"])
+    ac = best_tuned(trials, arm, base, searched)
+    print(f"arm {arm.name}, {model}: {ac.source}: " + ", ".join(f"{k}={getattr(ac.config, k):.4g}" for k in searched))
+    return ac
+
+
+def run_ablation(sweep: SweepConfig, arm: Arm, seeds: list[int], args, *, name: str, out: Path) -> int:
+    t_start = time.time()
+    out.mkdir(parents=True, exist_ok=True)
     settings = dict(preset=args.preset, data_root=args.data_root, pretrain_root=args.pretrain_root,
                     image_size=sweep.image_size, epochs=sweep.epochs, pretrain_epochs=sweep.pretrain_epochs,
-                    batch_size=sweep.batch_size, split_seed=sweep.seed, val_fraction=sweep.val_fraction)
+                    batch_size=sweep.batch_size, split_seed=sweep.seed, val_fraction=sweep.val_fraction,
+                    config_protocol=protocol(args))
+    if args.tune:
+        settings["search_space"] = dict(aug_range=list(sweep.aug_range), lr_range=list(sweep.lr_range),
+                                        class_weight_scale_range=list(sweep.class_weight_scale_range),
+                                        pretrain_lrs=list(sweep.pretrain_lrs), grace_period=sweep.grace_period,
+                                        reduction_factor=sweep.reduction_factor)
     check_compatible(out, settings)
-
+    configs, to_tune = known_configs(sweep, arm, args, out)
     done = read_table(out, "ablations")
     todo = {}
-    for model, (cfg, _) in configs.items():
+    for model in sweep.models:
+        if model in configs:
+            check_recorded(done, arm, model, configs[model], out)
         mine = done[(done.arm == arm.name) & (done.model == model)] if len(done) else done
-        if len(mine):
-            recorded = json.loads(mine.iloc[0]["config"])
-            recorded.pop("seed")
-            wanted = {k: v for k, v in cfg.to_dict().items() if k != "seed"}
-            if recorded != wanted:
-                raise ValueError(f"arm {arm.name}/{model} in {out} was run with another configuration "
-                                 f"({ {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v} }); "
-                                 "use another --name")
         missing = [s for s in seeds if s not in set(mine["seed"] if len(mine) else [])]
         if missing:
             todo[model] = missing
     if not todo:
-        print(f"arm {arm.name}: seeds {seeds} of {', '.join(configs)} already in {out}; nothing to run")
+        print(f"arm {arm.name}: seeds {seeds} of {', '.join(sweep.models)} already in {out}; nothing to run")
         return print_summary(out)
 
     cache_dir = Path(args.cache_dir).resolve() if args.cache_dir else cache.default_cache_dir().resolve()
@@ -103,7 +176,8 @@ def run_ablation(sweep: SweepConfig, arm: Arm, seeds: list[int], args, *, name: 
     source_hash = data.info.get("source_manifest_hash") if uses_source else None
     previous = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     session = dict(arm=arm.name, seeds=todo, started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed=bool(args.resume),
-                   configs={m: dict(config=c.to_dict(), source=o) for m, (c, o) in configs.items()},
+                   configs={m: dict(config=c.config.to_dict(), source=c.source, tuned_for=c.tuned_for)
+                            for m, c in configs.items()},
                    sweep=dataclasses.asdict(sweep), data={k: v for k, v in data.info.items() if k != "problems"})
     info = dict(name=name, kind="ablation", settings=settings, sessions=previous.get("sessions", []) + [session],
                 args=dict(cache_dir=str(cache_dir), storage=storage, address=args.address))
@@ -114,14 +188,26 @@ def run_ablation(sweep: SweepConfig, arm: Arm, seeds: list[int], args, *, name: 
         resources = ray.cluster_resources()
         concurrency = max_concurrent_trials(resources, sweep.cpus_per_trial, sweep.gpus_per_trial, sweep.max_concurrent)
         for model, missing in todo.items():
-            cfg, origin = configs[model]
-            print(f"\n=== arm {arm.name}, {model}: seeds {missing} ({concurrency} at a time); configuration from "
-                  f"{origin}; {cfg.pretrain_epochs} pre-training + {cfg.epochs} fine-tuning epochs at {cfg.image_size}px")
+            if model in to_tune:
+                t0 = time.time()
+                configs[model] = tune_arm(model, arm, sweep, args, source_hash=source_hash, dargs=dargs,
+                                          storage=storage, store=cache_dir / "pretrain", out=out,
+                                          concurrency=concurrency)
+                check_recorded(done, arm, model, configs[model], out)
+                session.setdefault("tuning_seconds", {})[model] = round(time.time() - t0, 1)
+                session["configs"][model] = dict(config=configs[model].config.to_dict(), source=configs[model].source,
+                                                 tuned_for=configs[model].tuned_for)
+                write_run_json(out, **info)
+            ac = configs[model]
+            cfg = ac.config
+            print(f"\n=== arm {arm.name}, {model}: seeds {missing} ({concurrency} at a time); configuration "
+                  f"{ac.source}; {cfg.pretrain_epochs} pre-training + {cfg.epochs} fine-tuning epochs at "
+                  f"{cfg.image_size}px")
             exp = f"{arm.name}-{model}-seeds-{'_'.join(map(str, missing))}"
             ms = run_seeds(model, cfg, missing, sweep, source_hash=source_hash, dargs=dargs, storage=storage,
                            store=cache_dir / "pretrain", exp_name=exp, resume=args.resume, concurrency=concurrency)
-            print(f"evaluating each seed's best-validation checkpoint on test")
-            rows, preds = seed_rows(ms, arm, cfg, origin, args.preset, sweep.seed, source_hash,
+            print("evaluating each seed's best-validation checkpoint on test")
+            rows, preds = seed_rows(ms, arm, ac, args.preset, sweep.seed, source_hash,
                                     evaluate_trials(ms, sweep, dargs, storage))
             upsert_parquet(out / "ablations.parquet", pd.DataFrame(rows), KEYS["ablations"])
             if preds:
@@ -135,7 +221,7 @@ def run_ablation(sweep: SweepConfig, arm: Arm, seeds: list[int], args, *, name: 
     return print_summary(out)
 
 
-def print_summary(out: Path, n_boot: int = 2000) -> int:
+def print_summary(out: Path) -> int:
     abl, preds = read_table(out, "ablations"), read_table(out, "ablation_predictions")
     if abl.empty:
         print(f"{out}: no ablation rows yet (ablations.parquet missing or empty)", file=sys.stderr)
@@ -144,7 +230,7 @@ def print_summary(out: Path, n_boot: int = 2000) -> int:
     if len(failed):
         print(f"warning: {len(failed)} run(s) failed and are left out: "
               + ", ".join(f"{r.arm}/{r.model}/seed {r.seed}" for r in failed.itertuples()), file=sys.stderr)
-    summary = summarize(abl, preds, n_boot=n_boot)
+    summary = summarize(abl, preds)
     atomic_write(out / "ablation_summary.parquet", lambda p: summary.to_parquet(p, index=False))
     print("\n" + format_summary(summary))
     audit_path = out / "audit_summary.parquet"

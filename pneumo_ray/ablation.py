@@ -4,8 +4,15 @@ jobs scheduled by Ray Tune (a grid over seeds, one experiment per model and arm)
 The reference arm is `transfer` (pre-train on the source, fine-tune on the target). Each flag
 switches one ingredient off; flags combine into one arm ("no-augment+no-class-weights").
 Seeds vary initialisation, batch order and augmentation; the patient-grouped validation split is
-fixed (`split_seed`), so every arm and seed selects its checkpoint and threshold on the same
-validation patients, and every arm is tested on the same test images.
+fixed (`split_seed`), so every arm and seed selects its checkpoint on the same validation patients,
+and every arm is tested on the same test images.
+
+Where an arm's configuration comes from decides whether the comparison is fair. With `--tune N`
+each arm gets its own Optuna search (same search space minus what the arm fixes, same budget N,
+same validation patients, validation AUC only) and runs its seeds at its own best configuration:
+the question "does pre-training help?" is then asked of each arm at its best. A configuration
+tuned for one arm (`--from` a sweep that pre-trained) applied to another tilts the comparison
+toward the arm it was tuned for; rows record `tuned_for` and the summary warns.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import pandas as pd
 
 from .config import TrainConfig
 from .pipeline import pretrain_key
-from .tuning import TEST_KEYS, ModelSweep, SweepConfig, best_checkpoint_path, trial_context, trial_fn
+from .tuning import TEST_KEYS, ModelSweep, SweepConfig, best_checkpoint_path, search_space, trial_context, trial_fn
 
 REFERENCE = "transfer"
 # flag → (arm label, what it changes). Pre-training is unchanged by no-class-weights (it is shared
@@ -62,23 +69,57 @@ class Arm:
             cfg = cfg.replace(**CHANGES[c][1])
         return cfg
 
+    def searched(self, names) -> list[str]:
+        """The searched hyper-parameters this arm leaves free: not those its changes fix, and no
+        pre-training learning rate for an arm that does not pre-train."""
+        fixed = {k for c in self.changes for k in CHANGES[c][1]}
+        if not self.pretrains:
+            fixed.add("pretrain_lr")
+        return [n for n in names if n not in fixed]
 
-def base_configs(sweep: SweepConfig, best: pd.DataFrame | None, source: str | None) -> dict[str, tuple[TrainConfig, str]]:
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """An arm's configuration for one model, where it came from, and which arm it was tuned for
+    (None: the seed study's defaults, tuned for no arm)."""
+    config: TrainConfig
+    source: str
+    tuned_for: str | None = None
+
+
+def base_configs(sweep: SweepConfig, best: pd.DataFrame | None, source: str | None,
+                 tuned_for: str | None = None) -> dict[str, ArmConfig]:
     """Per model: the configuration to ablate and where it came from — the best trial (by
     validation AUC) of a finished sweep, or the seed study's defaults — with the preset's lengths."""
     out = {}
     for model in sweep.models:
         cfg = sweep.base_config(model)
-        origin = "defaults"
-        if best is not None:
-            rows = best[best["model"] == model]
-            if not len(rows):
-                raise ValueError(f"{source} has no finished {model} trial to take a configuration from")
-            row = rows.iloc[0]
-            cfg = cfg.replace(**{k: (float(row[k])) for k in SEARCHED if k in row and pd.notna(row[k])})
-            origin = f"{source} trial {row['trial_id']} (val AUC {row['best_val_auc']:.4f})"
-        out[model] = (cfg, origin)
+        if best is None:
+            out[model] = ArmConfig(cfg, "defaults")
+            continue
+        rows = best[best["model"] == model]
+        if not len(rows):
+            raise ValueError(f"{source} has no finished {model} trial to take a configuration from")
+        row = rows.iloc[0]
+        cfg = cfg.replace(**{k: (float(row[k])) for k in SEARCHED if k in row and pd.notna(row[k])})
+        out[model] = ArmConfig(cfg, f"{source} trial {row['trial_id']} (val AUC {row['best_val_auc']:.4f})", tuned_for)
     return out
+
+
+def tuning_space(arm: Arm, sweep: SweepConfig) -> list[str]:
+    return arm.searched(search_space(sweep))
+
+
+def best_tuned(trials: pd.DataFrame, arm: Arm, base: TrainConfig, searched: list[str]) -> ArmConfig:
+    """The arm's configuration from its own search: the trial with the best validation AUC (the
+    test set is never evaluated during tuning)."""
+    ok = trials[trials["error"].isna() & trials["best_val_auc"].notna()]
+    if not len(ok):
+        raise RuntimeError(f"arm {arm.name}: every tuning trial failed ({len(trials)} tried); see the Ray logs")
+    row = ok.sort_values(["best_val_auc", "trial_id"], ascending=[False, True]).iloc[0]
+    cfg = base.replace(**{k: float(row[k]) for k in searched})
+    return ArmConfig(cfg, f"tuned for {arm.name}: trial {row['trial_id']}, best of {len(trials)} by val AUC "
+                          f"({row['best_val_auc']:.4f})", arm.name)
 
 
 def run_seeds(model: str, cfg: TrainConfig, seeds: list[int], sweep: SweepConfig, *, source_hash, dargs: dict,
@@ -105,9 +146,10 @@ def run_seeds(model: str, cfg: TrainConfig, seeds: list[int], sweep: SweepConfig
     return ModelSweep(model, exp_path, grid, time.time() - t0)
 
 
-def seed_rows(ms: ModelSweep, arm: Arm, cfg: TrainConfig, origin: str, preset: str, split_seed: int,
+def seed_rows(ms: ModelSweep, arm: Arm, ac: ArmConfig, preset: str, split_seed: int,
               source_hash, evaluated: dict) -> tuple[list[dict], list[pd.DataFrame]]:
     """(one row per seed, per-image test predictions) from one experiment + its test evaluations."""
+    cfg, origin = ac.config, ac.source
     rows, preds = [], []
     for result in ms.results:
         m = result.metrics or {}
@@ -117,7 +159,7 @@ def seed_rows(ms: ModelSweep, arm: Arm, cfg: TrainConfig, origin: str, preset: s
         metrics, p = evaluated.get(trial_id, ({}, None))
         rows.append(dict(
             arm=arm.name, model=ms.model, seed=seed, preset=preset, split_seed=split_seed, config=json.dumps(c.to_dict(), sort_keys=True),
-            config_source=origin, trial_id=trial_id,
+            config_source=origin, tuned_for=ac.tuned_for, trial_id=trial_id,
             pretrain_key=pretrain_key(c, source_hash) if source_hash and c.pretrain_epochs else None,
             pretrain_computed=m.get("pretrain_computed"), allow_test_overlap=arm.allow_overlap,
             epochs_run=m.get("epoch"), best_epoch=m.get("best_epoch"), val_auc=m.get("best_val_auc"),

@@ -81,8 +81,9 @@ def run_sweep(sweep: SweepConfig, args, *, name: str, out: Path) -> int:
         for model in sweep.models:
             print(f"\n=== {model}: {sweep.num_samples} trial(s), {sweep.pretrain_epochs} pre-training + "
                   f"{sweep.epochs} fine-tuning epochs at {sweep.image_size}px")
-            ms = run_model_sweep(model, sweep, data=data, dargs=dargs, storage=storage, store=store, name=name,
-                                 resume=args.resume, concurrency=concurrency)
+            ms = run_model_sweep(model, sweep, source_hash=data.info.get("source_manifest_hash"), dargs=dargs,
+                                 storage=storage, store=store, exp_name=f"{name}-{model}", resume=args.resume,
+                                 concurrency=concurrency)
             print(f"evaluating the best-validation checkpoint of each {model} trial on test")
             trials, epochs, preds = trial_rows(ms, sweep, args.preset, source_hash, evaluate_trials(ms, sweep, dargs, storage))
             write_tables(out, trials, epochs, preds)

@@ -131,17 +131,23 @@ class ModelSweep:
     extra: dict = field(default_factory=dict)
 
 
-def run_model_sweep(model: str, sweep: SweepConfig, *, data, dargs: dict, storage: str, store: Path, name: str,
-                    resume: bool, concurrency: int) -> ModelSweep:
-    """Run (or resume) one model's Tune experiment; returns its ResultGrid."""
+def run_model_sweep(model: str, sweep: SweepConfig, *, source_hash: str | None, dargs: dict, storage: str,
+                    store: Path, exp_name: str, resume: bool, concurrency: int, base: TrainConfig | None = None,
+                    searched: list[str] | None = None) -> ModelSweep:
+    """Run (or resume) one model's Tune experiment; returns its ResultGrid.
+
+    `base` is the configuration the trials start from (default: the sweep's for `model`) and
+    `searched` the names of `search_space` that Optuna varies (default: all of them); an ablation
+    arm that fixes a hyper-parameter (no augmentation, no class weights, no pre-training) searches
+    the rest with the same ranges and budget."""
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    exp_name = f"{name}-{model}"
     exp_path = os.path.join(storage, exp_name)
-    ctx = trial_context(sweep, sweep.base_config(model), list(search_space(sweep)), dargs,
-                        data.info.get("source_manifest_hash"), store, storage)
+    space = search_space(sweep)
+    searched = list(space) if searched is None else list(searched)
+    ctx = trial_context(sweep, base or sweep.base_config(model), searched, dargs, source_hash, store, storage)
     # The trial itself only waits on its Ray Train jobs: no CPU (a 0-CPU bundle needs some resource
     # to be valid, hence the token memory), so concurrency is set by the workers' resources alone.
     trainable = ray.tune.with_resources(ray.tune.with_parameters(trial_fn, ctx=ctx),
@@ -153,7 +159,7 @@ def run_model_sweep(model: str, sweep: SweepConfig, *, data, dargs: dict, storag
     else:
         tuner = ray.tune.Tuner(
             trainable,
-            param_space=search_space(sweep),
+            param_space={k: space[k] for k in searched},
             tune_config=ray.tune.TuneConfig(
                 search_alg=OptunaSearch(seed=sweep.seed), metric=METRIC, mode="max", num_samples=sweep.num_samples,
                 scheduler=ASHAScheduler(time_attr="epoch", max_t=sweep.epochs, grace_period=sweep.grace_period,
@@ -202,8 +208,9 @@ def evaluate_trials(ms: ModelSweep, sweep: SweepConfig, dargs: dict, storage: st
 
 
 def trial_rows(ms: ModelSweep, sweep: SweepConfig, preset: str, source_hash: str | None,
-               evaluated: dict) -> tuple[list, list, list]:
-    """(trial rows, epoch rows, prediction frames) from one model's ResultGrid + test evaluations."""
+               evaluated: dict, base: TrainConfig | None = None) -> tuple[list, list, list]:
+    """(trial rows, epoch rows, prediction frames) from one model's ResultGrid + test evaluations
+    (`evaluated` may be empty: an ablation's per-arm tuning never looks at test)."""
     trials, epochs, preds = [], [], []
     for result in ms.results:
         m = result.metrics or {}
@@ -217,10 +224,12 @@ def trial_rows(ms: ModelSweep, sweep: SweepConfig, preset: str, source_hash: str
             stop = "completed"
         else:
             stop = "early_stopped"
-        base = sweep.base_config(ms.model).replace(**{k: cfg[k] for k in cfg if k in TrainConfig.__dataclass_fields__})
+        start = base or sweep.base_config(ms.model)
+        base_t = start.replace(**{k: cfg[k] for k in cfg if k in TrainConfig.__dataclass_fields__})
         row = dict(trial_id=trial_id, model=ms.model, preset=preset, seed=sweep.seed, **cfg,
-                   image_size=base.image_size, epochs=sweep.epochs, pretrain_epochs=base.pretrain_epochs,
-                   batch_size=base.batch_size, pretrain_key=pretrain_key(base, source_hash) if source_hash and base.pretrain_epochs else None,
+                   image_size=base_t.image_size, epochs=sweep.epochs, pretrain_epochs=base_t.pretrain_epochs,
+                   batch_size=base_t.batch_size,
+                   pretrain_key=pretrain_key(base_t, source_hash) if source_hash and base_t.pretrain_epochs else None,
                    pretrain_computed=m.get("pretrain_computed"), epochs_run=epochs_run, stop_reason=stop,
                    best_epoch=m.get("best_epoch"), best_val_auc=m.get("best_val_auc"),
                    best_val_loss=m.get("best_val_loss"),

@@ -8,10 +8,18 @@ An arm trains every selected model over --seeds K seeds (Ray Train jobs on a Ray
   --freeze-backbone    fine-tune only the classifier head
   --allow-test-overlap pre-train on all source images, as the seed study did (a separate, labelled arm)
 Flags combine into one arm. Run arms under one --name, then compare: every arm is paired with the
-transfer arm on the same test images and seeds (paired bootstrap, DeLong), with 95% CIs across seeds.
+transfer arm on the same test images and seeds. The verdict comes from a paired test that counts
+both seed-to-seed variation and the sampling of the test images (calibrated by simulation:
+bench/verdict_calibration.py), Holm-adjusted over the arms compared with transfer.
 
-Configuration: the best trial (by validation AUC) of a finished sweep (--from results/<sweep>),
-else the seed study's defaults; training lengths and resources come from --preset and the flags.
+Configuration (the same protocol for every arm of one --name):
+  --tune N             fair: each arm gets its own Optuna search of N trials (same space minus what
+                       the arm fixes, same budget, same validation patients, validation AUC only),
+                       then runs its seeds at its own best configuration
+  --from SWEEP         the best trial (by validation AUC) of a finished sweep, for every arm: tuned
+                       for the sweep's arm (with pre-training: transfer), so tilted toward it
+  (neither)            the seed study's defaults, tuned for no arm
+Training lengths and resources come from --preset and the flags.
 Pre-training excludes every source image whose name, patient or content is in the target's
 validation or test set (the leakage audit is written beside the results).
 
@@ -31,7 +39,9 @@ from study.sweep import OVERRIDES, PRESETS, add_data_args, add_output_args, swee
 FLAGS = ("--no-pretrain", "--no-augment", "--no-class-weights", "--freeze-backbone")
 # the sweep's flags that make sense here (not the search ranges, not --seed: seeds are replicates)
 KEPT = ("--models", "--image-size", "--epochs", "--pretrain-epochs", "--batch-size", "--workers-per-trial",
-        "--cpus-per-trial", "--gpus-per-trial", "--placement-strategy", "--max-concurrent")
+        "--cpus-per-trial", "--gpus-per-trial", "--placement-strategy", "--max-concurrent",
+        # the search space and ASHA, used by --tune
+        "--pretrain-lrs", "--lr-range", "--aug-range", "--class-weight-range", "--grace-period")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,6 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "  python -m study.ablate --preset smoke --seeds 2 --name demo\n"
         "  python -m study.ablate --preset smoke --seeds 2 --name demo --no-pretrain\n"
         "  python -m study.ablate --summarize results/demo\n"
+        "  python -m study.ablate --preset cpu --models cnn --seeds 5 --tune 6 --name real --data-root ~/data/chest_xray \\\n"
+        "      --pretrain-root ~/data/coronahack          # then the same with --no-pretrain: each arm tuned on its own\n"
         "  python -m study.ablate --preset cpu --models cnn --seeds 3 --data-root ~/data/chest_xray \\\n"
         "      --pretrain-root ~/data/coronahack --from results/my-sweep --name cnn-transfer")
     p.add_argument("--summarize", metavar="FOLDER", help="only print (and write) the statistics of an ablation folder")
@@ -55,7 +67,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", type=int, default=5, help="seeds 0..K-1 per model (default 5)")
     t.add_argument("--split-seed", type=int, default=None,
                    help="seed of the patient-grouped validation split, the same for every arm (default: the preset's)")
-    t.add_argument("--from", dest="from_", metavar="SWEEP", help="take each model's configuration from this sweep folder")
+    t.add_argument("--tune", type=int, metavar="N", default=None,
+                   help="tune each arm on its own: an Optuna search of N trials per model on validation AUC, then the "
+                        "seeds at the arm's best configuration (the fair protocol; reused when the arm runs again)")
+    t.add_argument("--from", dest="from_", metavar="SWEEP",
+                   help="take each model's configuration from this sweep folder (tuned for the sweep's arm)")
     for flag, _, typ, help_ in OVERRIDES:
         if flag in KEPT:
             t.add_argument(flag, type=typ, default=None, help=help_)
@@ -87,6 +103,10 @@ def main(argv=None) -> int:
             raise ValueError("--seeds must be at least 1")
         arm = Arm(tuple(f[2:].replace("-", "_") for f in FLAGS if getattr(args, f[2:].replace("-", "_"))),
                   allow_overlap=args.allow_test_overlap)
+        if args.tune is not None and args.from_:
+            raise ValueError("--tune and --from are two ways to choose the configuration: give one")
+        if args.tune is not None and args.tune < 1:
+            raise ValueError(f"--tune {args.tune}: the search needs at least 1 trial")
         if args.from_ and not Path(args.from_).is_dir():
             raise ValueError(f"--from {args.from_}: no such folder")
         if arm.pretrains and sweep.pretrain_epochs == 0:

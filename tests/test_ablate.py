@@ -30,8 +30,8 @@ def ray_cleanup():
                    env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
 
 
-def test_smoke_ablation_two_arms(tmp_path, ray_cleanup):
-    common = ["--preset", "smoke", "--models", "cnn", "--seeds", "2", "--epochs", "1", "--name", "abl",
+def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_cleanup):
+    common = ["--preset", "smoke", "--models", "cnn", "--seeds", "2", "--epochs", "1", "--tune", "2", "--name", "abl",
               "--results", str(tmp_path)]
     cache = tmp_path / "cache"
     r1 = _ablate(*common, cache_dir=cache)
@@ -45,29 +45,52 @@ def test_smoke_ablation_two_arms(tmp_path, ray_cleanup):
     cfgs = {r.arm: json.loads(r.config) for r in abl.itertuples()}
     assert cfgs["transfer"]["pretrain_epochs"] == 1 and cfgs["no-pretrain"]["pretrain_epochs"] == 0
     t = abl[abl.arm == "transfer"]
-    assert t.pretrain_key.nunique() == 2 and t.pretrain_computed.all()       # one pre-training per seed
+    assert t.pretrain_key.nunique() == 2                                     # one pre-training per seed
     assert abl[abl.arm == "no-pretrain"].pretrain_key.isna().all()
-    assert (abl.config_source == "defaults").all()
+    # each arm ran its own search (same budget, its own free hyper-parameters) and runs at its own best
+    tuning = pd.read_parquet(out / "ablation_tuning.parquet")
+    assert tuning.groupby("arm").size().to_dict() == {"no-pretrain": 2, "transfer": 2}
+    assert tuning[tuning.arm == "no-pretrain"]["pretrain_lr"].isna().all()  # nothing to pre-train: not searched
+    assert tuning.test_auc.isna().all()                                      # tuning never looks at test
+    for arm, g in abl.groupby("arm"):
+        assert (g.tuned_for == arm).all() and g.config_source.str.startswith(f"tuned for {arm}: trial ").all()
+        mine = tuning[tuning.arm == arm]
+        best = mine.loc[mine.best_val_auc.idxmax()]
+        assert best.trial_id in g.config_source.iloc[0]
+        for k in ("aug_strength", "class_weight_scale", "lr"):
+            assert cfgs[arm][k] == pytest.approx(best[k])
+        # the decision threshold is the loss's rule for the arm's own class weight
+        assert g.test_threshold.to_numpy() == pytest.approx(1 / (1 + cfgs[arm]["class_weight_scale"]))
     preds = pd.read_parquet(out / "ablation_predictions.parquet")
     assert len(preds) == 4 * 624 and preds.groupby(["arm", "seed"]).size().eq(624).all()
     s = pd.read_parquet(out / "ablation_summary.parquet")
     vs = s[s.kind == "vs_transfer"].iloc[0]
     assert vs.arm == "no-pretrain" and vs.n_seeds == 2 and vs.n_test == 624
-    assert vs.auc_diff_ci_low <= vs.auc_diff <= vs.auc_diff_ci_high and 0 < vs.p_bootstrap <= 1 and 0 <= vs.p_delong <= 1
-    assert "each arm vs transfer" in r2.stdout and "no-pretrain" in r2.stdout
+    assert vs.auc_diff_ci_low <= vs.auc_diff <= vs.auc_diff_ci_high and 0 < vs.p_value <= 1
+    assert vs.p_holm == vs.p_value and vs.n_compared == 1 and pd.isna(vs.warning)
+    assert 0 <= vs.p_delong_fixed_models <= 1 and vs.verdict.startswith("no-pretrain vs transfer (cnn): ")
+    assert "each arm vs transfer" in r2.stdout and vs.verdict in r2.stdout
+    assert (s[s.kind == "arm"].test_auc_ci_covers == "seeds and test images").all()
     audit = pd.read_parquet(out / "audit_summary.parquet")
     leak = audit[(audit.a_set == "pretraining") & audit.b_set.isin(["target-val", "target-test"])]
     assert len(leak) == 2 and (leak["any"] == 0).all()
-    # re-running an arm with the same seeds adds nothing and trains nothing
+    # re-running an arm with the same seeds adds nothing and trains nothing (its search is reused)
     r3 = _ablate(*common, cache_dir=cache)
     assert r3.returncode == 0 and "nothing to run" in r3.stdout
     assert len(pd.read_parquet(out / "ablations.parquet")) == 4
-    # other settings under the same name are refused before any work
-    r4 = _ablate(*common[:-4], "--epochs", "2", "--name", "abl", "--results", str(tmp_path), "--no-augment",
-                 cache_dir=cache)
+    # other settings under the same name are refused before any work: lengths, or another protocol
+    r4 = _ablate(*common[:-8], "--epochs", "2", "--tune", "2", "--name", "abl", "--results", str(tmp_path),
+                 "--no-augment", cache_dir=cache)
     assert r4.returncode == 2 and "other settings" in r4.stderr and "epochs" in r4.stderr
+    r4b = _ablate(*common[:-6], "--name", "abl", "--results", str(tmp_path), "--no-augment", cache_dir=cache)
+    assert r4b.returncode == 2 and "config_protocol" in r4b.stderr
     r5 = _ablate("--summarize", str(out), cache_dir=cache)
-    assert r5.returncode == 0 and "p (DeLong)" in r5.stdout
+    assert r5.returncode == 0 and "p_holm" in r5.stdout and "verdicts:" in r5.stdout
+
+
+def test_tune_and_from_are_exclusive(tmp_path):
+    r = _ablate("--tune", "2", "--from", str(tmp_path), "--results", str(tmp_path), cache_dir=tmp_path / "c")
+    assert r.returncode == 2 and "--tune and --from" in r.stderr
 
 
 def test_arm_names_and_changes():
@@ -84,29 +107,55 @@ def test_arm_names_and_changes():
 def test_configuration_from_sweep_best_trial():
     best = pd.DataFrame([dict(model="cnn", trial_id="t7", best_val_auc=0.97, aug_strength=0.2, class_weight_scale=1.5,
                               lr=4e-4, pretrain_lr=3e-3)])
-    cfgs = base_configs(SweepConfig(models=("cnn",), epochs=3), best, "results/s")
-    cfg, origin = cfgs["cnn"]
+    cfgs = base_configs(SweepConfig(models=("cnn",), epochs=3), best, "results/s", tuned_for="transfer")
+    cfg, origin = cfgs["cnn"].config, cfgs["cnn"].source
     assert (cfg.aug_strength, cfg.class_weight_scale, cfg.lr, cfg.pretrain_lr, cfg.epochs) == (0.2, 1.5, 4e-4, 3e-3, 3)
-    assert "t7" in origin
+    assert "t7" in origin and cfgs["cnn"].tuned_for == "transfer"
+    assert base_configs(SweepConfig(models=("cnn",)), None, None)["cnn"].tuned_for is None
     with pytest.raises(ValueError, match="no finished densenet"):
         base_configs(SweepConfig(models=("densenet",)), best, "results/s")
 
 
-def test_summary_pairs_seeds_and_images():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 200)
+def _fake_ablation(arms, n=200, seed=0):
+    """Rows and predictions of arms {name: (signal, seeds, tuned_for)} on one test set of n images."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
     rows, preds = [], []
-    for arm, shift, seeds in (("transfer", 2.0, [0, 1, 2]), ("no-pretrain", 0.3, [0, 1])):
-        for seed in seeds:
-            p = 1 / (1 + np.exp(-(rng.normal(0, 1, 200) + shift * (2 * y - 1))))
-            rows.append(dict(arm=arm, model="cnn", seed=seed, error=None, test_auc=0.5, test_accuracy=0.5,
+    for arm, (shift, seeds, tuned_for) in arms.items():
+        for s in seeds:
+            p = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + shift * (2 * y - 1))))
+            rows.append(dict(arm=arm, model="cnn", seed=s, error=None, test_auc=0.5, test_accuracy=0.5,
                              test_sensitivity=0.5, test_specificity=0.5, test_f1=0.5, test_balanced_accuracy=0.5,
-                             val_auc=0.6))
-            preds.append(pd.DataFrame(dict(arm=arm, model="cnn", seed=seed, path=[f"img{i}" for i in range(200)],
-                                           label=y, probability=p)).sample(frac=1, random_state=seed))  # any order
-    s = summarize(pd.DataFrame(rows), pd.concat(preds), n_boot=300)
+                             val_auc=0.6, tuned_for=tuned_for, config_source=f"src-{tuned_for}"))
+            preds.append(pd.DataFrame(dict(arm=arm, model="cnn", seed=s, path=[f"img{i}" for i in range(n)],
+                                           label=y, probability=p)).sample(frac=1, random_state=s))  # any order
+    return pd.DataFrame(rows), pd.concat(preds)
+
+
+def test_summary_pairs_seeds_and_images():
+    rows, preds = _fake_ablation({"transfer": (2.0, [0, 1, 2], "transfer"), "no-pretrain": (0.3, [0, 1], "no-pretrain")})
+    s = summarize(rows, preds)
     vs = s[s.kind == "vs_transfer"].iloc[0]
     assert vs.seeds == "0,1" and vs.n_seeds == 2                 # only seeds both arms have
-    assert vs.auc_diff < -0.1 and vs.auc_diff_ci_high < 0 and vs.p_delong < 0.01
+    assert vs.auc_diff < -0.1 and vs.auc_diff_ci_high < 0 and vs.p_value < 0.05 and vs.p_delong_fixed_models < 0.01
+    assert vs.verdict.startswith("no-pretrain vs transfer (cnn): transfer better by ") and pd.isna(vs.warning)
     arms = s[s.kind == "arm"].set_index("arm")
-    assert arms.loc["transfer", "n_seeds"] == 3 and arms.loc["transfer", "test_auc_mean"] == 0.5
+    assert arms.loc["transfer", "n_seeds"] == 3
+    # test AUC: from the predictions, interval over seeds and test images; the others: seeds only
+    assert arms.loc["transfer", "test_auc_ci_covers"] == "seeds and test images"
+    assert arms.loc["transfer", "test_auc_ci_low"] < arms.loc["transfer", "test_auc_mean"] < 1
+    assert arms.loc["transfer", "test_accuracy_mean"] == 0.5
+
+
+def test_summary_holm_over_arms_and_fairness_warning():
+    rows, preds = _fake_ablation({"transfer": (1.0, [0, 1, 2], "transfer"), "no-pretrain": (1.0, [0, 1, 2], "transfer"),
+                                  "no-augment": (0.6, [0, 1, 2], "no-augment")})
+    s = summarize(rows, preds)
+    vs = s[s.kind == "vs_transfer"].set_index("arm")
+    assert (vs.n_compared == 2).all()
+    p = vs.p_value.sort_values()                                   # Holm with two comparisons
+    assert vs.loc[p.index[0], "p_holm"] == pytest.approx(min(1, max(2 * p.iloc[0], 0)))
+    assert vs.loc[p.index[1], "p_holm"] == pytest.approx(min(1, max(2 * p.iloc[0], p.iloc[1])))
+    assert "no-pretrain runs at a configuration tuned for transfer" in vs.loc["no-pretrain", "warning"]
+    assert "warning: no-pretrain runs at a configuration tuned for transfer" in vs.loc["no-pretrain", "verdict"]
+    assert pd.isna(vs.loc["no-augment", "warning"])
