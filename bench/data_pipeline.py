@@ -20,11 +20,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pneumo_ray import cache, fastwarp, sources  # noqa: E402
-from pneumo_ray.augment import FULL, Augment, Normalize, to_float  # noqa: E402
-from pneumo_ray.datasets import ImageSet  # noqa: E402
-from pneumo_ray.engine import Phase, epoch_order, fit  # noqa: E402
-from pneumo_ray.models import build_model  # noqa: E402
+from pneumo_ray.data import cache  # noqa: E402  # noqa: E402
+
+from pneumo_ray.train import fastwarp  # noqa: E402
+
+from pneumo_ray.data import sources  # noqa: E402
+from pneumo_ray.train.augment import FULL, Augment, Normalize, to_float  # noqa: E402
+from pneumo_ray.data.study_data import ImageSet  # noqa: E402
+from pneumo_ray.train.loop import Phase, epoch_order, fit  # noqa: E402
+from pneumo_ray.train.models import build_model  # noqa: E402
 
 STRENGTH = 0.5
 

@@ -4,8 +4,8 @@ training throughput per model.
     python bench/gpu_hours.py                                   # paper preset, assumed throughputs, 4 GPUs
     python bench/gpu_hours.py --img-per-s densenet=410,cnn=1900 --gpus 8   # your measured figures
 
-The sweep's settings are read from `study/sweep.py` (PRESETS) and `pneumo_ray/tuning.py` (SweepConfig
-defaults) by parsing the source, so this runs in well under a second without torch, Ray or a GPU.
+The sweep's settings come from `pneumo_ray/config/sweep.py` (SweepConfig defaults and PRESETS), which
+imports neither torch nor Ray, so this runs in well under a second without them or a GPU.
 
 What is counted, per model (the sweep runs one Tune experiment per model, one after the other):
   - pre-training: one Ray Train job per distinct pre-training key, i.e. per pre-training learning rate
@@ -43,11 +43,12 @@ Data download and the one-off image decoding into the cache (CPU) are not includ
 from __future__ import annotations
 
 import argparse
-import ast
+import dataclasses
 import math
+import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # ASSUMED single-GPU (A10G-class, bf16 autocast, channels-last, batch 32, 224 px) training throughputs, img/s.
 ASSUMED_IMG_PER_S = {"cnn": 1500.0, "densenet": 350.0}
@@ -55,26 +56,12 @@ ASSUMED_EVAL_SPEEDUP = 3.0      # forward-only passes vs training, img/s ratio
 ASSUMED_STARTUP_S = 20.0        # per Ray Train job / evaluation task: worker start, model build, data map
 
 
-def _literal(node: ast.AST):
-    """A literal, or {"name": dict(k=literal, ...)} as PRESETS is written."""
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
-        return {kw.arg: _literal(kw.value) for kw in node.keywords}
-    if isinstance(node, ast.Dict):
-        return {ast.literal_eval(k): _literal(v) for k, v in zip(node.keys, node.values)}
-    return ast.literal_eval(node)
+def read_sweep_settings() -> tuple[dict, dict]:
+    """(SweepConfig field defaults, PRESETS) from the configuration home, which imports neither
+    torch nor Ray."""
+    from pneumo_ray.config.sweep import PRESETS, SweepConfig
 
-
-def read_sweep_settings(repo: Path = REPO) -> tuple[dict, dict]:
-    """(SweepConfig field defaults, PRESETS) parsed from the source, without importing it."""
-    tuning = ast.parse((repo / "pneumo_ray" / "tuning.py").read_text())
-    cls = next(n for n in tuning.body if isinstance(n, ast.ClassDef) and n.name == "SweepConfig")
-    defaults = {n.target.id: _literal(n.value) for n in cls.body
-                if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.value is not None}
-    sweep = ast.parse((repo / "study" / "sweep.py").read_text())
-    presets = next(_literal(n.value) for n in sweep.body
-                   if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", None) == "PRESETS"
-                   or isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "PRESETS" for t in n.targets))
-    return defaults, presets
+    return dataclasses.asdict(SweepConfig()), PRESETS
 
 
 def asha_milestones(max_t: int, grace: int, rf: int) -> list[int]:

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def bare(args, cache_dir) -> list[float]:
     import torch
 
-    from pneumo_ray.config import TrainConfig
-    from pneumo_ray.datasets import load_study_data
-    from pneumo_ray.pipeline import finetune
+    from pneumo_ray.config.train import TrainConfig
+    from pneumo_ray.data.study_data import load_study_data
+    from pneumo_ray.train.protocol import finetune
 
     torch.set_num_threads(int(args.cpus))
     data = load_study_data(None, None, size=args.image_size, seed=0, use_pretrain=False, cache_dir=cache_dir,
@@ -38,10 +38,11 @@ def bare(args, cache_dir) -> list[float]:
 
 
 def through_ray(args, cache_dir, storage) -> tuple[list[float], list[float], float, int]:
-    from pneumo_ray.datasets import load_study_data
-    from pneumo_ray.distributed import data_args
-    from pneumo_ray.sweep import init_ray
-    from pneumo_ray.tuning import SweepConfig, run_model_sweep
+    from pneumo_ray.data.study_data import load_study_data
+    from pneumo_ray.distributed.jobs import data_args
+    from pneumo_ray.distributed.sweep import init_ray
+    from pneumo_ray.config.sweep import SweepConfig
+    from pneumo_ray.distributed.trials import run_model_sweep
 
     sweep = SweepConfig(models=(args.model,), num_samples=1, image_size=args.image_size, epochs=args.epochs,
                         pretrain_epochs=0, cpus_per_trial=args.cpus, grace_period=args.epochs,

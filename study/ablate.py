@@ -84,13 +84,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.summarize:
-        from pneumo_ray.ablate import print_summary
+        from pneumo_ray.distributed.ablation import print_summary
 
         if not Path(args.summarize).is_dir():
             print(f"error: --summarize {args.summarize}: no such folder", file=sys.stderr)
             return 2
         return print_summary(Path(args.summarize))
-    from pneumo_ray.ablation import Arm
+    from pneumo_ray.config.arms import Arm
 
     try:
         for flag, _, _, _ in OVERRIDES:  # the sweep flags this command does not take stay unset
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--from {args.from_}: no such folder")
         if arm.pretrains and sweep.pretrain_epochs == 0:
             raise ValueError("this arm pre-trains, but --pretrain-epochs is 0: use --no-pretrain for that arm")
-        from pneumo_ray.ablate import run_ablation
+        from pneumo_ray.distributed.ablation import run_ablation
 
         name = args.name or f"ablate-{args.preset}"
         return run_ablation(sweep, arm, list(range(args.seeds)), args, name=name, out=Path(args.results) / name)

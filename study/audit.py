@@ -43,9 +43,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    from pneumo_ray.audit import audit, format_split_overlap, format_summary
-    from pneumo_ray.datasets import audit_sets
-    from pneumo_ray.results import write_audit
+    from pneumo_ray.data.leakage import audit, format_split_overlap, format_summary
+    from pneumo_ray.data.study_data import audit_sets
+    from pneumo_ray.storage.results import write_audit
 
     for flag, root in (("--data-root", args.data_root), ("--pretrain-root", args.pretrain_root)):
         if root is not None and not Path(root).is_dir():
@@ -70,8 +70,8 @@ def main(argv=None) -> int:
 
 def patient_evidence(data_root) -> int:
     """Print the patient-definition evidence of a Kermany folder's file names."""
-    from pneumo_ray.audit import format_patient_evidence, patient_rule_evidence
-    from pneumo_ray.sources import kermany_manifest
+    from pneumo_ray.data.leakage import format_patient_evidence, patient_rule_evidence
+    from pneumo_ray.data.sources import kermany_manifest
 
     if data_root is None:
         print("error: --patients needs --data-root (a Kaggle chest_xray/ folder)", file=sys.stderr)

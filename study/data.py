@@ -85,7 +85,8 @@ def download(args) -> int:
 
 
 def inspect(args) -> int:
-    from pneumo_ray import cache, sources
+    from pneumo_ray.data import cache
+    from pneumo_ray.data import sources
 
     try:
         layout = sources.detect_layout(args.path)

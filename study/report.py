@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     if args.n_boot < 100:
         print("error: --n-boot must be at least 100", file=sys.stderr)
         return 2
-    from pneumo_ray.report_build import build_report
+    from pneumo_ray.report.build import build_report
 
     t0 = time.time()
     report = build_report(args.folders, args.out, n_boot=args.n_boot, top=args.top, examples=args.examples,

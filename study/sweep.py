@@ -15,21 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from pneumo_ray.tuning import SweepConfig
+from pneumo_ray.config.sweep import PRESETS, SweepConfig
 
-
-PRESETS: dict[str, dict] = {
-    # synthetic data, tiny images: the whole Tune → Train path end to end in minutes on a laptop
-    "smoke": dict(models=("cnn", "densenet"), num_samples=2, image_size=32, epochs=2, pretrain_epochs=1,
-                  pretrain_lrs=(1e-3,), grace_period=1),
-    # real data within a 2-core CPU's means (shallow CNN at 64 px ≈ 150 img/s)
-    "cpu": dict(models=("cnn",), num_samples=4, image_size=64, epochs=6, pretrain_epochs=2,
-                pretrain_lrs=(1e-3,), lr_range=(3e-4, 3e-3), grace_period=2),
-    # the seed's protocol at 224 px (50 pre-training epochs), sized for GPUs
-    "paper": dict(models=("cnn", "densenet"), num_samples=20, image_size=224, epochs=30, pretrain_epochs=50,
-                  pretrain_lrs=(3e-4, 1e-3, 3e-3), lr_range=(1e-5, 1e-3), grace_period=5, cpus_per_trial=4.0,
-                  gpus_per_trial=1.0),
-}
 
 OVERRIDES = [  # flag, SweepConfig field, type, help
     ("--models", "models", lambda s: tuple(m.strip() for m in s.split(",") if m.strip()), "comma-separated: cnn,densenet"),
@@ -146,7 +133,7 @@ def main(argv=None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    from pneumo_ray.sweep import run_sweep
+    from pneumo_ray.distributed.sweep import run_sweep
 
     return run_sweep(sweep, args, name=name, out=out)
 

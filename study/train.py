@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from pneumo_ray.config import TrainConfig
+from pneumo_ray.config.train import TrainConfig
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,9 +66,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from pneumo_ray.datasets import load_study_data
-    from pneumo_ray.engine import pick_device
-    from pneumo_ray.pipeline import run_study
+    from pneumo_ray.data.study_data import load_study_data
+    from pneumo_ray.train.loop import pick_device
+    from pneumo_ray.train.protocol import run_study
 
     device = pick_device(args.device)
     data = load_study_data(args.data_root, args.pretrain_root, size=cfg.image_size, seed=cfg.seed,

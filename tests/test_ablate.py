@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo_ray.ablation import Arm, base_configs
-from pneumo_ray.ablation_summary import summarize
-from pneumo_ray.tuning import SweepConfig
+from pneumo_ray.config.arms import Arm
+from pneumo_ray.distributed.replicates import base_configs
+from pneumo_ray.analysis.verdicts import summarize
+from pneumo_ray.config.sweep import SweepConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pneumo_ray import audit, sources
-from pneumo_ray.datasets import _decoded_set, audit_sets, exclude_leakage
+from pneumo_ray.data import leakage as audit
+
+from pneumo_ray.data import sources
+from pneumo_ray.data.study_data import _decoded_set, audit_sets, exclude_leakage
 from study.audit import main as audit_main
 
 

@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pneumo_ray import augment as augment_module, fastwarp
-from pneumo_ray.augment import Augment, Normalize, to_float
-from pneumo_ray.datasets import synthetic_set
+from pneumo_ray.train import augment as augment_module
+
+from pneumo_ray.train import fastwarp
+from pneumo_ray.train.augment import Augment, Normalize, to_float
+from pneumo_ray.data.study_data import synthetic_set
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_invalid_strength():
 
 def test_fast_grid_equals_torch_affine_grid():
     from torch.nn.functional import affine_grid as torch_grid
-    from pneumo_ray.augment import affine_grid
+    from pneumo_ray.train.augment import affine_grid
     theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(affine_grid(theta, 7, 11), torch_grid(theta, [5, 1, 7, 11], align_corners=False), atol=1e-6)
 
@@ -71,7 +73,7 @@ def test_fused_normalization_equals_separate_steps(batch):
     assert torch.equal(Augment(0.0)(batch, None, norm), norm(batch))
 
 
-# --- the fused C kernel (pneumo_ray/fastwarp.py) against torch's grid_sample path ---
+# --- the fused C kernel (pneumo_ray/train/fastwarp.py) against torch's grid_sample path ---
 
 
 @pytest.fixture
@@ -181,7 +183,7 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch, caplog, batch):
     def broken(path):
         raise RuntimeError("gcc failed: simulated")
     monkeypatch.setattr(fastwarp, "build", broken)
-    with caplog.at_level(logging.WARNING, logger="pneumo_ray.fastwarp"):
+    with caplog.at_level(logging.WARNING, logger="pneumo_ray.train.fastwarp"):
         a = Augment(0.6)(batch, torch.Generator().manual_seed(2))
         b = Augment(0.6)(batch, torch.Generator().manual_seed(2))
     assert fastwarp.kernel() is None

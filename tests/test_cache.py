@@ -3,7 +3,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pneumo_ray import cache, sources
+from pneumo_ray.data import cache
+
+from pneumo_ray.data import sources
 
 
 def _manifest(paths, labels):

@@ -4,8 +4,10 @@ sets) for pre-training and fine-tuning alike."""
 import numpy as np
 from PIL import Image
 
-from pneumo_ray import audit, sources
-from pneumo_ray.datasets import load_study_data
+from pneumo_ray.data import leakage as audit
+
+from pneumo_ray.data import sources
+from pneumo_ray.data.study_data import load_study_data
 
 
 def _shares(a, held: list) -> np.ndarray:

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from pneumo_ray import checkpoints
-from pneumo_ray.config import TrainConfig, stable_id
-from pneumo_ray.datasets import load_study_data
-from pneumo_ray.engine import Phase, class_weights, epoch_order, fit, pick_device
-from pneumo_ray.models import build_model
-from pneumo_ray.pipeline import final_evaluation, finetune, pretrain, pretrain_key
+from pneumo_ray.train import checkpoints
+from pneumo_ray.config.train import TrainConfig, stable_id
+from pneumo_ray.data.study_data import load_study_data
+from pneumo_ray.train.loop import Phase, class_weights, epoch_order, fit, pick_device
+from pneumo_ray.train.models import build_model
+from pneumo_ray.train.protocol import final_evaluation, finetune, pretrain, pretrain_key
 
 
 @pytest.fixture(scope="module")

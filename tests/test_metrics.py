@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve as sk_roc
 
-from pneumo_ray.metrics import binary_metrics, decision_threshold, roc_auc, roc_curve
+from pneumo_ray.analysis.metrics import binary_metrics, decision_threshold, roc_auc, roc_curve
 
 
 def test_auc_matches_sklearn_with_ties():

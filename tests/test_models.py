@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pneumo_ray.models import backbone_frozen, build_model, freeze_backbone, train_mode
+from pneumo_ray.train.models import backbone_frozen, build_model, freeze_backbone, train_mode
 
 
 @pytest.mark.parametrize("name", ["cnn", "densenet"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_ray.results import read_results
+from pneumo_ray.storage.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -6,8 +6,10 @@ The real-data numbers are those of `python -m study.audit --patients --data-root
 import pandas as pd
 import pytest
 
-from pneumo_ray import audit, sources
-from pneumo_ray.split import patient_grouped_split
+from pneumo_ray.data import leakage as audit
+
+from pneumo_ray.data import sources
+from pneumo_ray.data.split import patient_grouped_split
 from study.audit import main as audit_main
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo_ray.phantoms import DOMAINS, phantom_images, save_preview
+from pneumo_ray.data.phantoms import DOMAINS, phantom_images, save_preview
 
 
 def auc(scores, labels):

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pneumo_ray.metrics import binary_metrics, roc_curve
-from pneumo_ray.report_build import build_report
-from pneumo_ray.report_data import SEARCHED
-from pneumo_ray.report_tables import verdict
-from pneumo_ray.stats import mean_ci, paired_bootstrap_auc
+from pneumo_ray.analysis.metrics import binary_metrics, roc_curve
+from pneumo_ray.report.build import build_report
+from pneumo_ray.report.inputs import SEARCHED
+from pneumo_ray.report.tables import verdict
+from pneumo_ray.analysis.stats import mean_ci, paired_bootstrap_auc
 
 SIZE, N_TEST = 32, 120
 PATHS = [f"synthetic://target_test/{i:05d}" for i in range(N_TEST)]
@@ -42,8 +42,8 @@ def _checkpoint(folder: Path) -> Path:
     """A tiny randomly initialised ShallowCNN saved like a sweep trial's Ray checkpoint directory."""
     import torch
 
-    from pneumo_ray.checkpoints import save_weights
-    from pneumo_ray.models import build_model
+    from pneumo_ray.train.checkpoints import save_weights
+    from pneumo_ray.train.models import build_model
 
     torch.manual_seed(0)
     model = build_model("cnn")
@@ -261,7 +261,7 @@ def test_sweep_without_predictions_skips_the_comparison_with_a_note(tmp_path):
 
 
 def test_gradcam_on_a_tiny_random_shallow_cnn(tmp_path):
-    from pneumo_ray.gradcam import explain
+    from pneumo_ray.report.gradcam import explain
 
     ckpt = _checkpoint(tmp_path / "ckpt") / "best.safetensors"
     rng = np.random.default_rng(0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo_ray import sources
+from pneumo_ray.data import sources
 
 
 def _jpeg(path: Path, size=(40, 30), mode="L"):

@@ -1,7 +1,7 @@
 import numpy as np
 
-from pneumo_ray import sources
-from pneumo_ray.split import patient_grouped_split
+from pneumo_ray.data import sources
+from pneumo_ray.data.split import patient_grouped_split
 
 
 def _train(kermany_root):

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from pneumo_ray.metrics import roc_auc
-from pneumo_ray.stats import delong, mean_ci, paired_bootstrap_auc, weighted_auc
+from pneumo_ray.analysis.metrics import roc_auc
+from pneumo_ray.analysis.stats import delong, mean_ci, paired_bootstrap_auc, weighted_auc
 
 
 def test_delong_hand_computed_example():

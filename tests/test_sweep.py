@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pneumo_ray.results import read_results
-from pneumo_ray.tuning import max_concurrent_trials
+from pneumo_ray.storage.results import read_results
+from pneumo_ray.distributed.trials import max_concurrent_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_refuses_to_overwrite_and_bad_models(tmp_path):
 def test_best_checkpoint_is_the_last_reported_one_even_if_the_last_epoch_had_none():
     from types import SimpleNamespace
 
-    from pneumo_ray.tuning import best_checkpoint_path
+    from pneumo_ray.distributed.trials import best_checkpoint_path
 
     df = pd.DataFrame(dict(epoch=[1, 2, 3], checkpoint_path=["/c/1", "/c/2", None]))
     assert best_checkpoint_path(SimpleNamespace(metrics_dataframe=df, metrics={"epoch": 3})) == "/c/2"

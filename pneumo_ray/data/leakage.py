@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .sources import parse_kermany_name, patient_id
+from pneumo_ray.data.sources import parse_kermany_name, patient_id
 
 HASH_BITS = 256
 MATCH_DISTANCE = 24

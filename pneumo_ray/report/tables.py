@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from .report_data import SEARCHED, Candidate
-from .report_stats import CI_METRICS, bootstrap_counts, bootstrap_metrics
+from pneumo_ray.report.inputs import SEARCHED, Candidate
+from pneumo_ray.analysis.curves import CI_METRICS, bootstrap_counts, bootstrap_metrics
 
 MINUS = "\u2212"
 
@@ -91,7 +91,7 @@ def verdict(r: dict) -> str:
     console, the report and the README say the same thing."""
     if isinstance(r.get("verdict"), str):
         return r["verdict"]
-    from .ablation_summary import verdict as words
+    from pneumo_ray.analysis.verdicts import verdict as words
 
     return words(r)
 

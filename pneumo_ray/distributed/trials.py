@@ -11,47 +11,18 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from .config import TrainConfig
-from .pipeline import pretrain_key
-from .distributed import (ensure_pretrained, evaluate_checkpoint, finetune_worker, run_pretrain_job, scaling,
+from pneumo_ray.config.sweep import SweepConfig
+from pneumo_ray.config.train import TrainConfig
+from pneumo_ray.train.protocol import pretrain_key
+from pneumo_ray.distributed.jobs import (ensure_pretrained, evaluate_checkpoint, finetune_worker, run_pretrain_job, scaling,
                           train_run_config)
 
 METRIC = "best_val_auc"
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """A sweep: fixed training settings, the search space and the resources of each trial."""
-    models: tuple[str, ...] = ("cnn", "densenet")
-    num_samples: int = 2                  # trials per model
-    image_size: int = 32
-    epochs: int = 2
-    pretrain_epochs: int = 1
-    batch_size: int = 32
-    seed: int = 0
-    val_fraction: float = 0.2
-    aug_range: tuple[float, float] = (0.0, 1.0)
-    class_weight_scale_range: tuple[float, float] = (0.5, 2.0)   # × the inverse-frequency NORMAL weight
-    lr_range: tuple[float, float] = (1e-4, 3e-3)
-    pretrain_lrs: tuple[float, ...] = (1e-3,)   # categorical, so trials share pre-trainings
-    grace_period: int = 1
-    reduction_factor: int = 2
-    workers_per_trial: int = 1
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    placement_strategy: str = "PACK"      # of a job's workers: PACK, SPREAD or STRICT_SPREAD (one per node)
-    max_concurrent: int = 0               # 0 = as many as the cluster's resources allow
-    max_failures: int = 1
-
-    def base_config(self, model: str) -> TrainConfig:
-        return TrainConfig(model=model, image_size=self.image_size, epochs=self.epochs,
-                           pretrain_epochs=self.pretrain_epochs, batch_size=self.batch_size, seed=self.seed,
-                           val_fraction=self.val_fraction, pretrain_lr=self.pretrain_lrs[0])
 
 
 def search_space(sweep: SweepConfig) -> dict:

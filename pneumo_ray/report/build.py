@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import report_figures as figs
-from .report_data import Candidate, ReportData, candidates, finished_trials, load_report_data
-from .report_html import Section, render
-from .report_stats import bootstrap_counts, roc_band
-from .report_tables import (arm_table, audit_sentences, audit_table, best_config_table, test_metric_table,
+from pneumo_ray.report import figures as figs
+from pneumo_ray.report.inputs import Candidate, ReportData, candidates, finished_trials, load_report_data
+from pneumo_ray.report.html import Section, render
+from pneumo_ray.analysis.curves import bootstrap_counts, roc_band
+from pneumo_ray.report.tables import (arm_table, audit_sentences, audit_table, best_config_table, test_metric_table,
                             verdicts)
 
 
@@ -169,7 +169,7 @@ def _sweep_sections(b: _Builder, top: int) -> list[Section]:
                  "Train loss, validation loss and validation AUC by fine-tuning epoch.")
     b.figure(ins, "optimisation_history", figs.history_figure(trials),
              "Validation AUC of each trial in the order the sweep recorded them, and the best so far.")
-    from .report_importance import importance
+    from pneumo_ray.report.importance import importance
 
     sweep_cfg = next((r.get("sweep") for r in b.data.sweep_runs.values() if r.get("sweep")), None)
     imp = importance(trials, sweep_cfg, b.seed)
@@ -240,7 +240,7 @@ def _recompute_summary(b: _Builder, s: Section) -> pd.DataFrame:
         b.note("ablations: no ablation_summary.parquet and no predictions to recompute it from", s)
         return pd.DataFrame()
     try:
-        from .ablation_summary import summarize
+        from pneumo_ray.analysis.verdicts import summarize
     except Exception as e:  # noqa: BLE001 - the summary module pulls in the training stack
         b.note(f"ablations: no ablation_summary.parquet and it cannot be recomputed here ({e})", s)
         return pd.DataFrame()
@@ -250,7 +250,7 @@ def _recompute_summary(b: _Builder, s: Section) -> pd.DataFrame:
 
 
 def _pictures(b: _Builder, cands: list[Candidate], examples: int, n_cam: int) -> Section:
-    from .report_images import Unavailable, grid_figure, load_test_images, pick_examples
+    from pneumo_ray.report.images import Unavailable, grid_figure, load_test_images, pick_examples
 
     s = Section("5. Test images and where the model looks")
     if not cands:
@@ -275,8 +275,8 @@ def _gradcam(b: _Builder, s: Section, c: Candidate, picked: dict, imgs: dict, n_
     if n_cam <= 0:
         return
     try:
-        from .gradcam import checkpoint_file, explain
-        from .report_images import gradcam_figure
+        from pneumo_ray.report.gradcam import checkpoint_file, explain
+        from pneumo_ray.report.images import gradcam_figure
     except ImportError as e:
         b.note(f"Grad-CAM: torch is not available ({e})", s)
         return

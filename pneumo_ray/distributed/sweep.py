@@ -9,13 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-from . import cache
-from .datasets import load_study_data
-from .distributed import data_args
-from .results import read_results, write_run_json, write_tables
-from .tuning import SweepConfig, evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
+from pneumo_ray.data import cache
+from pneumo_ray.data.study_data import load_study_data
+from pneumo_ray.distributed.jobs import data_args
+from pneumo_ray.storage.results import read_results, write_run_json, write_tables
+from pneumo_ray.config.sweep import SweepConfig
+from pneumo_ray.distributed.trials import evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def init_ray(address: str | None):

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from .ablation import REFERENCE
-from .stats import delong, mean_ci, paired_bootstrap_auc
+from pneumo_ray.config.arms import REFERENCE
+from pneumo_ray.analysis.stats import delong, mean_ci, paired_bootstrap_auc
 
 METRICS = ("auc", "accuracy", "sensitivity", "specificity", "f1", "balanced_accuracy")
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_write
-from .config import stable_id
-from .sources import Problem
+from pneumo_ray.storage.atomic import atomic_write
+from pneumo_ray.config.train import stable_id
+from pneumo_ray.data.sources import Problem
 
 CACHE_VERSION = 1
 

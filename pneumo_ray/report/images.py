@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .report_data import Candidate, data_settings
-from .report_stats import outcomes
+from pneumo_ray.report.inputs import Candidate, data_settings
+from pneumo_ray.analysis.curves import outcomes
 
 OUTCOMES = (("TP", "true positive"), ("FN", "false negative"), ("FP", "false positive"), ("TN", "true negative"))
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Unavailable(Exception):
@@ -32,7 +32,7 @@ def _resolve(root: str) -> Path:
 def load_test_images(c: Candidate, picked: dict[str, np.ndarray], cache_dir=None) -> dict[str, np.ndarray]:
     """{outcome: uint8 [len(rows), S, S]}: the test images behind the candidate's predictions at
     `picked` rows, at the run's image size, matched by path (else by file name)."""
-    from .datasets import synthetic_set
+    from pneumo_ray.data.study_data import synthetic_set
 
     s = data_settings(c.run, c.row)
     if not s["image_size"]:
@@ -44,8 +44,9 @@ def load_test_images(c: Candidate, picked: dict[str, np.ndarray], cache_dir=None
             raise Unavailable("no run.json: the data the model was tested on is unknown")
         test = synthetic_set("target_test", s["image_size"], cache)
     else:
-        from . import cache as decode, sources
-        from .datasets import ImageSet
+        from pneumo_ray.data import cache as decode
+        from pneumo_ray.data import sources
+        from pneumo_ray.data.study_data import ImageSet
 
         scan = sources.kermany_manifest(_resolve(s["data_root"]))
         dec = decode.decoded(scan.manifest[scan.manifest.split == "test"], s["image_size"], cache,

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import Normalize, to_float
-from .checkpoints import load_weights
-from .models import DenseNet121, ShallowCNN, build_model
+from pneumo_ray.train.augment import Normalize, to_float
+from pneumo_ray.train.checkpoints import load_weights
+from pneumo_ray.train.models import DenseNet121, ShallowCNN, build_model
 
 
 def layer_candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:

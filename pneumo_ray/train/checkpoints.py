@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_write
+from pneumo_ray.storage.atomic import atomic_write
 
 
 def save_weights(path: str | os.PathLike, state: dict, meta: dict) -> Path:

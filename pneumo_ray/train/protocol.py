@@ -14,14 +14,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import checkpoints
-from .atomic import atomic_write
-from .config import TrainConfig, stable_id
-from .datasets import StudyData
-from .engine import FitResult, Phase, evaluate, fit, predict, seed_everything
-from .metrics import binary_metrics
-from .models import build_model, freeze_backbone
-from .split import patient_grouped_split
+from pneumo_ray.train import checkpoints
+from pneumo_ray.storage.atomic import atomic_write
+from pneumo_ray.config.train import TrainConfig, stable_id
+from pneumo_ray.data.study_data import StudyData
+from pneumo_ray.train.loop import FitResult, Phase, evaluate, fit, predict, seed_everything
+from pneumo_ray.analysis.metrics import binary_metrics
+from pneumo_ray.train.models import build_model, freeze_backbone
+from pneumo_ray.data.split import patient_grouped_split
 
 
 def pretrain_phase(cfg: TrainConfig) -> Phase:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_write
+from pneumo_ray.storage.atomic import atomic_write
 
 TABLES = {"trials": ["trial_id"], "epochs": ["trial_id", "epoch"], "predictions": ["trial_id", "path"]}
 

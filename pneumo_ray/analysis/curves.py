@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import binary_metrics, roc_curve
-from .stats import stratified_counts, weighted_auc
+from pneumo_ray.analysis.metrics import binary_metrics, roc_curve
+from pneumo_ray.analysis.stats import stratified_counts, weighted_auc
 
 CI_METRICS = ("auc", "accuracy", "sensitivity", "specificity")
 

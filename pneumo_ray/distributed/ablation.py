@@ -11,15 +11,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import audit, cache
-from .ablation import SEARCHED, Arm, ArmConfig, base_configs, best_tuned, run_seeds, seed_rows
-from .ablation_summary import format_summary, summarize
-from .atomic import atomic_write
-from .datasets import load_study_data
-from .distributed import data_args
-from .results import read_results, read_table, upsert_parquet, write_run_json
-from .sweep import init_ray
-from .tuning import SweepConfig, evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
+from pneumo_ray.data import leakage as audit
+
+from pneumo_ray.data import cache
+from pneumo_ray.config.arms import SEARCHED, Arm
+from pneumo_ray.config.sweep import SweepConfig
+from pneumo_ray.distributed.replicates import ArmConfig, base_configs, best_tuned, run_seeds, seed_rows
+from pneumo_ray.analysis.verdicts import format_summary, summarize
+from pneumo_ray.storage.atomic import atomic_write
+from pneumo_ray.data.study_data import load_study_data
+from pneumo_ray.distributed.jobs import data_args
+from pneumo_ray.storage.results import read_results, read_table, upsert_parquet, write_run_json
+from pneumo_ray.distributed.sweep import init_ray
+from pneumo_ray.distributed.trials import evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
 
 KEYS = dict(ablations=["arm", "model", "seed"], ablation_predictions=["arm", "model", "seed", "path"],
             audit_summary=["arm", "a_set", "b_set"], ablation_tuning=["arm", "model", "trial_id"],

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .results import Results, read_results, read_table
+from pneumo_ray.storage.results import Results, read_results, read_table
 
 SEARCHED = ("aug_strength", "class_weight_scale", "lr", "pretrain_lr")   # what the sweep's Optuna searches
 REFERENCE_ARM = "transfer"

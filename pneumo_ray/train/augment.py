@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import fastwarp
+from pneumo_ray.train import fastwarp
 
 FULL = dict(rotation_deg=15.0, shift=0.10, zoom=0.15, shear=0.15, brightness=0.15, contrast=0.25)
 

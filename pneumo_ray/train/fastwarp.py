@@ -35,7 +35,7 @@ def disabled() -> bool:
 
 
 def library_path(cache_dir: Path | None = None) -> Path:
-    from .cache import default_cache_dir
+    from pneumo_ray.data.cache import default_cache_dir
 
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + [platform.machine()]).encode()).hexdigest()[:16]
     return Path(cache_dir or default_cache_dir()) / "fastwarp" / f"warp-{key}.so"

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .report_data import SEARCHED
+from pneumo_ray.report.inputs import SEARCHED
 
 # run.json's sweep field for each searched parameter, and whether Optuna samples it on a log scale
 RANGES = {"aug_strength": ("aug_range", False), "class_weight_scale": ("class_weight_scale_range", True),

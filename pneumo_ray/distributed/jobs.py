@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import checkpoints
-from .config import TrainConfig
-from .datasets import load_study_data
-from .pipeline import finetune, pretrain, pretrain_key, test_evaluation, validation_summary
+from pneumo_ray.train import checkpoints
+from pneumo_ray.config.train import TrainConfig
+from pneumo_ray.data.study_data import load_study_data
+from pneumo_ray.train.protocol import finetune, pretrain, pretrain_key, test_evaluation, validation_summary
 
 
 def data_args(data_root, pretrain_root, *, size, seed, val_fraction, use_pretrain, allow_overlap, cache_dir) -> dict:
@@ -120,9 +120,9 @@ def evaluate_checkpoint(checkpoint_path: str, dargs: dict, storage_filesystem=No
     Returns (test_* metrics, per-image predictions). Runs as a Ray task with the trial's resources."""
     from ray.train import Checkpoint
 
-    from .augment import Normalize
-    from .engine import pick_device
-    from .models import build_model
+    from pneumo_ray.train.augment import Normalize
+    from pneumo_ray.train.loop import pick_device
+    from pneumo_ray.train.models import build_model
 
     with Checkpoint(checkpoint_path, filesystem=storage_filesystem).as_directory() as d:
         state, meta = checkpoints.load_weights(Path(d) / "best.safetensors")

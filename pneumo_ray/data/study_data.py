@@ -19,9 +19,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import audit, cache, phantoms, sources
-from .config import stable_id
-from .split import patient_grouped_split
+from pneumo_ray.data import leakage as audit
+
+from pneumo_ray.data import cache
+
+from pneumo_ray.data import phantoms
+
+from pneumo_ray.data import sources
+from pneumo_ray.config.train import stable_id
+from pneumo_ray.data.split import patient_grouped_split
 
 
 @dataclass

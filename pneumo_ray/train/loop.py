@@ -13,10 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import Augment, Normalize, to_float
-from .datasets import ImageSet
-from .metrics import decision_threshold, roc_auc
-from .models import train_mode
+from pneumo_ray.train.augment import Augment, Normalize, to_float
+from pneumo_ray.data.study_data import ImageSet
+from pneumo_ray.analysis.metrics import decision_threshold, roc_auc
+from pneumo_ray.train.models import train_mode
 
 
 @dataclass(frozen=True)

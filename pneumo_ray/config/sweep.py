@@ -1,0 +1,53 @@
+"""A sweep's settings: the fixed training lengths, the search ranges and each trial's resources,
+plus the named presets (`--preset`) that fill them in. Plain dataclasses: no torch, no Ray, so that
+the command line, the cost estimate (bench/gpu_hours.py) and the Ray layer read the same values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pneumo_ray.config.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep: fixed training settings, the search space and the resources of each trial."""
+    models: tuple[str, ...] = ("cnn", "densenet")
+    num_samples: int = 2                  # trials per model
+    image_size: int = 32
+    epochs: int = 2
+    pretrain_epochs: int = 1
+    batch_size: int = 32
+    seed: int = 0
+    val_fraction: float = 0.2
+    aug_range: tuple[float, float] = (0.0, 1.0)
+    class_weight_scale_range: tuple[float, float] = (0.5, 2.0)   # × the inverse-frequency NORMAL weight
+    lr_range: tuple[float, float] = (1e-4, 3e-3)
+    pretrain_lrs: tuple[float, ...] = (1e-3,)   # categorical, so trials share pre-trainings
+    grace_period: int = 1
+    reduction_factor: int = 2
+    workers_per_trial: int = 1
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    placement_strategy: str = "PACK"      # of a job's workers: PACK, SPREAD or STRICT_SPREAD (one per node)
+    max_concurrent: int = 0               # 0 = as many as the cluster's resources allow
+    max_failures: int = 1
+
+    def base_config(self, model: str) -> TrainConfig:
+        return TrainConfig(model=model, image_size=self.image_size, epochs=self.epochs,
+                           pretrain_epochs=self.pretrain_epochs, batch_size=self.batch_size, seed=self.seed,
+                           val_fraction=self.val_fraction, pretrain_lr=self.pretrain_lrs[0])
+
+
+PRESETS: dict[str, dict] = {
+    # synthetic data, tiny images: the whole Tune → Train path end to end in minutes on a laptop
+    "smoke": dict(models=("cnn", "densenet"), num_samples=2, image_size=32, epochs=2, pretrain_epochs=1,
+                  pretrain_lrs=(1e-3,), grace_period=1),
+    # real data within a 2-core CPU's means (shallow CNN at 64 px ≈ 150 img/s)
+    "cpu": dict(models=("cnn",), num_samples=4, image_size=64, epochs=6, pretrain_epochs=2,
+                pretrain_lrs=(1e-3,), lr_range=(3e-4, 3e-3), grace_period=2),
+    # the seed's protocol at 224 px (50 pre-training epochs), sized for GPUs
+    "paper": dict(models=("cnn", "densenet"), num_samples=20, image_size=224, epochs=30, pretrain_epochs=50,
+                  pretrain_lrs=(3e-4, 1e-3, 3e-3), lr_range=(1e-5, 1e-3), grace_period=5, cpus_per_trial=4.0,
+                  gpus_per_trial=1.0),
+}
