@@ -10,7 +10,7 @@ distinct Kermany images, none is within 32 (the 34 exact duplicate pairs inside 
 within 40. Two images match when their distance is ≤ MATCH_DISTANCE, midway.
 
 Sets are duck-typed: anything with `.manifest` (name, patient, label columns) and `.batch(rows)`
-(uint8 [n, S, S]), such as `datasets.ImageSet`.
+(uint8 [n, S, S]), such as `study_data.ImageSet`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,50 @@ def _dct_matrix(n: int) -> np.ndarray:
     return m
 
 
+def _area_windows(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Adaptive average pooling's windows along one axis, [floor(i·size/out), ceil((i+1)·size/out)):
+    as a 0/1 matrix [out, size] and their lengths (float32)."""
+    i = np.arange(out)
+    start, end = i * size // out, -(-(i + 1) * size // out)
+    j = np.arange(size)
+    return ((j >= start[:, None]) & (j < end[:, None])).astype(np.float32), (end - start).astype(np.float32)
+
+
+def _linear_taps(size: int, out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear resampling along one axis (align_corners=False): source index pairs and their weights."""
+    src = np.maximum(np.float32(size) / np.float32(out) * (np.arange(out, dtype=np.float32) + np.float32(0.5))
+                     - np.float32(0.5), np.float32(0))
+    i0 = src.astype(np.int64)
+    w1 = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
+    return i0, i0 + (i0 < size - 1), np.float32(1) - w1, w1
+
+
+def _resize32(x: np.ndarray) -> np.ndarray:
+    """[N, H, W] float32 (uint8 values) → [N, 32, 32] float32, bit for bit what torch's
+    interpolate(size=32) gives: mode "area" (sum / kh / kw per window) from 32 px up, "bilinear" below."""
+    n, h, w = x.shape
+    if w >= 32:
+        (mh, kh), (mw, kw) = _area_windows(h, 32), _area_windows(w, 32)
+        # window sums as two plain matrix products (sums of integers below 2**24: exact in float32, in any order)
+        cols = (x.reshape(n * h, w) @ mw.T).reshape(n, h, 32)
+        sums = (mh @ cols.transpose(1, 0, 2).reshape(h, n * 32)).reshape(32, n, 32).transpose(1, 0, 2)
+        out = sums / kh[:, None] / kw[None, :]
+    else:
+        (h0, h1, wh0, wh1), (w0, w1, ww0, ww1) = _linear_taps(h, 32), _linear_taps(w, 32)
+        rows0, rows1 = x[:, h0], x[:, h1]
+        top = rows0[:, :, w0] * ww0 + rows0[:, :, w1] * ww1
+        bottom = rows1[:, :, w0] * ww0 + rows1[:, :, w1] * ww1
+        out = top * wh0[:, None] + bottom * wh1[:, None]
+    # C order, as torch returns it: the DCT's matrix products round by memory layout, and a flat image's
+    # coefficients tie at the median, where that rounding decides the bit
+    return np.ascontiguousarray(out)
+
+
 def perceptual_hash(images: np.ndarray) -> np.ndarray:
     """[N, S, S] uint8 → [N, 256] bool DCT hash."""
-    import torch
-
-    x = torch.from_numpy(np.array(images, np.float32, copy=True))[:, None]
-    if x.shape[0] == 0:
+    if len(images) == 0:
         return np.zeros((0, HASH_BITS), bool)
-    mode = "area" if x.shape[-1] >= 32 else "bilinear"
-    x = torch.nn.functional.interpolate(x, size=(32, 32), mode=mode)[:, 0].numpy().astype(np.float64)
+    x = _resize32(np.array(images, np.float32, copy=True)).astype(np.float64)
     d = _dct_matrix(32)
     coef = (d @ x @ d.T)[:, :16, :16].reshape(len(x), -1)
     return coef > np.median(coef[:, 1:], axis=1, keepdims=True)
