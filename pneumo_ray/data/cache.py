@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumo_ray.storage.atomic import atomic_write
 from pneumo_ray.config.train import stable_id
 from pneumo_ray.data.sources import Problem
+from pneumo_ray.storage.atomic import atomic_write
 
 CACHE_VERSION = 1
 
@@ -75,7 +75,7 @@ def cache_key(manifest: pd.DataFrame, size: int) -> str:
             return [s.st_size, s.st_mtime_ns]
         except OSError:
             return None
-    return stable_id([CACHE_VERSION, int(size), [[p, int(l), stat(p)] for p, l in
+    return stable_id([CACHE_VERSION, int(size), [[p, int(label), stat(p)] for p, label in
                       zip(manifest["path"], manifest["label"])]], 20)
 
 
@@ -93,7 +93,8 @@ class _Progress:
         self.last = now
         rate = done / max(now - self.t0, 1e-9)
         end = "\n" if (done == self.total or not self.tty) else ""
-        sys.stderr.write(f"{chr(13) if self.tty else ''}  decoding {self.label}: {done}/{self.total} images ({rate:.0f}/s){end}")
+        start = chr(13) if self.tty else ""
+        sys.stderr.write(f"{start}  decoding {self.label}: {done}/{self.total} images ({rate:.0f}/s){end}")
         sys.stderr.flush()
 
 

@@ -86,7 +86,8 @@ def set_hashes(images_set, chunk: int = 1024) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, HASH_BITS), bool)
 
 
-def nearest(a: np.ndarray, b: np.ndarray, exclude_self: bool = False, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def nearest(a: np.ndarray, b: np.ndarray, exclude_self: bool = False,
+            chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """For each hash in `a`, the index of the nearest hash in `b` and its Hamming distance
     (exclude_self: a and b are the same set, an image is not its own match)."""
     if len(b) == 0 or len(a) == 0:

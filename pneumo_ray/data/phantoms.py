@@ -71,7 +71,7 @@ _COARSE, _FINE = 8, 24  # knots of the smooth random fields (patchy disease; tex
 _ROT_STEP, _ROT_MAX = math.radians(0.5), 12  # rotation quantised to 0.5 deg (cached warp tables), +-6 deg
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _spec_arrays(domain, which):
     spec = (_ANATOMY if which == "anatomy" else _IMAGE)[domain]
     return tuple(spec), np.array([v[0] for v in spec.values()]), np.array([v[1] for v in spec.values()])
@@ -156,11 +156,11 @@ def _patient(seed, dom, p, frac, size):
     P["fine"] = _field(rng.standard_normal((_FINE, _FINE)), size)
     images = []
     for _ in range(n_img):
-        I = _draw(rng, domain, "image")
-        I["rot_k"] = min(max(round(I.pop("rot") / _ROT_STEP), -_ROT_MAX), _ROT_MAX)
-        images.append({**P, **I})
-    for I in images:  # grain: uniform deviates are several times cheaper than normal ones
-        I["grain_u"] = rng.random((size, size), dtype=_F)
+        im = _draw(rng, domain, "image")
+        im["rot_k"] = min(max(round(im.pop("rot") / _ROT_STEP), -_ROT_MAX), _ROT_MAX)
+        images.append({**P, **im})
+    for im in images:  # grain: uniform deviates are several times cheaper than normal ones
+        im["grain_u"] = rng.random((size, size), dtype=_F)
     return P["label"], images
 
 
@@ -179,7 +179,6 @@ def _render(params, size):
     y only on the row: most terms are 1-D ([B,1,W] or [B,H,1]) and only their combinations are
     2-D. Rotation is applied at the end by a cached bilinear warp. Constants that scale 2-D terms
     are folded into the 1-D factors, because every 2-D numpy op is a full pass over memory."""
-    B = len(params)
     keys = [k for k, v in params[0].items() if isinstance(v, float)]
     mat = np.array([[p[k] for k in keys] for p in params], _F)
     A = {k: mat[:, j, None, None] for j, k in enumerate(keys)}

@@ -135,7 +135,8 @@ def kermany_manifest(root: str | os.PathLike) -> Scan:
             if len(rel) >= 1 and rel[-1].lower() in KERMANY_SPLITS:
                 for d in dirnames:
                     if d.upper() not in CLASSES:
-                        problems.append(Problem(str(here / d), f"unknown class folder {d!r} (expected NORMAL or PNEUMONIA)"))
+                        why = f"unknown class folder {d!r} (expected NORMAL or PNEUMONIA)"
+                        problems.append(Problem(str(here / d), why))
             continue
         cls = rel[-1].upper()
         if cls not in CLASSES:
@@ -154,7 +155,8 @@ def kermany_manifest(root: str | os.PathLike) -> Scan:
             if key in found:
                 prev_depth, prev_path, prev_cls, _ = found[key]
                 if prev_cls != cls:
-                    problems.append(Problem(str(path), f"same file name also under {prev_cls} ({prev_path}): label ambiguous, both skipped"))
+                    why = f"same file name also under {prev_cls} ({prev_path}): label ambiguous, both skipped"
+                    problems.append(Problem(str(path), why))
                     found[key] = (prev_depth, prev_path, "CONFLICT", parent)
                     continue
                 ignored.append(str(path if depth >= prev_depth else prev_path))
@@ -165,7 +167,8 @@ def kermany_manifest(root: str | os.PathLike) -> Scan:
                  source="kermany", orig_split=orig, category=_category(name))
             for (split, name), (_, p, cls, orig) in sorted(found.items()) if cls != "CONFLICT"]
     if not rows:
-        problems.append(Problem(str(root), "no images found under <split>/<CLASS>/ (train|test|val / NORMAL|PNEUMONIA)"))
+        why = "no images found under <split>/<CLASS>/ (train|test|val / NORMAL|PNEUMONIA)"
+        problems.append(Problem(str(root), why))
     return Scan(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), problems, ignored)
 
 
@@ -225,7 +228,8 @@ def coronahack_manifest(root: str | os.PathLike, subset: str = "all") -> Scan:
             continue
         path = dirs[split] / name
         if not path.is_file():
-            problems.append(Problem(str(path), f"image file missing (listed in {csv.name} row {i + 2}, {r['Label']}/{split})"))
+            why = f"image file missing (listed in {csv.name} row {i + 2}, {r['Label']}/{split})"
+            problems.append(Problem(str(path), why))
             continue
         covid = r["Label_2_Virus_category"].strip()
         if subset == "covid" and label == 1 and covid != "COVID-19":

@@ -52,9 +52,9 @@ def write_tables(out: Path, trials: list[dict], epochs: list[pd.DataFrame], pred
 
 def git_commit(cwd: Path | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd or Path(__file__).parent,
+        where = cwd or Path(__file__).parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
@@ -71,7 +71,8 @@ def environment() -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    hw = dict(platform=platform.platform(), machine=platform.machine(), cpus=os.cpu_count(), python=sys.version.split()[0])
+    hw = dict(platform=platform.platform(), machine=platform.machine(), cpus=os.cpu_count(),
+              python=sys.version.split()[0])
     try:
         import torch
 

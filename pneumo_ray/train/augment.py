@@ -55,7 +55,7 @@ class Augment:
             raise ValueError(f"augmentation strength must be in [0, 1], got {self.strength}")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                 normalize: "Normalize | None" = None) -> torch.Tensor:
+                 normalize: Normalize | None = None) -> torch.Tensor:
         """x: [B, 1, H, W] float in [0, 1] → augmented (and, if given, normalized) batch.
 
         At strength 0 without flips the images are untouched (x itself, or normalize(x)). The

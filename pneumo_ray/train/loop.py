@@ -7,15 +7,15 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pneumo_ray.train.augment import Augment, Normalize, to_float
-from pneumo_ray.data.study_data import ImageSet
 from pneumo_ray.analysis.metrics import decision_threshold, roc_auc
+from pneumo_ray.data.study_data import ImageSet
+from pneumo_ray.train.augment import Augment, Normalize, to_float
 from pneumo_ray.train.models import train_mode
 
 
@@ -74,7 +74,8 @@ def class_weights(labels, spec: str | float = "auto", scale: float = 1.0) -> tup
     n0, n1 = int((labels == 0).sum()), int((labels == 1).sum())
     if spec == "auto":
         if n0 == 0 or n1 == 0:
-            raise ValueError(f"class_weight 'auto' needs both classes in the training set (NORMAL {n0}, PNEUMONIA {n1})")
+            raise ValueError(f"class_weight 'auto' needs both classes in the training set "
+                             f"(NORMAL {n0}, PNEUMONIA {n1})")
         return scale * n1 / n0, 1.0
     return scale * float(spec), 1.0
 
@@ -123,7 +124,8 @@ class _Progress:
         if self.enabled and (now - self.last >= self.every or done == self.total):
             self.last = now
             rate = done / max(now - self.t0, 1e-9)
-            sys.stderr.write(f"{chr(13) if sys.stderr.isatty() else ''}  {self.label}: {done}/{self.total} images  loss {loss:.4f}  {rate:.0f} img/s ")
+            start = chr(13) if sys.stderr.isatty() else ""
+            sys.stderr.write(f"{start}  {self.label}: {done}/{self.total} images  loss {loss:.4f}  {rate:.0f} img/s ")
             sys.stderr.write("" if sys.stderr.isatty() else "\n")
             sys.stderr.flush()
 
