@@ -5,6 +5,7 @@ calibration and the confusion matrix at the decision threshold (fixed by the tra
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from pneumo_ray.analysis.metrics import binary_metrics, roc_curve
 from pneumo_ray.analysis.stats import stratified_counts, weighted_auc
@@ -12,13 +13,14 @@ from pneumo_ray.analysis.stats import stratified_counts, weighted_auc
 CI_METRICS = ("auc", "accuracy", "sensitivity", "specificity")
 
 
-def bootstrap_counts(labels, n_boot: int, seed: int = 0) -> np.ndarray:
+def bootstrap_counts(labels: ArrayLike, n_boot: int, seed: int = 0) -> np.ndarray:
     """[n_boot, N] resampling counts of the test images, stratified by class (as in the ablation's
     paired bootstrap), so every replicate has both classes."""
     return stratified_counts(labels, n_boot, np.random.default_rng(seed))
 
 
-def bootstrap_metrics(labels, probs, threshold: float, counts: np.ndarray, level: float = 0.95) -> dict:
+def bootstrap_metrics(labels: ArrayLike, probs: ArrayLike, threshold: float, counts: np.ndarray,
+                      level: float = 0.95) -> dict:
     """{metric: (value, ci_low, ci_high)} for AUC, accuracy, sensitivity, specificity: the value on
     the test set and the percentile interval over the bootstrap replicates in `counts`."""
     y = np.asarray(labels).astype(bool)
@@ -36,7 +38,8 @@ def bootstrap_metrics(labels, probs, threshold: float, counts: np.ndarray, level
     return {m: (float(point[m]), *map(float, np.nanquantile(reps[m], q))) for m in CI_METRICS}
 
 
-def roc_band(labels, probs, counts: np.ndarray, grid=None, level: float = 0.95):
+def roc_band(labels: ArrayLike, probs: ArrayLike, counts: np.ndarray, grid: ArrayLike | None = None,
+             level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr grid, tpr low, tpr high): pointwise percentile band of the bootstrap ROC curves, each
     read at the grid as a step function (the highest TPR reached at or below that FPR)."""
     grid = np.linspace(0, 1, 101) if grid is None else np.asarray(grid)
@@ -54,7 +57,7 @@ def roc_band(labels, probs, counts: np.ndarray, grid=None, level: float = 0.95):
     return grid, lo, hi
 
 
-def precision_recall(labels, probs):
+def precision_recall(labels: ArrayLike, probs: ArrayLike) -> tuple[np.ndarray, np.ndarray, float]:
     """(recall, precision, average precision), one point per distinct score, highest score first."""
     y = np.asarray(labels).astype(bool)
     fpr, tpr, _ = roc_curve(y, probs)
@@ -65,7 +68,8 @@ def precision_recall(labels, probs):
     return recall, precision, ap
 
 
-def calibration(labels, probs, bins: int = 10):
+def calibration(labels: ArrayLike, probs: ArrayLike,
+                bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Reliability curve over equal-width probability bins: (mean predicted probability, observed
     fraction of PNEUMONIA, images per bin) for the non-empty bins, and the Brier score."""
     y = np.asarray(labels).astype(float)
@@ -78,13 +82,13 @@ def calibration(labels, probs, bins: int = 10):
     return mean_p, frac, n[keep], float(np.mean((s - y) ** 2))
 
 
-def confusion(labels, probs, threshold: float) -> np.ndarray:
+def confusion(labels: ArrayLike, probs: ArrayLike, threshold: float) -> np.ndarray:
     """[[TN, FP], [FN, TP]]: rows true NORMAL/PNEUMONIA, columns predicted (PNEUMONIA when ≥ threshold)."""
     m = binary_metrics(labels, probs, threshold)
     return np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
 
 
-def outcomes(labels, probs, threshold: float) -> np.ndarray:
+def outcomes(labels: ArrayLike, probs: ArrayLike, threshold: float) -> np.ndarray:
     """'TP', 'FP', 'FN' or 'TN' per image at the threshold."""
     y = np.asarray(labels).astype(bool)
     pred = np.asarray(probs, float) >= threshold

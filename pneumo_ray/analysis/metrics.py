@@ -8,9 +8,10 @@ at this rule."""
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def roc_auc(labels, scores) -> float:
+def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
     """Area under the ROC curve = P(score of a random positive > a random negative), ties count ½.
     NaN when only one class is present."""
     y = np.asarray(labels).astype(bool)
@@ -29,7 +30,7 @@ def roc_auc(labels, scores) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def roc_curve(labels, scores):
+def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(false-positive rate, true-positive rate, thresholds), thresholds descending, one per distinct score."""
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
@@ -65,7 +66,7 @@ def decision_threshold(weights: tuple[float, float], class_counts: tuple[int, in
     return mass1 / (mass0 + mass1)
 
 
-def binary_metrics(labels, scores, threshold: float) -> dict:
+def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict:
     """AUC and the threshold-dependent metrics; prediction = PNEUMONIA when score ≥ threshold."""
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)

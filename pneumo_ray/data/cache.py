@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,8 @@ def _build(manifest, size, data_path, meta_path, workers, label, quiet) -> None:
     atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta)))
 
 
-def cached_array(key: str, shape: tuple, build, cache_dir: str | os.PathLike | None = None):
+def cached_array(key: str, shape: tuple[int, ...], build: Callable[[], tuple[np.ndarray, dict]],
+                 cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, dict]:
     """A generated uint8 array (and its JSON-able metadata) cached under `key`; `build()` returns
     (array, metadata) and runs only on a cache miss. Used for the synthetic phantoms."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()

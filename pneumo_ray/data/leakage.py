@@ -9,11 +9,13 @@ resized to other sizes and aspect ratios (up to 1.9:1) are at ≤ 16; of the 17 
 distinct Kermany images, none is within 32 (the 34 exact duplicate pairs inside Kermany aside), 2
 within 40. Two images match when their distance is ≤ MATCH_DISTANCE, midway.
 
-Sets are duck-typed: anything with `.manifest` (name, patient, label columns) and `.batch(rows)`
+Sets are duck-typed (`ImageSetLike`): anything with `.manifest` (name, patient, label columns) and `.batch(rows)`
 (uint8 [n, S, S]), such as `study_data.ImageSet`.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -22,6 +24,14 @@ from pneumo_ray.data.sources import parse_kermany_name, patient_id
 
 HASH_BITS = 256
 MATCH_DISTANCE = 24
+
+
+class ImageSetLike(Protocol):
+    """What the audit reads of a set: its manifest (name, patient, label) and its images by row."""
+
+    manifest: pd.DataFrame
+
+    def batch(self, rows: np.ndarray) -> np.ndarray: ...
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -80,7 +90,7 @@ def perceptual_hash(images: np.ndarray) -> np.ndarray:
     return coef > np.median(coef[:, 1:], axis=1, keepdims=True)
 
 
-def set_hashes(images_set, chunk: int = 1024) -> np.ndarray:
+def set_hashes(images_set: ImageSetLike, chunk: int = 1024) -> np.ndarray:
     n = len(images_set.manifest)
     parts = [perceptual_hash(images_set.batch(np.arange(i, min(i + chunk, n)))) for i in range(0, n, chunk)]
     return np.concatenate(parts) if parts else np.zeros((0, HASH_BITS), bool)
@@ -104,7 +114,8 @@ def nearest(a: np.ndarray, b: np.ndarray, exclude_self: bool = False,
     return idx, dist
 
 
-def matches(a, b, hashes_a=None, hashes_b=None, same: bool = False) -> pd.DataFrame:
+def matches(a: ImageSetLike, b: ImageSetLike, hashes_a: np.ndarray | None = None, hashes_b: np.ndarray | None = None,
+            same: bool = False) -> pd.DataFrame:
     """One row per image of set `a`: does it occur in set `b` by name, by patient, by content?"""
     ha = set_hashes(a) if hashes_a is None else hashes_a
     hb = ha if same else (set_hashes(b) if hashes_b is None else hashes_b)
@@ -124,7 +135,7 @@ def matches(a, b, hashes_a=None, hashes_b=None, same: bool = False) -> pd.DataFr
     return out
 
 
-def audit(sets: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def audit(sets: dict[str, ImageSetLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every ordered pair of named sets (and each set with itself, for duplicates inside it).
 
     Returns (per-image rows that match something, one summary row per pair)."""
@@ -149,7 +160,7 @@ def audit(sets: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pairs, pd.DataFrame(summary)
 
 
-def leakage_flags(source, held_out: list) -> pd.DataFrame:
+def leakage_flags(source: ImageSetLike, held_out: list[ImageSetLike]) -> pd.DataFrame:
     """Per source image: shares a file name, a patient, or its content with any held-out set
     (the target's validation and test sets)."""
     hs = set_hashes(source)

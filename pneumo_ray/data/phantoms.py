@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numpy as np
 
@@ -344,7 +345,8 @@ def phantom_images(n: int, size: int, *, domain: str = "target", seed: int = 0,
     return images, labels, patients
 
 
-def save_preview(path, n=16, size=128, domain="target", seed=0):
+def save_preview(path: str | os.PathLike, n: int = 16, size: int = 128, domain: str = "target",
+                 seed: int = 0) -> str | os.PathLike:
     """Write a PNG grid of n phantoms with label and patient captions, for eyeballing."""
     from PIL import Image, ImageDraw
 

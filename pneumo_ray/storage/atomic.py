@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp_path)`, then rename tmp_path to `path`; the temporary file never outlives us."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,7 @@ def environment() -> dict:
     return dict(versions=versions, hardware=hw)
 
 
-def write_run_json(out: Path, **fields) -> None:
+def write_run_json(out: Path, **fields: object) -> None:
     info = dict(argv=sys.argv, git_commit=git_commit(), **environment(), **fields)
     atomic_write(out / "run.json", lambda p: p.write_text(json.dumps(info, indent=2, default=str)))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,7 +51,7 @@ class Augment:
     strength: float = 0.5
     hflip: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"augmentation strength must be in [0, 1], got {self.strength}")
 
@@ -105,10 +106,8 @@ class Normalize:
         return (x - self.mean) / self.std
 
 
-def image_stats(images, max_images: int = 2000, seed: int = 0) -> Normalize:
+def image_stats(images: np.ndarray, max_images: int = 2000, seed: int = 0) -> Normalize:
     """Mean/std of pixel values in [0, 1] over (a seeded sample of) a uint8 image array."""
-    import numpy as np
-
     n = len(images)
     idx = np.sort(np.random.default_rng(seed).choice(n, min(n, max_images), replace=False))
     sample = np.asarray(images[idx], dtype=np.float64) / 255.0

@@ -7,11 +7,13 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 
 from pneumo_ray.analysis.metrics import decision_threshold, roc_auc
 from pneumo_ray.data.study_data import ImageSet
@@ -67,7 +69,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def class_weights(labels, spec: str | float = "auto", scale: float = 1.0) -> tuple[float, float]:
+def class_weights(labels: ArrayLike, spec: str | float = "auto", scale: float = 1.0) -> tuple[float, float]:
     """(NORMAL weight, PNEUMONIA weight). 'auto' = inverse class frequency, PNEUMONIA fixed at 1;
     `scale` multiplies the NORMAL weight."""
     labels = np.asarray(labels)
@@ -134,8 +136,9 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def train_one_epoch(model, data: ImageSet, optimizer, scheduler, *, augment: Augment, normalize: Normalize,
-                    weights: tuple[float, float], device, batch_size: int, seed: int, epoch: int,
+def train_one_epoch(model: torch.nn.Module, data: ImageSet, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, *, augment: Augment, normalize: Normalize,
+                    weights: tuple[float, float], device: torch.device, batch_size: int, seed: int, epoch: int,
                     rank: int = 0, world: int = 1, progress: str | None = None) -> dict:
     model.train()
     train_mode(unwrap(model))
@@ -166,7 +169,8 @@ def train_one_epoch(model, data: ImageSet, optimizer, scheduler, *, augment: Aug
 
 
 @torch.no_grad()
-def predict(model, data: ImageSet, *, normalize: Normalize, device, batch_size: int = 128) -> np.ndarray:
+def predict(model: torch.nn.Module, data: ImageSet, *, normalize: Normalize, device: torch.device,
+            batch_size: int = 128) -> np.ndarray:
     """P(PNEUMONIA) for every image of `data`, in order (no augmentation)."""
     net = unwrap(model)
     was_training = net.training
@@ -181,8 +185,8 @@ def predict(model, data: ImageSet, *, normalize: Normalize, device, batch_size: 
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
-def evaluate(model, data: ImageSet, *, normalize: Normalize, weights: tuple[float, float], device,
-             batch_size: int = 128) -> dict:
+def evaluate(model: torch.nn.Module, data: ImageSet, *, normalize: Normalize, weights: tuple[float, float],
+             device: torch.device, batch_size: int = 128) -> dict:
     """Loss (class-weighted, as in training), AUC and the probabilities on a labelled set."""
     probs = predict(model, data, normalize=normalize, device=device, batch_size=batch_size)
     p = torch.from_numpy(probs).clamp(1e-7, 1 - 1e-7)
@@ -192,7 +196,8 @@ def evaluate(model, data: ImageSet, *, normalize: Normalize, weights: tuple[floa
     return dict(loss=loss, auc=roc_auc(data.labels, probs), probs=probs)
 
 
-def make_optimizer(model, phase: Phase, steps: int):
+def make_optimizer(model: torch.nn.Module, phase: Phase,
+                   steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
     params = [p for p in model.parameters() if p.requires_grad]
     cls = torch.optim.AdamW if phase.optimizer == "adamw" else torch.optim.Adam
     opt = cls(params, lr=phase.lr, weight_decay=phase.weight_decay)
@@ -205,8 +210,9 @@ def make_optimizer(model, phase: Phase, steps: int):
     return opt, sched
 
 
-def fit(model, train: ImageSet, val: ImageSet | None, phase: Phase, *, device, rank: int = 0, world: int = 1,
-        on_epoch=None, progress: bool = True, log=print) -> FitResult:
+def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet | None, phase: Phase, *, device: torch.device,
+        rank: int = 0, world: int = 1, on_epoch: Callable[[dict, torch.nn.Module, FitResult], object] | None = None,
+        progress: bool = True, log: Callable[[str], object] | None = print) -> FitResult:
     """Train `model` for `phase.epochs`; keep the epoch with the best validation AUC.
 
     `on_epoch(record, model, result)` is called after every epoch with the FitResult so far (Ray reports

@@ -3,6 +3,9 @@ one output logit (P(PNEUMONIA) = sigmoid(logit)); input is one grayscale channel
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -18,7 +21,7 @@ def conv_block(c_in: int, c_out: int) -> nn.Sequential:
 class ShallowCNN(nn.Module):
     """A few conv blocks + a small classifier, as in the seed study's shallow CNN."""
 
-    def __init__(self, widths=(32, 64, 128, 256), dropout: float = 0.3):
+    def __init__(self, widths: Sequence[int] = (32, 64, 128, 256), dropout: float = 0.3) -> None:
         super().__init__()
         chans = (1, *widths)
         self.features = nn.Sequential(*[conv_block(a, b) for a, b in zip(chans, chans[1:])])
@@ -33,7 +36,7 @@ class ShallowCNN(nn.Module):
 class DenseNet121(nn.Module):
     """torchvision DenseNet-121, randomly initialised (weights=None), one input channel, one logit."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         from torchvision.models import densenet121
 
@@ -51,7 +54,7 @@ class DenseNet121(nn.Module):
 BUILDERS = {"cnn": ShallowCNN, "densenet": DenseNet121}
 
 
-def build_model(name: str, **kwargs) -> nn.Module:
+def build_model(name: str, **kwargs: Any) -> nn.Module:
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(BUILDERS)}")
     return BUILDERS[name](**kwargs)
