@@ -1,5 +1,6 @@
 """Ablation arms: what each arm flag changes in a TrainConfig, and the reference arm the others
-are compared with. Configuration only (no Ray): the analysis layer names the reference from here.
+are compared with; `AblationSpec`, one ablation run's own settings. Configuration only (no Ray):
+the analysis layer names the reference from here.
 
 The reference arm is `transfer` (pre-train on the source, fine-tune on the target). Each flag
 switches one ingredient off; flags combine into one arm ("no-augment+no-class-weights").
@@ -7,8 +8,13 @@ switches one ingredient off; flags combine into one arm ("no-augment+no-class-we
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
+from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.search import SEARCHED
+from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.config.train import TrainConfig
 
 REFERENCE = "transfer"
@@ -21,7 +27,6 @@ CHANGES: dict[str, tuple[str, dict]] = {
     "freeze_backbone": ("freeze-backbone", dict(freeze_backbone=True)),
 }
 LEAKY = "test-overlap"   # pre-training on all of the source, as the seed study did
-SEARCHED = ("aug_strength", "class_weight_scale", "lr", "pretrain_lr")
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,7 @@ class Arm:
     changes: tuple[str, ...] = ()       # keys of CHANGES
     allow_overlap: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         unknown = [c for c in self.changes if c not in CHANGES]
         if unknown:
             raise ValueError(f"unknown arm change(s) {unknown}; known: {sorted(CHANGES)}")
@@ -52,10 +57,41 @@ class Arm:
             cfg = cfg.replace(**CHANGES[c][1])
         return cfg
 
-    def searched(self, names) -> list[str]:
-        """The searched hyper-parameters this arm leaves free: not those its changes fix, and no
-        pre-training learning rate for an arm that does not pre-train."""
+    def searched(self, names: Iterable[str] = SEARCHED) -> list[str]:
+        """The searched hyper-parameters (config/search.py) this arm leaves free: not those its
+        changes fix, and no pre-training learning rate for an arm that does not pre-train."""
         fixed = {k for c in self.changes for k in CHANGES[c][1]}
         if not self.pretrains:
             fixed.add("pretrain_lr")
         return [n for n in names if n not in fixed]
+
+    def data_spec(self, sweep: SweepConfig, data: DataSpec) -> DataSpec:
+        """The study data of this arm: the sweep's, with the source loaded only if the arm pre-trains
+        and all of it kept for the test-overlap arm."""
+        return sweep.data_spec(data).replace(use_pretrain=self.pretrains and sweep.pretrain_epochs > 0,
+                                             allow_overlap=self.allow_overlap)
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    """One ablation run: the arm, its seeds and where its configuration comes from (one of: its own
+    search of `tune` trials; the best trial of the finished sweep in `from_`; the seed's defaults)."""
+    arm: Arm = Arm()
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    tune: int | None = None
+    from_: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("--seeds must be at least 1")
+        if self.tune is not None and self.from_:
+            raise ValueError("--tune and --from are two ways to choose the configuration: give one")
+        if self.tune is not None and self.tune < 1:
+            raise ValueError(f"--tune {self.tune}: the search needs at least 1 trial")
+
+    @property
+    def protocol(self) -> str:
+        """How the arms' configurations are chosen: every arm of one results folder must share it."""
+        if self.tune:
+            return f"tune {self.tune}"
+        return f"from {Path(self.from_).resolve()}" if self.from_ else "defaults"

@@ -1,12 +1,26 @@
 """A sweep's settings: the fixed training lengths, the search ranges and each trial's resources,
 plus the named presets (`--preset`) that fill them in. Plain dataclasses: no torch, no Ray, so that
-the command line, the cost estimate (bench/gpu_hours.py) and the Ray layer read the same values."""
+the command line, the cost estimate (bench/gpu_hours.py) and the Ray layer read the same values.
+The search ranges' defaults, scales and valid values come from the table in config/search.py."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.search import SEARCH, default
 from pneumo_ray.config.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Resources:
+    """One trial's Ray Train job: its workers (DDP), their CPUs and GPUs in all, where they go."""
+    workers: int = 1
+    cpus: float = 1.0                     # split evenly over the workers
+    gpus: float = 0.0                     # fractions share a GPU
+    placement_strategy: str = "PACK"      # PACK, SPREAD or STRICT_SPREAD (one worker per node)
+    max_failures: int = 1
 
 
 @dataclass(frozen=True)
@@ -20,10 +34,11 @@ class SweepConfig:
     batch_size: int = 32
     seed: int = 0
     val_fraction: float = 0.2
-    aug_range: tuple[float, float] = (0.0, 1.0)
-    class_weight_scale_range: tuple[float, float] = (0.5, 2.0)   # × the inverse-frequency NORMAL weight
-    lr_range: tuple[float, float] = (1e-4, 3e-3)
-    pretrain_lrs: tuple[float, ...] = (1e-3,)   # categorical, so trials share pre-trainings
+    # the search space: one field per row of config/search.py (its range_field), default from there
+    aug_range: tuple[float, float] = default("aug_range")
+    class_weight_scale_range: tuple[float, float] = default("class_weight_scale_range")  # × inverse-frequency
+    lr_range: tuple[float, float] = default("lr_range")
+    pretrain_lrs: tuple[float, ...] = default("pretrain_lrs")   # categorical, so trials share pre-trainings
     grace_period: int = 1
     reduction_factor: int = 2
     workers_per_trial: int = 1
@@ -33,10 +48,35 @@ class SweepConfig:
     max_concurrent: int = 0               # 0 = as many as the cluster's resources allow
     max_failures: int = 1
 
+    def __post_init__(self):
+        # a bad range fails here, before Ray starts, not inside every trial; LOW == HIGH pins a value
+        for s in SEARCH:
+            values = tuple(getattr(self, s.range_field))
+            reason = s.problem(values, allow_fixed=True)
+            if reason:
+                raise ValueError(f"{s.range_field} {values} ({s.flag}): {reason}")
+
     def base_config(self, model: str) -> TrainConfig:
         return TrainConfig(model=model, image_size=self.image_size, epochs=self.epochs,
                            pretrain_epochs=self.pretrain_epochs, batch_size=self.batch_size, seed=self.seed,
                            val_fraction=self.val_fraction, pretrain_lr=self.pretrain_lrs[0])
+
+    def search_ranges(self) -> dict[str, list[float]]:
+        """{range field: values} of the search space, as run.json records them."""
+        return {s.range_field: list(getattr(self, s.range_field)) for s in SEARCH}
+
+    def data_spec(self, data: DataSpec) -> DataSpec:
+        """`data` (where the images are) at this sweep's image size, split and pre-training choice."""
+        return data.replace(image_size=self.image_size, split_seed=self.seed, val_fraction=self.val_fraction,
+                            use_pretrain=self.pretrain_epochs > 0)
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(workers=self.workers_per_trial, cpus=self.cpus_per_trial, gpus=self.gpus_per_trial,
+                         placement_strategy=self.placement_strategy, max_failures=self.max_failures)
+
+    def replace(self, **changes) -> SweepConfig:
+        return dataclasses.replace(self, **changes)
 
 
 PRESETS: dict[str, dict] = {
