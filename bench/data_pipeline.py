@@ -85,9 +85,9 @@ def _cached_rate(data: ImageSet, batch: int, epochs: int) -> float:
 def training_rate(data: ImageSet, n: int) -> float:
     torch.manual_seed(0)
     sub = data.subset(np.arange(min(n, len(data))))
-    fit(build_model("cnn"), sub, None, Phase("bench", 1, 1e-3, aug_strength=0.0), device=torch.device("cpu"),
-        progress=False, log=None)  # warm-up
-    r = fit(build_model("cnn"), sub, None, Phase("bench", 1, 1e-3, aug_strength=STRENGTH),
+    fit(build_model("cnn"), sub, None, Phase(name="bench", epochs=1, lr=1e-3, aug_strength=0.0),
+        device=torch.device("cpu"), progress=False, log=None)  # warm-up
+    r = fit(build_model("cnn"), sub, None, Phase(name="bench", epochs=1, lr=1e-3, aug_strength=STRENGTH),
             device=torch.device("cpu"), progress=False, log=None)
     return r.history[0]["train_images_per_s"]
 

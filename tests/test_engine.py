@@ -38,7 +38,7 @@ def test_same_seed_same_numbers_on_cpu(tiny):
     def run():
         torch.manual_seed(0)
         model = build_model("cnn")
-        r = fit(model, tiny.train, tiny.val, Phase("finetune", 2, 1e-3, aug_strength=0.5, seed=7),
+        r = fit(model, tiny.train, tiny.val, Phase(name="finetune", epochs=2, lr=1e-3, aug_strength=0.5, seed=7),
                 device=torch.device("cpu"), progress=False, log=None)
         return [h["train_loss"] for h in r.history] + [h["val_auc"] for h in r.history]
     assert run() == run()
@@ -47,7 +47,8 @@ def test_same_seed_same_numbers_on_cpu(tiny):
 def test_best_validation_epoch_is_kept(tiny):
     torch.manual_seed(0)
     seen = []
-    r = fit(build_model("cnn"), tiny.train, tiny.val, Phase("finetune", 3, 3e-3, seed=1), device=torch.device("cpu"),
+    r = fit(build_model("cnn"), tiny.train, tiny.val, Phase(name="finetune", epochs=3, lr=3e-3, seed=1),
+            device=torch.device("cpu"),
             on_epoch=lambda rec, m, res: seen.append(rec["val_auc"]), progress=False, log=None)
     assert len(seen) == 3 and r.best_epoch == int(np.argmax(seen)) + 1 and r.best_val_auc == max(seen)
 

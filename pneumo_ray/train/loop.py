@@ -21,9 +21,10 @@ from pneumo_ray.train.augment import Augment, Normalize, to_float
 from pneumo_ray.train.models import train_mode
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Phase:
-    """Hyper-parameters of one training phase (pre-training or fine-tuning)."""
+    """Hyper-parameters of one training phase (pre-training or fine-tuning). Keyword-only: a dozen
+    positional values of the same types would train silently with two of them swapped."""
     name: str
     epochs: int
     lr: float

@@ -14,24 +14,29 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pneumo_ray.train import checkpoints
-from pneumo_ray.storage.atomic import atomic_write
-from pneumo_ray.config.train import TrainConfig, stable_id
-from pneumo_ray.data.study_data import StudyData
-from pneumo_ray.train.loop import FitResult, Phase, evaluate, fit, predict, seed_everything
 from pneumo_ray.analysis.metrics import binary_metrics
-from pneumo_ray.train.models import build_model, freeze_backbone
+from pneumo_ray.config.train import TrainConfig, stable_id
 from pneumo_ray.data.split import patient_grouped_split
+from pneumo_ray.data.study_data import StudyData
+from pneumo_ray.storage.atomic import atomic_write
+from pneumo_ray.train import checkpoints
+from pneumo_ray.train.loop import FitResult, Phase, evaluate, fit, predict, seed_everything
+from pneumo_ray.train.models import build_model, freeze_backbone
 
 
 def pretrain_phase(cfg: TrainConfig) -> Phase:
-    return Phase("pretrain", cfg.pretrain_epochs, cfg.pretrain_lr, cfg.batch_size, cfg.pretrain_aug_strength,
-                 cfg.hflip, "auto", 1.0, cfg.optimizer, cfg.weight_decay, cfg.schedule, cfg.seed)
+    """Pre-training: its own epochs, learning rate and augmentation; inverse-frequency class weights."""
+    return Phase(name="pretrain", epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, batch_size=cfg.batch_size,
+                 aug_strength=cfg.pretrain_aug_strength, hflip=cfg.hflip, class_weight="auto", class_weight_scale=1.0,
+                 optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, schedule=cfg.schedule, seed=cfg.seed)
 
 
 def finetune_phase(cfg: TrainConfig) -> Phase:
-    return Phase("finetune", cfg.epochs, cfg.lr, cfg.batch_size, cfg.aug_strength, cfg.hflip,
-                 cfg.class_weight, cfg.class_weight_scale, cfg.optimizer, cfg.weight_decay, cfg.schedule, cfg.seed)
+    """Fine-tuning: the searched learning rate, augmentation strength and class weight."""
+    return Phase(name="finetune", epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                 aug_strength=cfg.aug_strength, hflip=cfg.hflip, class_weight=cfg.class_weight,
+                 class_weight_scale=cfg.class_weight_scale, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
+                 schedule=cfg.schedule, seed=cfg.seed)
 
 
 def pretrain_key(cfg: TrainConfig, source_hash: str) -> str:
@@ -106,7 +111,8 @@ def final_evaluation(cfg: TrainConfig, data: StudyData, result: FitResult, devic
     model.load_state_dict(result.best_state)
     val_probs = result.best_val_probs
     if val_probs is None:
-        val_probs = evaluate(model, data.val, normalize=result.normalize, weights=result.weights, device=device)["probs"]
+        val_probs = evaluate(model, data.val, normalize=result.normalize, weights=result.weights,
+                             device=device)["probs"]
     metrics = validation_summary(data, val_probs, result.threshold)
     test_metrics, preds = test_evaluation(model, data, result.normalize, metrics["threshold"], device)
     metrics.update(test_metrics, best_epoch=result.best_epoch)
