@@ -22,6 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def synthetic(args, cache_dir):
+    """The synthetic target at the benchmark's image size, no pre-training source."""
+    from pneumo_ray.config.data import DataSpec
+
+    return DataSpec(image_size=args.image_size, split_seed=0, use_pretrain=False, cache_dir=cache_dir)
+
+
 def bare(args, cache_dir) -> list[float]:
     import torch
 
@@ -30,31 +37,27 @@ def bare(args, cache_dir) -> list[float]:
     from pneumo_ray.train.protocol import finetune
 
     torch.set_num_threads(int(args.cpus))
-    data = load_study_data(None, None, size=args.image_size, seed=0, use_pretrain=False, cache_dir=cache_dir,
-                           quiet=True, log=None)
+    data = load_study_data(synthetic(args, cache_dir), quiet=True, log=None)
     cfg = TrainConfig(model=args.model, image_size=args.image_size, epochs=args.epochs, pretrain_epochs=0)
     _, result = finetune(cfg, data, torch.device("cpu"), log=None)
     return [h["epoch_seconds"] for h in result.history]
 
 
 def through_ray(args, cache_dir, storage) -> tuple[list[float], list[float], float, int]:
-    from pneumo_ray.data.study_data import load_study_data
-    from pneumo_ray.distributed.jobs import data_args
-    from pneumo_ray.distributed.sweep import init_ray
     from pneumo_ray.config.sweep import SweepConfig
+    from pneumo_ray.data.study_data import load_study_data
+    from pneumo_ray.distributed.sweep import init_ray
     from pneumo_ray.distributed.trials import run_model_sweep
 
     sweep = SweepConfig(models=(args.model,), num_samples=1, image_size=args.image_size, epochs=args.epochs,
                         pretrain_epochs=0, cpus_per_trial=args.cpus, grace_period=args.epochs,
                         aug_range=(0.5, 0.5), class_weight_scale_range=(1.0, 1.0), lr_range=(1e-3, 1e-3))
-    data = load_study_data(None, None, size=args.image_size, seed=0, use_pretrain=False, cache_dir=cache_dir,
-                           quiet=True, log=None)
-    dargs = data_args(None, None, size=args.image_size, seed=0, val_fraction=0.2, use_pretrain=False,
-                      allow_overlap=False, cache_dir=cache_dir)
+    spec = synthetic(args, cache_dir)
+    data = load_study_data(spec, quiet=True, log=None)
     ray = init_ray(None)
     try:
         t0 = time.time()
-        ms = run_model_sweep(args.model, sweep, source_hash=data.info.get("source_manifest_hash"), dargs=dargs,
+        ms = run_model_sweep(args.model, sweep, source_hash=data.info.get("source_manifest_hash"), data=spec,
                              storage=storage, store=Path(cache_dir) / "pretrain", exp_name=f"overhead-{args.model}",
                              resume=False, concurrency=1)
     finally:

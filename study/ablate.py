@@ -30,18 +30,17 @@ audit_summary.parquet, run.json. Re-running an arm runs only seeds it lacks.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
-from study.sweep import OVERRIDES, PRESETS, add_data_args, add_output_args, sweep_config
+from pneumo_ray.config.arms import CHANGES
+from study import common
 
-FLAGS = ("--no-pretrain", "--no-augment", "--no-class-weights", "--freeze-backbone")
-# the sweep's flags that make sense here (not the search ranges, not --seed: seeds are replicates)
-KEPT = ("--models", "--image-size", "--epochs", "--pretrain-epochs", "--batch-size", "--workers-per-trial",
-        "--cpus-per-trial", "--gpus-per-trial", "--placement-strategy", "--max-concurrent",
-        # the search space and ASHA, used by --tune
-        "--pretrain-lrs", "--lr-range", "--aug-range", "--class-weight-range", "--grace-period")
+# the arm flags, one per ingredient switched off (config/arms.py CHANGES)
+FLAGS = tuple("--" + change.replace("_", "-") for change in CHANGES)
+# the flags that shape the SweepConfig (no --num-samples: --tune sets the search budget; no --seed:
+# seeds are the replicates, --split-seed the validation split)
+SWEEP_FLAGS = [*common.LENGTHS, *common.SEARCH_FLAGS, *common.RESOURCES]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -51,8 +50,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "  python -m study.ablate --preset smoke --seeds 2 --name demo\n"
         "  python -m study.ablate --preset smoke --seeds 2 --name demo --no-pretrain\n"
         "  python -m study.ablate --summarize results/demo\n"
-        "  python -m study.ablate --preset cpu --models cnn --seeds 5 --tune 6 --name real --data-root ~/data/chest_xray \\\n"
-        "      --pretrain-root ~/data/coronahack          # then the same with --no-pretrain: each arm tuned on its own\n"
+        "  python -m study.ablate --preset cpu --models cnn --seeds 5 --tune 6 --name real \\\n"
+        "      --data-root ~/data/chest_xray --pretrain-root ~/data/coronahack\n"
+        "      # then the same with --no-pretrain: each arm tuned on its own\n"
         "  python -m study.ablate --preset cpu --models cnn --seeds 3 --data-root ~/data/chest_xray \\\n"
         "      --pretrain-root ~/data/coronahack --from results/my-sweep --name cnn-transfer")
     p.add_argument("--summarize", metavar="FOLDER", help="only print (and write) the statistics of an ablation folder")
@@ -62,27 +62,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     arms.add_argument("--allow-test-overlap", action="store_true",
                       help="pre-train on all source images, also those sharing a name, patient or content with the "
                            "target's validation/test sets (the seed's protocol)")
-    t = p.add_argument_group("training (see python -m study.sweep --help for the presets)")
-    t.add_argument("--preset", choices=sorted(PRESETS), default="smoke", help="lengths and resources (default: smoke)")
-    t.add_argument("--seeds", type=int, default=5, help="seeds 0..K-1 per model (default 5)")
-    t.add_argument("--split-seed", type=int, default=None,
+    a = p.add_argument_group("seeds and configuration")
+    a.add_argument("--seeds", type=int, default=5, help="seeds 0..K-1 per model (default 5)")
+    a.add_argument("--split-seed", type=int, default=None,
                    help="seed of the patient-grouped validation split, the same for every arm (default: the preset's)")
-    t.add_argument("--tune", type=int, metavar="N", default=None,
+    a.add_argument("--tune", type=int, metavar="N", default=None,
                    help="tune each arm on its own: an Optuna search of N trials per model on validation AUC, then the "
                         "seeds at the arm's best configuration (the fair protocol; reused when the arm runs again)")
-    t.add_argument("--from", dest="from_", metavar="SWEEP",
+    a.add_argument("--from", dest="from_", metavar="SWEEP",
                    help="take each model's configuration from this sweep folder (tuned for the sweep's arm)")
-    for flag, _, typ, help_ in OVERRIDES:
-        if flag in KEPT:
-            t.add_argument(flag, type=typ, default=None, help=help_)
-    add_data_args(p)
-    add_output_args(p, "ablation name: run every arm under the same one (default: ablate-<preset>)",
-                    "complete this arm's interrupted run")
+    common.add_sweep_flags(p, preset_help="lengths and resources (default: smoke; python -m study.sweep --help "
+                                          "lists the presets)")
+    common.add_data_args(p)
+    common.add_output_args(p, "ablation name: run every arm under the same one (default: ablate-<preset>)",
+                           "complete this arm's interrupted run")
     return p
 
 
-def main(argv=None) -> int:
-    args = get_args_parser().parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = get_args_parser().parse_args(common.attach_negative_values(argv, SWEEP_FLAGS))
     if args.summarize:
         from pneumo_ray.distributed.ablation import print_summary
 
@@ -90,31 +89,20 @@ def main(argv=None) -> int:
             print(f"error: --summarize {args.summarize}: no such folder", file=sys.stderr)
             return 2
         return print_summary(Path(args.summarize))
-    from pneumo_ray.config.arms import Arm
+    from pneumo_ray.config.arms import AblationSpec, Arm
 
     try:
-        for flag, _, _, _ in OVERRIDES:  # the sweep flags this command does not take stay unset
-            if flag not in KEPT:
-                setattr(args, flag[2:].replace("-", "_"), None)
-        sweep = sweep_config(argparse.Namespace(**{**vars(args), "no_pretrain": False}))
-        if args.split_seed is not None:
-            sweep = dataclasses.replace(sweep, seed=args.split_seed)
-        if args.seeds < 1:
-            raise ValueError("--seeds must be at least 1")
-        arm = Arm(tuple(f[2:].replace("-", "_") for f in FLAGS if getattr(args, f[2:].replace("-", "_"))),
-                  allow_overlap=args.allow_test_overlap)
-        if args.tune is not None and args.from_:
-            raise ValueError("--tune and --from are two ways to choose the configuration: give one")
-        if args.tune is not None and args.tune < 1:
-            raise ValueError(f"--tune {args.tune}: the search needs at least 1 trial")
-        if args.from_ and not Path(args.from_).is_dir():
-            raise ValueError(f"--from {args.from_}: no such folder")
-        if arm.pretrains and sweep.pretrain_epochs == 0:
-            raise ValueError("this arm pre-trains, but --pretrain-epochs is 0: use --no-pretrain for that arm")
+        split = {} if args.split_seed is None else {"seed": args.split_seed}
+        sweep = common.sweep_config(args.preset, args, SWEEP_FLAGS, **split)
+        arm = Arm(tuple(change for change in CHANGES if getattr(args, change)), allow_overlap=args.allow_test_overlap)
+        ablation = AblationSpec(arm=arm, seeds=tuple(range(args.seeds)), tune=args.tune, from_=args.from_)
+        if ablation.from_ and not Path(ablation.from_).is_dir():
+            raise ValueError(f"--from {ablation.from_}: no such folder")
+        data = arm.data_spec(sweep, common.data_spec(args))
+        out = common.output_spec(args, name=args.name or f"ablate-{args.preset}")
         from pneumo_ray.distributed.ablation import run_ablation
 
-        name = args.name or f"ablate-{args.preset}"
-        return run_ablation(sweep, arm, list(range(args.seeds)), args, name=name, out=Path(args.results) / name)
+        return run_ablation(sweep, ablation, data, out)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

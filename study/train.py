@@ -10,7 +10,9 @@ import argparse
 import json
 import sys
 
+from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.train import TrainConfig
+from study import common
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -23,10 +25,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  python -m study.train                     # synthetic data, a minute or two on a CPU\n"
                "  python -m study.train --data-root ~/data/chest_xray --pretrain-root ~/data/coronahack "
                "--model cnn --image-size 64 --epochs 3 --out runs/cnn64")
-    p.add_argument("--data-root", help="Kaggle chest_xray/ folder (target); default: synthetic phantoms")
-    p.add_argument("--pretrain-root", help="Kaggle CoronaHack folder (pre-training source)")
-    p.add_argument("--no-pretrain", action="store_true", help="skip pre-training (random initialisation)")
-    p.add_argument("--allow-test-overlap", action="store_true",
+    g = common.add_data_args(p)
+    g.add_argument("--no-pretrain", action="store_true", help="skip pre-training (random initialisation)")
+    g.add_argument("--allow-test-overlap", action="store_true",
                    help="pre-train on all CoronaHack TRAIN images, even those whose file name or patient is in the "
                         "target's validation/test sets (the seed's protocol; leaks the hold-out)")
     p.add_argument("--model", choices=["cnn", "densenet"], default=d.model)
@@ -36,7 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--aug-strength", type=float, default=d.aug_strength, help="0 = none … 1 = full (fine-tuning)")
     p.add_argument("--pretrain-aug-strength", type=float, default=d.pretrain_aug_strength)
-    p.add_argument("--class-weight", default="auto", help="'auto' (inverse frequency) or the NORMAL weight (PNEUMONIA = 1)")
+    p.add_argument("--class-weight", default="auto",
+                   help="'auto' (inverse frequency) or the NORMAL weight (PNEUMONIA = 1)")
     p.add_argument("--lr", type=float, default=d.lr, help="fine-tuning learning rate")
     p.add_argument("--pretrain-lr", type=float, default=d.pretrain_lr)
     p.add_argument("--optimizer", choices=["adamw", "adam"], default=d.optimizer)
@@ -44,12 +46,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--cache-dir", help="decoded-image cache (default: $PNEUMO_RAY_CACHE or ~/.cache/pneumo_ray)")
     p.add_argument("--out", default="results/train", help="output folder")
     return p
 
 
-def config_from_args(args) -> TrainConfig:
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cw = args.class_weight if args.class_weight == "auto" else float(args.class_weight)
     return TrainConfig(model=args.model, image_size=args.image_size, epochs=args.epochs,
                        pretrain_epochs=0 if args.no_pretrain else args.pretrain_epochs, lr=args.lr,
@@ -59,10 +60,18 @@ def config_from_args(args) -> TrainConfig:
                        val_fraction=args.val_fraction, seed=args.seed)
 
 
-def main(argv=None) -> int:
+def data_spec(args: argparse.Namespace, cfg: TrainConfig) -> DataSpec:
+    """The run's data: where from the flags, image size, split and pre-training from the configuration."""
+    return common.data_spec(args, allow_overlap=args.allow_test_overlap).replace(
+        image_size=cfg.image_size, split_seed=cfg.seed, val_fraction=cfg.val_fraction,
+        use_pretrain=cfg.pretrain_epochs > 0)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
+        spec = data_spec(args, cfg)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -71,9 +80,7 @@ def main(argv=None) -> int:
     from pneumo_ray.train.protocol import run_study
 
     device = pick_device(args.device)
-    data = load_study_data(args.data_root, args.pretrain_root, size=cfg.image_size, seed=cfg.seed,
-                           val_fraction=cfg.val_fraction, use_pretrain=cfg.pretrain_epochs > 0,
-                           allow_overlap=args.allow_test_overlap, cache_dir=args.cache_dir)
+    data = load_study_data(spec)
     for problem in data.info["problems"]:
         print(f"warning: {problem}", file=sys.stderr)
     print(f"device {device}; {data.train.describe()}; {data.val.describe()}; {data.test.describe()}")

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from pneumo_ray.train import checkpoints
+from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.train import TrainConfig, stable_id
 from pneumo_ray.data.study_data import load_study_data
+from pneumo_ray.train import checkpoints
 from pneumo_ray.train.loop import Phase, class_weights, epoch_order, fit, pick_device
 from pneumo_ray.train.models import build_model
 from pneumo_ray.train.protocol import final_evaluation, finetune, pretrain, pretrain_key
@@ -13,7 +14,8 @@ from pneumo_ray.train.protocol import final_evaluation, finetune, pretrain, pret
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Synthetic study data at 32 px, trimmed so a CPU epoch takes about a second."""
-    data = load_study_data(size=32, seed=0, cache_dir=tmp_path_factory.mktemp("c"), quiet=True, log=None)
+    data = load_study_data(DataSpec(image_size=32, split_seed=0, cache_dir=tmp_path_factory.mktemp("c")),
+                           quiet=True, log=None)
     data.train = data.train.subset(np.arange(256), "train")
     data.val = data.val.subset(np.arange(128), "val")
     data.source = data.source.subset(np.arange(256), "source")

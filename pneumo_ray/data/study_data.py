@@ -14,6 +14,7 @@ keeps patients apart). Both go through `exclude_leakage` and its cache.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ from pneumo_ray.data import cache
 from pneumo_ray.data import phantoms
 
 from pneumo_ray.data import sources
+from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.train import stable_id
 from pneumo_ray.data.split import patient_grouped_split
 
@@ -170,18 +172,18 @@ def audit_sets(data_root=None, pretrain_root=None, *, size: int = 64, cache_dir=
     return sets, problems
 
 
-def load_study_data(data_root: str | os.PathLike | None = None, pretrain_root: str | os.PathLike | None = None,
-                    *, size: int = 64, seed: int = 0, val_fraction: float = 0.2, use_pretrain: bool = True,
-                    allow_overlap: bool = False, source_subset: str = "all", cache_dir=None,
-                    quiet: bool = False, log=print) -> StudyData:
-    """Target train/val/test (+ pre-training source). With no data_root: the synthetic phantoms
-    (target and, unless use_pretrain is False, the shifted synthetic source domain).
+def load_study_data(spec: DataSpec, *, quiet: bool = False, log: Callable[[str], object] | None = print) -> StudyData:
+    """Target train/val/test (+ pre-training source) as `spec` says. With no data_root: the synthetic
+    phantoms (target and, unless use_pretrain is False, the shifted synthetic source domain). The
+    driver and every Ray worker call this with the same spec and get the same sets from the cache.
 
     Target-train images sharing a name, patient or content with the test set are dropped before the
     validation split (`info["train_excluded_overlap"]`; on the real data: 0); source images sharing
     one with validation or test are dropped from pre-training unless allow_overlap (which concerns
     pre-training only: the seed study's leaky arm)."""
     log = log or (lambda *_: None)
+    data_root, pretrain_root, size, cache_dir = spec.data_root, spec.pretrain_root, spec.image_size, spec.cache_dir
+    val_fraction, seed = spec.val_fraction, spec.split_seed
     info: dict = dict(image_size=size, val_fraction=val_fraction, split_seed=seed, problems=[])
     if data_root is None:
         full_train = synthetic_set("target_train", size, cache_dir)
@@ -204,17 +206,17 @@ def load_study_data(data_root: str | os.PathLike | None = None, pretrain_root: s
     test.name = "test"
 
     source = None
-    if use_pretrain and (pretrain_root is not None or data_root is None):
+    if spec.use_pretrain and (pretrain_root is not None or data_root is None):
         if pretrain_root is None:
             source = synthetic_set("source_train", size, cache_dir)
             info["source"] = "synthetic"
         else:
-            scan = sources.scan(pretrain_root, source_subset)
+            scan = sources.scan(pretrain_root, spec.source_subset)
             info["problems"] += [str(p) for p in scan.problems]
             man = scan.manifest[scan.manifest.split == "train"]
             source, probs = _decoded_set(man, size, cache_dir, "source-train", quiet)
             info["problems"] += [str(p) for p in probs]
-            if not allow_overlap:
+            if not spec.allow_overlap:
                 source, counts = exclude_leakage(source, [val, test], cache_dir)
                 info["source_excluded_overlap"] = counts["excluded"]
                 info["source_excluded_by"] = counts
@@ -223,7 +225,7 @@ def load_study_data(data_root: str | os.PathLike | None = None, pretrain_root: s
                     f"({counts['by_content']}) with the target's validation/test sets (allow_overlap keeps them)")
             info["source"] = str(os.path.abspath(pretrain_root))
         source.name = "source"
-    elif use_pretrain and pretrain_root is None:
+    elif spec.use_pretrain and pretrain_root is None:
         log("no --pretrain-root given with real target data: training from random initialisation")
     for s in (train, val, test) + ((source,) if source is not None else ()):
         info[f"{s.name}_n"] = len(s)

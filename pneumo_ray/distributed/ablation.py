@@ -1,5 +1,10 @@
 """The ablation driver: data once (leakage audit of the pre-training data included), Ray up, one
-seed-grid experiment per model for the arm, Parquet out, the statistics printed."""
+seed-grid experiment per model for the arm, Parquet out, the statistics printed.
+
+`run_ablation(sweep, ablation, data, out)` takes frozen settings only: the training lengths, search
+space and resources (SweepConfig), the arm, seeds and configuration protocol (AblationSpec), the
+arm's study data (DataSpec, what every worker re-opens) and where results go (OutputSpec).
+"""
 
 from __future__ import annotations
 
@@ -11,19 +16,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from pneumo_ray.data import leakage as audit
-
-from pneumo_ray.data import cache
-from pneumo_ray.config.arms import SEARCHED, Arm
-from pneumo_ray.config.sweep import SweepConfig
-from pneumo_ray.distributed.replicates import ArmConfig, base_configs, best_tuned, run_seeds, seed_rows
 from pneumo_ray.analysis.verdicts import format_summary, summarize
-from pneumo_ray.storage.atomic import atomic_write
+from pneumo_ray.config.arms import AblationSpec, Arm
+from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.output import OutputSpec
+from pneumo_ray.config.sweep import SweepConfig
+from pneumo_ray.data import leakage as audit
 from pneumo_ray.data.study_data import load_study_data
-from pneumo_ray.distributed.jobs import data_args
-from pneumo_ray.storage.results import read_results, read_table, upsert_parquet, write_run_json
-from pneumo_ray.distributed.sweep import init_ray
+from pneumo_ray.distributed.replicates import ArmConfig, base_configs, best_tuned, run_seeds, seed_rows
+from pneumo_ray.distributed.sweep import check_data, init_ray, run_record, with_cache_dir
 from pneumo_ray.distributed.trials import evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
+from pneumo_ray.storage.atomic import atomic_write
+from pneumo_ray.storage.results import read_results, read_table, upsert_parquet, write_run_json
 
 KEYS = dict(ablations=["arm", "model", "seed"], ablation_predictions=["arm", "model", "seed", "path"],
             audit_summary=["arm", "a_set", "b_set"], ablation_tuning=["arm", "model", "trial_id"],
@@ -39,9 +43,13 @@ def check_compatible(out: Path, settings: dict) -> None:
     if not run.exists():
         return
     before = json.loads(run.read_text()).get("settings", {})
+    for k in ("data_root", "pretrain_root"):   # recorded as given before they were made absolute
+        if before.get(k) is not None:
+            before[k] = str(Path(before[k]).resolve())
     diff = {k: (before.get(k), settings.get(k)) for k in SHARED if k in before and before.get(k) != settings.get(k)}
     if diff:
-        raise ValueError(f"{out} holds arms run with other settings ({', '.join(f'{k}: {a} → {b}' for k, (a, b) in diff.items())}); "
+        changes = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in diff.items())
+        raise ValueError(f"{out} holds arms run with other settings ({changes}); "
                          f"arms are only comparable with the same settings: use another --name")
 
 
@@ -54,34 +62,28 @@ def best_from(path: str | None) -> tuple[pd.DataFrame | None, dict]:
     return res.best_trials(), res.run.get("sweep", {})
 
 
-def protocol(args) -> str:
-    """How the arms' configurations are chosen: every arm of one results folder must share it."""
-    if args.tune:
-        return f"tune {args.tune}"
-    return f"from {Path(args.from_).resolve()}" if args.from_ else "defaults"
-
-
-def known_configs(sweep: SweepConfig, arm: Arm, args, out: Path) -> tuple[dict[str, ArmConfig], list[str]]:
+def known_configs(sweep: SweepConfig, ablation: AblationSpec, out: Path) -> tuple[dict[str, ArmConfig], list[str]]:
     """The configurations known before any training ({model: ArmConfig}) and the models whose
     per-arm search still has to run (--tune without a finished search of this arm in `out`)."""
-    if args.tune:
+    arm = ablation.arm
+    if ablation.tune:
         tuned, configs, to_tune = read_table(out, "ablation_tuning"), {}, []
         for model in sweep.models:
             mine = tuned[(tuned.arm == arm.name) & (tuned.model == model)] if len(tuned) else tuned
             if len(mine):
-                configs[model] = best_tuned(mine, arm, arm.apply(sweep.base_config(model)), arm.searched(SEARCHED))
+                configs[model] = best_tuned(mine, arm, arm.apply(sweep.base_config(model)), arm.searched())
             else:
                 to_tune.append(model)
         return configs, to_tune
-    best, from_sweep = best_from(args.from_)
+    best, from_sweep = best_from(ablation.from_)
     if from_sweep and from_sweep.get("image_size") != sweep.image_size:
-        print(f"warning: --from {args.from_} searched at {from_sweep.get('image_size')} px, this ablation runs at "
-              f"{sweep.image_size} px", file=sys.stderr)
+        print(f"warning: --from {ablation.from_} searched at {from_sweep.get('image_size')} px, this ablation runs "
+              f"at {sweep.image_size} px", file=sys.stderr)
     tuned_for = None
     if from_sweep:   # the arm the sweep's configuration was searched for
         tuned_for = ("transfer" if from_sweep.get("pretrain_epochs") else "no-pretrain")
     configs = {m: ArmConfig(arm.apply(ac.config), ac.source, ac.tuned_for)
-               for m, ac in base_configs(sweep, best, args.from_, tuned_for).items()}
+               for m, ac in base_configs(sweep, best, ablation.from_, tuned_for).items()}
     return configs, []
 
 
@@ -99,130 +101,131 @@ def check_recorded(done: pd.DataFrame, arm: Arm, model: str, ac: ArmConfig, out:
                          f"recorded from {mine.iloc[0]['config_source']}); use another --name")
 
 
-def tune_arm(model: str, arm: Arm, sweep: SweepConfig, args, *, source_hash, dargs: dict, storage: str, store: Path,
-             out: Path, concurrency: int) -> ArmConfig:
-    """The arm's own Optuna search (same space minus what the arm fixes, budget --tune, ASHA on
+def tune_arm(model: str, arm: Arm, sweep: SweepConfig, out: OutputSpec, *, budget: int, source_hash: str | None,
+             data: DataSpec, storage: str, store: Path, concurrency: int) -> ArmConfig:
+    """The arm's own Optuna search (same space minus what the arm fixes, `budget` trials, ASHA on
     validation AUC); its trials go to ablation_tuning*.parquet, its best configuration is returned."""
     import os
 
     import ray.tune
 
     base = arm.apply(sweep.base_config(model))
-    searched = arm.searched(SEARCHED)
-    tsweep = dataclasses.replace(sweep, num_samples=args.tune)
+    searched = arm.searched()
+    tsweep = dataclasses.replace(sweep, num_samples=budget)
     exp = f"tune-{arm.name}-{model}"
-    if ray.tune.Tuner.can_restore(os.path.join(storage, exp)) and not args.resume:
+    if ray.tune.Tuner.can_restore(os.path.join(storage, exp)) and not out.resume:
         raise RuntimeError(f"an interrupted search of this arm is in {os.path.join(storage, exp)}: pass --resume")
-    print(f"\n=== arm {arm.name}, {model}: its own search, {args.tune} trial(s) over {', '.join(searched)} "
+    print(f"\n=== arm {arm.name}, {model}: its own search, {budget} trial(s) over {', '.join(searched)} "
           f"({concurrency} at a time; validation AUC only, ASHA)")
-    ms = run_model_sweep(model, tsweep, source_hash=source_hash, dargs=dargs, storage=storage, store=store,
-                         exp_name=exp, resume=args.resume, concurrency=concurrency, base=base, searched=searched)
-    trials, epochs, _ = trial_rows(ms, tsweep, args.preset, source_hash, {}, base=base)
+    ms = run_model_sweep(model, tsweep, source_hash=source_hash, data=data, storage=storage, store=store,
+                         exp_name=exp, resume=out.resume, concurrency=concurrency, base=base, searched=searched)
+    trials, epochs, _ = trial_rows(ms, tsweep, out.preset, source_hash, {}, base=base)
+    folder = out.folder
     trials = pd.DataFrame(trials)
     trials.insert(0, "arm", arm.name)
-    upsert_parquet(out / "ablation_tuning.parquet", trials, KEYS["ablation_tuning"])
+    upsert_parquet(folder / "ablation_tuning.parquet", trials, KEYS["ablation_tuning"])
     if epochs:
         ep = pd.concat(epochs, ignore_index=True)
         ep.insert(0, "arm", arm.name)
-        upsert_parquet(out / "ablation_tuning_epochs.parquet", ep, KEYS["ablation_tuning_epochs"])
+        upsert_parquet(folder / "ablation_tuning_epochs.parquet", ep, KEYS["ablation_tuning_epochs"])
     ac = best_tuned(trials, arm, base, searched)
     print(f"arm {arm.name}, {model}: {ac.source}: " + ", ".join(f"{k}={getattr(ac.config, k):.4g}" for k in searched))
     return ac
 
 
-def run_ablation(sweep: SweepConfig, arm: Arm, seeds: list[int], args, *, name: str, out: Path) -> int:
+def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out: OutputSpec) -> int:
+    """Run the arm's missing seeds (after its own search with `ablation.tune`) into `out.folder`;
+    print the statistics of every arm there. Returns the exit status."""
+    arm, seeds = ablation.arm, list(ablation.seeds)
+    if arm.pretrains and sweep.pretrain_epochs == 0:
+        raise ValueError("this arm pre-trains, but --pretrain-epochs is 0: use --no-pretrain for that arm")
+    check_data(data, arm.data_spec(sweep, data))
     t_start = time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    settings = dict(preset=args.preset, data_root=args.data_root, pretrain_root=args.pretrain_root,
+    folder, name = out.folder, out.name
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = dict(preset=out.preset, data_root=data.data_root, pretrain_root=data.pretrain_root,
                     image_size=sweep.image_size, epochs=sweep.epochs, pretrain_epochs=sweep.pretrain_epochs,
                     batch_size=sweep.batch_size, split_seed=sweep.seed, val_fraction=sweep.val_fraction,
-                    config_protocol=protocol(args))
-    if args.tune:
-        settings["search_space"] = dict(aug_range=list(sweep.aug_range), lr_range=list(sweep.lr_range),
-                                        class_weight_scale_range=list(sweep.class_weight_scale_range),
-                                        pretrain_lrs=list(sweep.pretrain_lrs), grace_period=sweep.grace_period,
+                    config_protocol=ablation.protocol)
+    if ablation.tune:
+        settings["search_space"] = dict(sweep.search_ranges(), grace_period=sweep.grace_period,
                                         reduction_factor=sweep.reduction_factor)
-    check_compatible(out, settings)
-    configs, to_tune = known_configs(sweep, arm, args, out)
-    done = read_table(out, "ablations")
+    check_compatible(folder, settings)
+    configs, to_tune = known_configs(sweep, ablation, folder)
+    done = read_table(folder, "ablations")
     todo = {}
     for model in sweep.models:
         if model in configs:
-            check_recorded(done, arm, model, configs[model], out)
+            check_recorded(done, arm, model, configs[model], folder)
         mine = done[(done.arm == arm.name) & (done.model == model)] if len(done) else done
         missing = [s for s in seeds if s not in set(mine["seed"] if len(mine) else [])]
         if missing:
             todo[model] = missing
     if not todo:
-        print(f"arm {arm.name}: seeds {seeds} of {', '.join(sweep.models)} already in {out}; nothing to run")
-        return print_summary(out)
+        print(f"arm {arm.name}: seeds {seeds} of {', '.join(sweep.models)} already in {folder}; nothing to run")
+        return print_summary(folder)
 
-    cache_dir = Path(args.cache_dir).resolve() if args.cache_dir else cache.default_cache_dir().resolve()
-    storage = args.storage or str((out / "ray").resolve())
-    uses_source = arm.pretrains and sweep.pretrain_epochs > 0
-    print(f"ablation {name}, arm {arm.name}: preparing data (decoded once, shared through the cache {cache_dir})")
-    data = load_study_data(args.data_root, args.pretrain_root, size=sweep.image_size, seed=sweep.seed,
-                           val_fraction=sweep.val_fraction, use_pretrain=uses_source, allow_overlap=arm.allow_overlap,
-                           cache_dir=cache_dir)
-    for problem in data.info["problems"]:
+    data = with_cache_dir(data)
+    store = Path(data.cache_dir) / "pretrain"
+    storage = out.ray_storage
+    print(f"ablation {name}, arm {arm.name}: preparing data (decoded once, shared through the cache {data.cache_dir})")
+    study = load_study_data(data)
+    for problem in study.info["problems"]:
         print(f"warning: {problem}", file=sys.stderr)
-    dargs = data_args(args.data_root, args.pretrain_root, size=sweep.image_size, seed=sweep.seed,
-                      val_fraction=sweep.val_fraction, use_pretrain=uses_source, allow_overlap=arm.allow_overlap,
-                      cache_dir=cache_dir)
-    if data.source is not None:
-        sets = {"target-train": data.train, "target-val": data.val, "target-test": data.test, "pretraining": data.source}
+    if study.source is not None:
+        sets = {"target-train": study.train, "target-val": study.val, "target-test": study.test,
+                "pretraining": study.source}
         _, summary = audit.audit(sets)
         summary.insert(0, "arm", arm.name)
-        upsert_parquet(out / "audit_summary.parquet", summary, KEYS["audit_summary"])
+        upsert_parquet(folder / "audit_summary.parquet", summary, KEYS["audit_summary"])
         leak = summary[(summary.a_set == "pretraining") & summary.b_set.isin(["target-val", "target-test"])]
         print("leakage audit of the pre-training images against the target's validation and test sets:\n"
               + leak[["b_set", "a_images", "by_name", "by_patient", "by_content"]].to_string(index=False))
-    source_hash = data.info.get("source_manifest_hash") if uses_source else None
-    previous = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-    session = dict(arm=arm.name, seeds=todo, started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed=bool(args.resume),
+    source_hash = study.info.get("source_manifest_hash") if data.use_pretrain else None
+    previous = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
+    session = dict(arm=arm.name, seeds=todo, started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed=out.resume,
                    configs={m: dict(config=c.config.to_dict(), source=c.source, tuned_for=c.tuned_for)
                             for m, c in configs.items()},
-                   sweep=dataclasses.asdict(sweep), data={k: v for k, v in data.info.items() if k != "problems"})
+                   sweep=dataclasses.asdict(sweep), data={k: v for k, v in study.info.items() if k != "problems"})
     info = dict(name=name, kind="ablation", settings=settings, sessions=previous.get("sessions", []) + [session],
-                args=dict(cache_dir=str(cache_dir), storage=storage, address=args.address))
-    write_run_json(out, **info)
+                args=run_record(data, out, storage))
+    write_run_json(folder, **info)
 
-    ray = init_ray(args.address)
+    ray = init_ray(out.address)
     try:
         resources = ray.cluster_resources()
         concurrency = max_concurrent_trials(resources, sweep.cpus_per_trial, sweep.gpus_per_trial, sweep.max_concurrent)
         for model, missing in todo.items():
             if model in to_tune:
                 t0 = time.time()
-                configs[model] = tune_arm(model, arm, sweep, args, source_hash=source_hash, dargs=dargs,
-                                          storage=storage, store=cache_dir / "pretrain", out=out,
-                                          concurrency=concurrency)
-                check_recorded(done, arm, model, configs[model], out)
+                configs[model] = tune_arm(model, arm, sweep, out, budget=ablation.tune, source_hash=source_hash,
+                                          data=data, storage=storage, store=store, concurrency=concurrency)
+                check_recorded(done, arm, model, configs[model], folder)
                 session.setdefault("tuning_seconds", {})[model] = round(time.time() - t0, 1)
                 session["configs"][model] = dict(config=configs[model].config.to_dict(), source=configs[model].source,
                                                  tuned_for=configs[model].tuned_for)
-                write_run_json(out, **info)
+                write_run_json(folder, **info)
             ac = configs[model]
             cfg = ac.config
             print(f"\n=== arm {arm.name}, {model}: seeds {missing} ({concurrency} at a time); configuration "
                   f"{ac.source}; {cfg.pretrain_epochs} pre-training + {cfg.epochs} fine-tuning epochs at "
                   f"{cfg.image_size}px")
             exp = f"{arm.name}-{model}-seeds-{'_'.join(map(str, missing))}"
-            ms = run_seeds(model, cfg, missing, sweep, source_hash=source_hash, dargs=dargs, storage=storage,
-                           store=cache_dir / "pretrain", exp_name=exp, resume=args.resume, concurrency=concurrency)
+            ms = run_seeds(model, cfg, missing, sweep, source_hash=source_hash, data=data, storage=storage,
+                           store=store, exp_name=exp, resume=out.resume, concurrency=concurrency)
             print("evaluating each seed's best-validation checkpoint on test")
-            rows, preds = seed_rows(ms, arm, ac, args.preset, sweep.seed, source_hash,
-                                    evaluate_trials(ms, sweep, dargs, storage))
-            upsert_parquet(out / "ablations.parquet", pd.DataFrame(rows), KEYS["ablations"])
+            rows, preds = seed_rows(ms, arm, ac, out.preset, sweep.seed, source_hash,
+                                    evaluate_trials(ms, sweep, data, storage))
+            upsert_parquet(folder / "ablations.parquet", pd.DataFrame(rows), KEYS["ablations"])
             if preds:
-                upsert_parquet(out / "ablation_predictions.parquet", pd.concat(preds, ignore_index=True),
+                upsert_parquet(folder / "ablation_predictions.parquet", pd.concat(preds, ignore_index=True),
                                KEYS["ablation_predictions"])
             session.setdefault("seconds_per_model", {})[model] = round(ms.seconds, 1)
     finally:
         ray.shutdown()
     session["seconds"] = round(time.time() - t_start, 1)
-    write_run_json(out, **info)
-    return print_summary(out)
+    write_run_json(folder, **info)
+    return print_summary(folder)
 
 
 def print_summary(out: Path) -> int:

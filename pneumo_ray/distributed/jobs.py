@@ -1,6 +1,7 @@
-"""Ray Train layer: the unchanged core loop (`pipeline.pretrain` / `pipeline.finetune`) run by
+"""Ray Train layer: the unchanged core loop (`protocol.pretrain` / `protocol.finetune`) run by
 `TorchTrainer` workers (DDP through `ray.train.torch.prepare_model`).
 
+Workers receive the run's frozen dataclasses as they are (TrainConfig, DataSpec; Ray pickles them).
 Each worker re-opens the study data from the decoded cache (a memory map: no JPEG is decoded
 again) and trains on its shard. Pre-training is its own Ray Train job whose weights go to a
 content-addressed store, so every trial with the same key reuses them.
@@ -9,7 +10,6 @@ content-addressed store, so every trial with the same key reuses them.
 from __future__ import annotations
 
 import fcntl
-import os
 import socket
 import tempfile
 import time
@@ -18,18 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pneumo_ray.train import checkpoints
+from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.sweep import Resources
 from pneumo_ray.config.train import TrainConfig
 from pneumo_ray.data.study_data import load_study_data
+from pneumo_ray.train import checkpoints
 from pneumo_ray.train.protocol import finetune, pretrain, pretrain_key, test_evaluation, validation_summary
-
-
-def data_args(data_root, pretrain_root, *, size, seed, val_fraction, use_pretrain, allow_overlap, cache_dir) -> dict:
-    """Everything a worker needs to re-open the same study data from the cache (JSON-able)."""
-    return dict(data_root=None if data_root is None else str(Path(data_root).resolve()),
-                pretrain_root=None if pretrain_root is None else str(Path(pretrain_root).resolve()),
-                size=size, seed=seed, val_fraction=val_fraction, use_pretrain=use_pretrain,
-                allow_overlap=allow_overlap, cache_dir=str(cache_dir))
 
 
 def _worker_context():
@@ -56,8 +50,8 @@ def pretrain_worker(config: dict) -> None:
     import ray.train.torch
 
     rank, world, device = _worker_context()
-    cfg = TrainConfig(**config["train_config"])
-    data = load_study_data(**config["data_args"], quiet=True, log=None)
+    cfg: TrainConfig = config["train_config"]
+    data = load_study_data(config["data"], quiet=True, log=None)
 
     def report(rec, model, result):
         ray.train.report({k: v for k, v in rec.items() if isinstance(v, (int, float, str))})
@@ -82,8 +76,8 @@ def finetune_worker(config: dict) -> None:
     import ray.train.torch
 
     rank, world, device = _worker_context()
-    cfg = TrainConfig(**config["train_config"])
-    data = load_study_data(**config["data_args"], quiet=True, log=None)
+    cfg: TrainConfig = config["train_config"]
+    data = load_study_data(config["data"], quiet=True, log=None)
     init_state, pre_meta = None, {}
     if config.get("pretrain_path"):
         init_state, pre_meta = checkpoints.load_weights(config["pretrain_path"])
@@ -97,8 +91,8 @@ def finetune_worker(config: dict) -> None:
         improved = rec["best_epoch"] == rec["epoch"]
         if improved:
             best.clear()
-            best.update({f"best_{k}": v for k, v in validation_summary(data, result.best_val_probs, result.threshold).items()
-                         if isinstance(v, (int, float))})
+            summary = validation_summary(data, result.best_val_probs, result.threshold)
+            best.update({f"best_{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
             best["best_val_loss"] = rec["val_loss"]
         out.update(best, **fixed, reported_at=time.time())
         if rank != 0 or not improved:
@@ -106,8 +100,9 @@ def finetune_worker(config: dict) -> None:
             return
         with tempfile.TemporaryDirectory() as tmp:
             checkpoints.save_weights(Path(tmp) / "best.safetensors", result.best_state,
-                                     dict(config=cfg.to_dict(), pretrain_key=pre_meta.get("key"), best_epoch=rec["epoch"],
-                                          threshold=best["best_threshold"], val_auc=rec["val_auc"],
+                                     dict(config=cfg.to_dict(), pretrain_key=pre_meta.get("key"),
+                                          best_epoch=rec["epoch"], threshold=best["best_threshold"],
+                                          val_auc=rec["val_auc"],
                                           normalize=dict(mean=result.normalize.mean, std=result.normalize.std)))
             ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
@@ -115,7 +110,8 @@ def finetune_worker(config: dict) -> None:
              wrap=ray.train.torch.prepare_model, on_epoch=report, log=None)
 
 
-def evaluate_checkpoint(checkpoint_path: str, dargs: dict, storage_filesystem=None) -> tuple[dict, pd.DataFrame]:
+def evaluate_checkpoint(checkpoint_path: str, data_spec: DataSpec,
+                        storage_filesystem=None) -> tuple[dict, pd.DataFrame]:
     """Apply a trial's best-validation checkpoint, with its decision threshold, to test.
     Returns (test_* metrics, per-image predictions). Runs as a Ray task with the trial's resources."""
     from ray.train import Checkpoint
@@ -127,7 +123,7 @@ def evaluate_checkpoint(checkpoint_path: str, dargs: dict, storage_filesystem=No
     with Checkpoint(checkpoint_path, filesystem=storage_filesystem).as_directory() as d:
         state, meta = checkpoints.load_weights(Path(d) / "best.safetensors")
     cfg = TrainConfig(**meta["config"])
-    data = load_study_data(**dargs, quiet=True, log=None)
+    data = load_study_data(data_spec, quiet=True, log=None)
     device = pick_device("auto")
     model = build_model(cfg.model)
     model.load_state_dict(state)
@@ -163,15 +159,15 @@ def ensure_pretrained(cfg: TrainConfig, source_hash: str, store: Path, run_pretr
         return path, True
 
 
-def scaling(workers: int, cpus_per_trial: float, gpus_per_trial: float, placement_strategy: str = "PACK"):
+def scaling(res: Resources):
     """ScalingConfig for one job: the trial's CPUs and GPUs split evenly over its workers."""
     from ray.train import ScalingConfig
 
-    per = {"CPU": cpus_per_trial / workers}
-    if gpus_per_trial:
-        per["GPU"] = gpus_per_trial / workers
-    return ScalingConfig(num_workers=workers, use_gpu=bool(gpus_per_trial), resources_per_worker=per,
-                         placement_strategy=placement_strategy)
+    per = {"CPU": res.cpus / res.workers}
+    if res.gpus:
+        per["GPU"] = res.gpus / res.workers
+    return ScalingConfig(num_workers=res.workers, use_gpu=bool(res.gpus), resources_per_worker=per,
+                         placement_strategy=res.placement_strategy)
 
 
 def train_run_config(name: str, storage: str, callbacks=(), max_failures: int = 1):
@@ -181,11 +177,8 @@ def train_run_config(name: str, storage: str, callbacks=(), max_failures: int = 
                      checkpoint_config=CheckpointConfig(num_to_keep=1), callbacks=list(callbacks))
 
 
-def run_pretrain_job(cfg: TrainConfig, dargs: dict, store: Path, *, name: str, storage: str, workers: int,
-                     cpus_per_trial: float, gpus_per_trial: float, placement_strategy: str = "PACK") -> None:
+def run_pretrain_job(cfg: TrainConfig, data: DataSpec, store: Path, res: Resources, *, name: str, storage: str) -> None:
     from ray.train.torch import TorchTrainer
 
-    TorchTrainer(pretrain_worker,
-                 train_loop_config=dict(train_config=cfg.to_dict(), data_args=dargs, store=str(store)),
-                 scaling_config=scaling(workers, cpus_per_trial, gpus_per_trial, placement_strategy),
-                 run_config=train_run_config(name, storage)).fit()
+    TorchTrainer(pretrain_worker, train_loop_config=dict(train_config=cfg, data=data, store=str(store)),
+                 scaling_config=scaling(res), run_config=train_run_config(name, storage)).fit()

@@ -24,11 +24,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from pneumo_ray.config.arms import SEARCHED, Arm
+from pneumo_ray.config.arms import Arm
+from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.config.train import TrainConfig
+from pneumo_ray.distributed.trials import TEST_KEYS, ModelSweep, TrialSpec, best_checkpoint_path, trial_trainable
 from pneumo_ray.train.protocol import pretrain_key
-from pneumo_ray.distributed.trials import TEST_KEYS, ModelSweep, best_checkpoint_path, search_space, trial_context, trial_fn
+
 
 @dataclass(frozen=True)
 class ArmConfig:
@@ -58,10 +61,6 @@ def base_configs(sweep: SweepConfig, best: pd.DataFrame | None, source: str | No
     return out
 
 
-def tuning_space(arm: Arm, sweep: SweepConfig) -> list[str]:
-    return arm.searched(search_space(sweep))
-
-
 def best_tuned(trials: pd.DataFrame, arm: Arm, base: TrainConfig, searched: list[str]) -> ArmConfig:
     """The arm's configuration from its own search: the trial with the best validation AUC (the
     test set is never evaluated during tuning)."""
@@ -74,8 +73,8 @@ def best_tuned(trials: pd.DataFrame, arm: Arm, base: TrainConfig, searched: list
                           f"({row['best_val_auc']:.4f})", arm.name)
 
 
-def run_seeds(model: str, cfg: TrainConfig, seeds: list[int], sweep: SweepConfig, *, source_hash, dargs: dict,
-              storage: str, store: Path, exp_name: str, resume: bool, concurrency: int) -> ModelSweep:
+def run_seeds(model: str, cfg: TrainConfig, seeds: list[int], sweep: SweepConfig, *, source_hash: str | None,
+              data: DataSpec, storage: str, store: Path, exp_name: str, resume: bool, concurrency: int) -> ModelSweep:
     """One Tune experiment: a grid over `seeds`, each trial (shared pre-training +) one fine-tuning
     Ray Train job run to the last epoch (no early stopping: every seed is a full replicate)."""
     import os
@@ -83,8 +82,7 @@ def run_seeds(model: str, cfg: TrainConfig, seeds: list[int], sweep: SweepConfig
     import ray.tune
 
     exp_path = os.path.join(storage, exp_name)
-    ctx = trial_context(sweep, cfg, ["seed"], dargs, source_hash, store, storage)
-    trainable = ray.tune.with_resources(ray.tune.with_parameters(trial_fn, ctx=ctx), {"cpu": 0, "memory": 64 * 1024 ** 2})
+    trainable = trial_trainable(TrialSpec(cfg, ("seed",), data, source_hash, store, storage, sweep.resources))
     t0 = time.time()
     if ray.tune.Tuner.can_restore(exp_path):
         if not resume:
@@ -99,7 +97,7 @@ def run_seeds(model: str, cfg: TrainConfig, seeds: list[int], sweep: SweepConfig
 
 
 def seed_rows(ms: ModelSweep, arm: Arm, ac: ArmConfig, preset: str, split_seed: int,
-              source_hash, evaluated: dict) -> tuple[list[dict], list[pd.DataFrame]]:
+              source_hash: str | None, evaluated: dict) -> tuple[list[dict], list[pd.DataFrame]]:
     """(one row per seed, per-image test predictions) from one experiment + its test evaluations."""
     cfg, origin = ac.config, ac.source
     rows, preds = [], []
@@ -110,8 +108,9 @@ def seed_rows(ms: ModelSweep, arm: Arm, ac: ArmConfig, preset: str, split_seed: 
         trial_id = m.get("trial_id") or Path(result.path).name
         metrics, p = evaluated.get(trial_id, ({}, None))
         rows.append(dict(
-            arm=arm.name, model=ms.model, seed=seed, preset=preset, split_seed=split_seed, config=json.dumps(c.to_dict(), sort_keys=True),
-            config_source=origin, tuned_for=ac.tuned_for, trial_id=trial_id,
+            arm=arm.name, model=ms.model, seed=seed, preset=preset, split_seed=split_seed,
+            config=json.dumps(c.to_dict(), sort_keys=True), config_source=origin, tuned_for=ac.tuned_for,
+            trial_id=trial_id,
             pretrain_key=pretrain_key(c, source_hash) if source_hash and c.pretrain_epochs else None,
             pretrain_computed=m.get("pretrain_computed"), allow_test_overlap=arm.allow_overlap,
             epochs_run=m.get("epoch"), best_epoch=m.get("best_epoch"), val_auc=m.get("best_val_auc"),

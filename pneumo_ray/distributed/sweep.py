@@ -1,4 +1,9 @@
-"""The sweep driver: data once, Ray up, one Tune experiment per model, Parquet out, a summary."""
+"""The sweep driver: data once, Ray up, one Tune experiment per model, Parquet out, a summary.
+
+`run_sweep(sweep, data, out)` takes the three frozen settings the command line builds (or
+`--resume` rebuilds from run.json with `specs_from_run`); the DataSpec it is given is what every
+Ray worker re-opens.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.output import OutputSpec
+from pneumo_ray.config.search import SEARCHED
+from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.data import cache
 from pneumo_ray.data.study_data import load_study_data
-from pneumo_ray.distributed.jobs import data_args
-from pneumo_ray.storage.results import read_results, write_run_json, write_tables
-from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.distributed.trials import evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
+from pneumo_ray.storage.results import read_results, write_run_json, write_tables
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,63 +47,91 @@ def init_ray(address: str | None):
     return ray
 
 
-def run_sweep(sweep: SweepConfig, args, *, name: str, out: Path) -> int:
-    t_start = time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(args.cache_dir).resolve() if args.cache_dir else cache.default_cache_dir().resolve()
-    store = cache_dir / "pretrain"
-    storage = args.storage or str((out / "ray").resolve())
-    use_pretrain = sweep.pretrain_epochs > 0
-    if args.data_root is None and args.preset == "cpu":
-        print("note: --preset cpu without --data-root runs on the synthetic phantoms", file=sys.stderr)
-    print(f"sweep {name}: preparing data (decoded once, shared with every trial through the cache {cache_dir})")
-    data = load_study_data(args.data_root, args.pretrain_root, size=sweep.image_size, seed=sweep.seed,
-                           val_fraction=sweep.val_fraction, use_pretrain=use_pretrain,
-                           allow_overlap=args.allow_test_overlap, cache_dir=cache_dir)
-    for problem in data.info["problems"]:
-        print(f"warning: {problem}", file=sys.stderr)
-    dargs = data_args(args.data_root, args.pretrain_root, size=sweep.image_size, seed=sweep.seed,
-                      val_fraction=sweep.val_fraction, use_pretrain=use_pretrain,
-                      allow_overlap=args.allow_test_overlap, cache_dir=cache_dir)
-    print(f"  {data.train.describe()}\n  {data.val.describe()}\n  {data.test.describe()}"
-          + (f"\n  {data.source.describe()}" if data.source is not None else ""))
-    saved_args = dict(data_root=args.data_root, pretrain_root=args.pretrain_root,
-                      allow_test_overlap=args.allow_test_overlap, cache_dir=str(cache_dir), storage=storage,
-                      preset=args.preset, address=args.address, results=args.results)
-    # every invocation (the first run and each --resume) is one session, so time spent is not lost
-    previous = json.loads((out / "run.json").read_text()).get("sessions", []) if (out / "run.json").exists() else []
-    session = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed=bool(args.resume))
-    run_info = dict(name=name, preset=args.preset, sweep=dataclasses.asdict(sweep), args=saved_args, data=data.info,
-                    status="running", sessions=previous + [session])
-    write_run_json(out, **run_info)
+def with_cache_dir(data: DataSpec) -> DataSpec:
+    """`data` with its cache folder pinned: every worker on every node must use the driver's."""
+    return data if data.cache_dir else data.replace(cache_dir=str(cache.default_cache_dir()))
 
-    ray = init_ray(args.address)
+
+def check_data(data: DataSpec, expected: DataSpec) -> None:
+    """The DataSpec must be the sweep's (or arm's): the same image size, split and source choice."""
+    diff = [f"{f.name}={getattr(data, f.name)!r} (expected {getattr(expected, f.name)!r})"
+            for f in dataclasses.fields(DataSpec) if getattr(data, f.name) != getattr(expected, f.name)]
+    if diff:
+        raise ValueError(f"the data settings disagree with the run's: {', '.join(diff)}")
+
+
+def run_record(data: DataSpec, out: OutputSpec, storage: str) -> dict:
+    """run.json's record of where the data and results are (`args`: the name earlier versions gave it),
+    from which `specs_from_run` rebuilds the DataSpec and OutputSpec on --resume."""
+    return dict(data_root=data.data_root, pretrain_root=data.pretrain_root, allow_test_overlap=data.allow_overlap,
+                source_subset=data.source_subset, cache_dir=data.cache_dir, storage=storage, preset=out.preset,
+                address=out.address, results=out.results)
+
+
+def specs_from_run(run: dict, out: OutputSpec) -> tuple[SweepConfig, DataSpec, OutputSpec]:
+    """The settings of the sweep recorded in run.json, to resume it: its SweepConfig, the DataSpec
+    its workers used and the OutputSpec `out` with the recorded storage and preset."""
+    sweep = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in run["sweep"].items()})
+    saved = run.get("args", {})
+    data = DataSpec(data_root=saved.get("data_root"), pretrain_root=saved.get("pretrain_root"),
+                    allow_overlap=bool(saved.get("allow_test_overlap")),
+                    source_subset=saved.get("source_subset", "all"), cache_dir=saved.get("cache_dir"))
+    return sweep, sweep.data_spec(data), out.replace(storage=saved.get("storage"), preset=saved.get("preset"))
+
+
+def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
+    """Run (or, with `out.resume`, finish) the sweep into `out.folder`; returns the exit status."""
+    check_data(data, sweep.data_spec(data))
+    t_start = time.time()
+    folder, name = out.folder, out.name
+    folder.mkdir(parents=True, exist_ok=True)
+    data = with_cache_dir(data)
+    store = Path(data.cache_dir) / "pretrain"
+    storage = out.ray_storage
+    if data.data_root is None and out.preset == "cpu":
+        print("note: --preset cpu without --data-root runs on the synthetic phantoms", file=sys.stderr)
+    print(f"sweep {name}: preparing data (decoded once, shared with every trial through the cache {data.cache_dir})")
+    study = load_study_data(data)
+    for problem in study.info["problems"]:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"  {study.train.describe()}\n  {study.val.describe()}\n  {study.test.describe()}"
+          + (f"\n  {study.source.describe()}" if study.source is not None else ""))
+    # every invocation (the first run and each --resume) is one session, so time spent is not lost
+    run_json = folder / "run.json"
+    previous = json.loads(run_json.read_text()).get("sessions", []) if run_json.exists() else []
+    session = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed=out.resume)
+    run_info = dict(name=name, preset=out.preset, sweep=dataclasses.asdict(sweep), args=run_record(data, out, storage),
+                    data=study.info, status="running", sessions=previous + [session])
+    write_run_json(folder, **run_info)
+
+    ray = init_ray(out.address)
     try:
         resources = ray.cluster_resources()
         concurrency = max_concurrent_trials(resources, sweep.cpus_per_trial, sweep.gpus_per_trial, sweep.max_concurrent)
         print(f"Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU on "
               f"{len([n for n in ray.nodes() if n['Alive']])} node(s); {concurrency} concurrent trial(s) of "
               f"{sweep.workers_per_trial} worker(s), {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU")
-        source_hash = data.info.get("source_manifest_hash") if use_pretrain else None
+        source_hash = study.info.get("source_manifest_hash") if data.use_pretrain else None
         per_model = {}
         for model in sweep.models:
             print(f"\n=== {model}: {sweep.num_samples} trial(s), {sweep.pretrain_epochs} pre-training + "
                   f"{sweep.epochs} fine-tuning epochs at {sweep.image_size}px")
-            ms = run_model_sweep(model, sweep, source_hash=data.info.get("source_manifest_hash"), dargs=dargs,
-                                 storage=storage, store=store, exp_name=f"{name}-{model}", resume=args.resume,
+            ms = run_model_sweep(model, sweep, source_hash=study.info.get("source_manifest_hash"), data=data,
+                                 storage=storage, store=store, exp_name=f"{name}-{model}", resume=out.resume,
                                  concurrency=concurrency)
             print(f"evaluating the best-validation checkpoint of each {model} trial on test")
-            trials, epochs, preds = trial_rows(ms, sweep, args.preset, source_hash, evaluate_trials(ms, sweep, dargs, storage))
-            write_tables(out, trials, epochs, preds)
+            evaluated = evaluate_trials(ms, sweep, data, storage)
+            trials, epochs, preds = trial_rows(ms, sweep, out.preset, source_hash, evaluated)
+            write_tables(folder, trials, epochs, preds)
             per_model[model] = round(ms.seconds, 1)
         cluster = dict(resources={k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
                        nodes=len([n for n in ray.nodes() if n["Alive"]]), concurrency=concurrency)
     finally:
         ray.shutdown()
     session.update(seconds=round(time.time() - t_start, 1), seconds_per_model=per_model)
-    write_run_json(out, **{**run_info, "status": "finished", "cluster": cluster,
-                           "seconds": round(sum(s.get("seconds", 0) for s in run_info["sessions"]), 1)})
-    print_summary(out)
+    write_run_json(folder, **{**run_info, "status": "finished", "cluster": cluster,
+                              "seconds": round(sum(s.get("seconds", 0) for s in run_info["sessions"]), 1)})
+    print_summary(folder)
     return 0
 
 
@@ -106,11 +141,12 @@ def print_summary(out: Path) -> None:
     print(f"\nsweep finished: {len(t)} trial(s) in {out}")
     print(t.groupby(["model", "stop_reason"]).size().to_string())
     if "pretrain_key" in t and t["pretrain_key"].notna().any():
+        computed = int(t["pretrain_computed"].fillna(False).astype(bool).sum())
         print(f"pre-trainings: {t.groupby('model')['pretrain_key'].nunique().to_dict()} distinct key(s) per model; "
-              f"computed by {int(t['pretrain_computed'].fillna(False).astype(bool).sum())} trial(s), reused by the rest")
+              f"computed by {computed} trial(s), reused by the rest")
     best = res.best_trials()
     cols = ["model", "trial_id", "best_val_auc", "test_auc", "test_accuracy", "test_sensitivity", "test_specificity",
-            "test_f1", "test_threshold", "aug_strength", "class_weight_scale", "lr", "pretrain_lr", "epochs_run"]
+            "test_f1", "test_threshold", *SEARCHED, "epochs_run"]
     if len(best):
         print("\nbest trial per model (chosen on validation AUC; test metrics of its best-validation checkpoint):")
         print(best[[c for c in cols if c in best]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -1,6 +1,10 @@
 """Ray Tune layer: one Tune trial = (shared, content-addressed) pre-training job + one fine-tuning
 Ray Train job; Optuna (TPE, seeded) proposes configurations, ASHA stops poor trials early.
 
+A trial gets its fixed settings as one frozen `TrialSpec` (base TrainConfig, DataSpec, resources;
+Ray pickles it) and the values Optuna proposed as Tune's config; its TrainConfig is the base with
+those values, passed on to the Ray Train workers as it is.
+
 What Optuna sees, deliberately: `best_val_auc`, the best validation AUC the trial reached so far.
 ASHA compares trials on the same value at each rung. For a trial ASHA stopped, Optuna thus learns
 the best it did before being stopped: a lower bound for that configuration, never a test number.
@@ -16,24 +20,35 @@ from pathlib import Path
 
 import pandas as pd
 
-from pneumo_ray.config.sweep import SweepConfig
+from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.search import SEARCH
+from pneumo_ray.config.sweep import Resources, SweepConfig
 from pneumo_ray.config.train import TrainConfig
+from pneumo_ray.distributed.jobs import (
+    ensure_pretrained,
+    evaluate_checkpoint,
+    finetune_worker,
+    run_pretrain_job,
+    scaling,
+    train_run_config,
+)
 from pneumo_ray.train.protocol import pretrain_key
-from pneumo_ray.distributed.jobs import (ensure_pretrained, evaluate_checkpoint, finetune_worker, run_pretrain_job, scaling,
-                          train_run_config)
 
 METRIC = "best_val_auc"
 
 
 def search_space(sweep: SweepConfig) -> dict:
+    """Tune's search space, one entry per row of config/search.py, in the table's (sampling) order."""
     from ray import tune
 
-    return {
-        "aug_strength": tune.uniform(*sweep.aug_range),
-        "class_weight_scale": tune.loguniform(*sweep.class_weight_scale_range),
-        "lr": tune.loguniform(*sweep.lr_range),
-        "pretrain_lr": tune.choice(list(sweep.pretrain_lrs)),
-    }
+    space = {}
+    for s in SEARCH:
+        values = getattr(sweep, s.range_field)
+        if s.categorical:
+            space[s.field] = tune.choice(list(values))
+        else:
+            space[s.field] = (tune.loguniform if s.log else tune.uniform)(*values)
+    return space
 
 
 def max_concurrent_trials(cluster: dict, cpus_per_trial: float, gpus_per_trial: float, cap: int = 0) -> int:
@@ -53,44 +68,43 @@ def max_concurrent_trials(cluster: dict, cpus_per_trial: float, gpus_per_trial: 
     return min(n, cap) if cap else n
 
 
-def trial_fn(config: dict, ctx: dict) -> None:
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every trial of one experiment shares: the base configuration and which of its fields
+    the trial's Tune config sets, the data, the pre-training store, the storage and the resources."""
+    base: TrainConfig
+    searched: tuple[str, ...]           # TrainConfig fields set from Tune's config (searched values, or seed)
+    data: DataSpec
+    source_hash: str | None             # the pre-training source's manifest hash; None = no pre-training
+    store: Path                         # content-addressed pre-trained weights
+    storage: str                        # Ray Tune/Train storage
+    resources: Resources
+
+
+def trial_fn(config: dict, spec: TrialSpec) -> None:
     """The Tune trial: shared pre-training (if the key is new), then the fine-tuning job.
-    `config` holds the searched values; `ctx` the sweep's fixed settings.
+    `config` holds the searched values; `spec` the experiment's fixed settings.
     Nothing runs after the fine-tuning `fit()`: ASHA may end the trial inside it."""
     import ray.tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = TrainConfig(**{**ctx["base_config"], **{k: config[k] for k in ctx["searched"]}})
-    dargs = ctx["data_args"]
-    res = dict(workers=ctx["workers"], cpus_per_trial=ctx["cpus_per_trial"], gpus_per_trial=ctx["gpus_per_trial"],
-               placement_strategy=ctx["placement_strategy"])
+    cfg = spec.base.replace(**{k: config[k] for k in spec.searched})
     pretrain_path, computed = None, False
     t0 = time.time()
-    if cfg.pretrain_epochs > 0 and ctx["source_hash"]:
-        store = Path(ctx["store"])
+    if cfg.pretrain_epochs > 0 and spec.source_hash:
         pretrain_path, computed = ensure_pretrained(
-            cfg, ctx["source_hash"], store,
-            lambda: run_pretrain_job(cfg, dargs, store, name=f"pretrain-{trial_id}", storage=ctx["storage"], **res))
+            cfg, spec.source_hash, spec.store,
+            lambda: run_pretrain_job(cfg, spec.data, spec.store, spec.resources, name=f"pretrain-{trial_id}",
+                                     storage=spec.storage))
+    extra = dict(pretrain_computed=computed, pretrain_wait_s=round(time.time() - t0, 2))
     TorchTrainer(finetune_worker,
-                 train_loop_config=dict(train_config=cfg.to_dict(), data_args=dargs,
-                                        pretrain_path=str(pretrain_path) if pretrain_path else None,
-                                        extra=dict(pretrain_computed=computed, pretrain_wait_s=round(time.time() - t0, 2))),
-                 scaling_config=scaling(**res),
-                 run_config=train_run_config(f"finetune-{trial_id}", ctx["storage"],
-                                             callbacks=[TuneReportCallback()],
-                                             max_failures=ctx["max_failures"])).fit()
-
-
-def trial_context(sweep: SweepConfig, base: TrainConfig, searched: list[str], dargs: dict, source_hash, store: Path,
-                  storage: str) -> dict:
-    """What every trial of one experiment shares (`trial_fn`'s ctx): the base configuration, which
-    of its fields the trial's config sets, the data, the pre-training store and the resources."""
-    return dict(base_config=base.to_dict(), searched=list(searched), data_args=dargs, source_hash=source_hash,
-                store=str(store), storage=storage, workers=sweep.workers_per_trial, cpus_per_trial=sweep.cpus_per_trial,
-                gpus_per_trial=sweep.gpus_per_trial, placement_strategy=sweep.placement_strategy,
-                max_failures=sweep.max_failures)
+                 train_loop_config=dict(train_config=cfg, data=spec.data, extra=extra,
+                                        pretrain_path=str(pretrain_path) if pretrain_path else None),
+                 scaling_config=scaling(spec.resources),
+                 run_config=train_run_config(f"finetune-{trial_id}", spec.storage, callbacks=[TuneReportCallback()],
+                                             max_failures=spec.resources.max_failures)).fit()
 
 
 @dataclass
@@ -102,7 +116,7 @@ class ModelSweep:
     extra: dict = field(default_factory=dict)
 
 
-def run_model_sweep(model: str, sweep: SweepConfig, *, source_hash: str | None, dargs: dict, storage: str,
+def run_model_sweep(model: str, sweep: SweepConfig, *, source_hash: str | None, data: DataSpec, storage: str,
                     store: Path, exp_name: str, resume: bool, concurrency: int, base: TrainConfig | None = None,
                     searched: list[str] | None = None) -> ModelSweep:
     """Run (or resume) one model's Tune experiment; returns its ResultGrid.
@@ -118,11 +132,9 @@ def run_model_sweep(model: str, sweep: SweepConfig, *, source_hash: str | None, 
     exp_path = os.path.join(storage, exp_name)
     space = search_space(sweep)
     searched = list(space) if searched is None else list(searched)
-    ctx = trial_context(sweep, base or sweep.base_config(model), searched, dargs, source_hash, store, storage)
-    # The trial itself only waits on its Ray Train jobs: no CPU (a 0-CPU bundle needs some resource
-    # to be valid, hence the token memory), so concurrency is set by the workers' resources alone.
-    trainable = ray.tune.with_resources(ray.tune.with_parameters(trial_fn, ctx=ctx),
-                                        {"cpu": 0, "memory": 64 * 1024 ** 2})
+    spec = TrialSpec(base or sweep.base_config(model), tuple(searched), data, source_hash, store, storage,
+                     sweep.resources)
+    trainable = trial_trainable(spec)
     t0 = time.time()
     if resume and ray.tune.Tuner.can_restore(exp_path):
         tuner = ray.tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
@@ -139,6 +151,15 @@ def run_model_sweep(model: str, sweep: SweepConfig, *, source_hash: str | None, 
             run_config=ray.tune.RunConfig(name=exp_name, storage_path=storage, verbose=1))
     grid = tuner.fit()
     return ModelSweep(model, exp_path, grid, time.time() - t0)
+
+
+def trial_trainable(spec: TrialSpec):
+    """`trial_fn` bound to `spec`, as Tune runs it. The trial itself only waits on its Ray Train jobs:
+    no CPU (a 0-CPU bundle needs some resource to be valid, hence the token memory), so concurrency
+    is set by the workers' resources alone."""
+    import ray.tune
+
+    return ray.tune.with_resources(ray.tune.with_parameters(trial_fn, spec=spec), {"cpu": 0, "memory": 64 * 1024 ** 2})
 
 
 TEST_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "tn", "fp",
@@ -163,7 +184,7 @@ def best_checkpoint_path(result) -> str | None:
     return (result.metrics or {}).get("checkpoint_path")
 
 
-def evaluate_trials(ms: ModelSweep, sweep: SweepConfig, dargs: dict, storage: str) -> dict:
+def evaluate_trials(ms: ModelSweep, sweep: SweepConfig, data: DataSpec, storage: str) -> dict:
     """Test metrics + predictions of every trial's best-validation checkpoint, as parallel Ray tasks
     with a trial's resources (the test set is applied once per trial, after the search)."""
     import ray
@@ -174,7 +195,7 @@ def evaluate_trials(ms: ModelSweep, sweep: SweepConfig, dargs: dict, storage: st
     for result in ms.results:
         path = best_checkpoint_path(result)
         if path:
-            refs[(result.metrics or {}).get("trial_id")] = task.remote(path, dargs, fs)
+            refs[(result.metrics or {}).get("trial_id")] = task.remote(path, data, fs)
     return {tid: ray.get(ref) for tid, ref in refs.items()}
 
 
