@@ -60,8 +60,9 @@ def test_trial_spec_travels_as_it_is(tmp_path):
     from pneumo_ray.distributed.trials import TrialSpec
 
     sweep = SweepConfig(models=("cnn",))
-    spec = TrialSpec(sweep.base_config("cnn"), ("aug_strength", "lr"), sweep.data_spec(DataSpec(cache_dir=tmp_path)),
-                     "h", tmp_path / "pretrain", str(tmp_path / "ray"), sweep.resources)
+    spec = TrialSpec(base=sweep.base_config("cnn"), searched=("aug_strength", "lr"),
+                     data=sweep.data_spec(DataSpec(cache_dir=tmp_path)), source_hash="h", store=tmp_path / "pretrain",
+                     storage=str(tmp_path / "ray"), resources=sweep.resources)
     again = pickle.loads(pickle.dumps(spec))
     assert again == spec and again.base.replace(lr=0.5).lr == 0.5 and again.resources.workers == 1
 

@@ -82,7 +82,8 @@ def run_seeds(model: str, cfg: TrainConfig, seeds: list[int], sweep: SweepConfig
     import ray.tune
 
     exp_path = os.path.join(storage, exp_name)
-    trainable = trial_trainable(TrialSpec(cfg, ("seed",), data, source_hash, store, storage, sweep.resources))
+    trainable = trial_trainable(TrialSpec(base=cfg, searched=("seed",), data=data, source_hash=source_hash,
+                                          store=store, storage=storage, resources=sweep.resources))
     t0 = time.time()
     if ray.tune.Tuner.can_restore(exp_path):
         if not resume:

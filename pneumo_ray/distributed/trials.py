@@ -68,7 +68,7 @@ def max_concurrent_trials(cluster: dict, cpus_per_trial: float, gpus_per_trial: 
     return min(n, cap) if cap else n
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialSpec:
     """What every trial of one experiment shares: the base configuration and which of its fields
     the trial's Tune config sets, the data, the pre-training store, the storage and the resources."""
@@ -132,8 +132,8 @@ def run_model_sweep(model: str, sweep: SweepConfig, *, source_hash: str | None, 
     exp_path = os.path.join(storage, exp_name)
     space = search_space(sweep)
     searched = list(space) if searched is None else list(searched)
-    spec = TrialSpec(base or sweep.base_config(model), tuple(searched), data, source_hash, store, storage,
-                     sweep.resources)
+    spec = TrialSpec(base=base or sweep.base_config(model), searched=tuple(searched), data=data,
+                     source_hash=source_hash, store=store, storage=storage, resources=sweep.resources)
     trainable = trial_trainable(spec)
     t0 = time.time()
     if resume and ray.tune.Tuner.can_restore(exp_path):
