@@ -16,7 +16,7 @@ from PIL import Image
 
 from pneumo_ray.analysis.metrics import binary_metrics, roc_curve
 from pneumo_ray.report.build import build_report
-from pneumo_ray.report.inputs import SEARCHED
+from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.report.tables import verdict
 from pneumo_ray.analysis.stats import mean_ci, paired_bootstrap_auc
 

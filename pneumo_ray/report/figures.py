@@ -5,7 +5,6 @@ read back exactly what was drawn."""
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import matplotlib
@@ -16,12 +15,13 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, NullFormatter  # noqa: E402
 
-from pneumo_ray.analysis.metrics import roc_curve  # noqa: E402
-from pneumo_ray.report.inputs import SEARCHED, Candidate  # noqa: E402
 from pneumo_ray.analysis.curves import calibration, confusion, precision_recall  # noqa: E402
+from pneumo_ray.analysis.metrics import roc_curve  # noqa: E402
+from pneumo_ray.config.search import SEARCH, SEARCHED  # noqa: E402
+from pneumo_ray.report.inputs import Candidate  # noqa: E402
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-LOG_PARAMS = {"lr", "pretrain_lr", "class_weight_scale"}
+LOG_PARAMS = {s.field for s in SEARCH if s.log}   # drawn on a log axis, as they are searched
 
 
 def color(i: int) -> str:

@@ -9,11 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from pneumo_ray.report.inputs import SEARCHED
-
-# run.json's sweep field for each searched parameter, and whether Optuna samples it on a log scale
-RANGES = {"aug_strength": ("aug_range", False), "class_weight_scale": ("class_weight_scale_range", True),
-          "lr": ("lr_range", True), "pretrain_lr": ("pretrain_lrs", None)}
+from pneumo_ray.config.search import SEARCH
 
 
 def search_space(trials: pd.DataFrame, sweep: dict | None = None) -> dict:
@@ -23,20 +19,20 @@ def search_space(trials: pd.DataFrame, sweep: dict | None = None) -> dict:
 
     sweep = sweep or {}
     space = {}
-    for p in SEARCHED:
+    for s in SEARCH:   # run.json's sweep holds each range under its SweepConfig field
+        p = s.field
         if p not in trials:
             continue
         values = trials[p].dropna().astype(float)
-        field, log = RANGES[p]
-        if log is None:
-            choices = sorted(set(map(float, sweep.get(field) or [])) | set(values))
+        if s.categorical:
+            choices = sorted(set(map(float, sweep.get(s.range_field) or [])) | set(values))
             space[p] = CategoricalDistribution(choices or [math.nan])
             continue
-        lo, hi = (sweep.get(field) or (values.min(), values.max()))
+        lo, hi = (sweep.get(s.range_field) or (values.min(), values.max()))
         lo, hi = min(float(lo), values.min()), max(float(hi), values.max())
         if hi <= lo:
             hi = lo * 1.001 + 1e-12
-        space[p] = FloatDistribution(lo, hi, log=bool(log and lo > 0))
+        space[p] = FloatDistribution(lo, hi, log=bool(s.log and lo > 0))
     return space
 
 
@@ -46,7 +42,7 @@ def importance(trials: pd.DataFrame, sweep: dict | None = None, seed: int = 0) -
     rows = []
     for model, g in trials.groupby("model", sort=True):
         g = g.dropna(subset=["best_val_auc"])
-        params = [p for p in SEARCHED if p in g]
+        params = [s.field for s in SEARCH if s.field in g]
         varied = [p for p in params if g[p].nunique() > 1]
         scores, method = {}, "fANOVA (Optuna)"
         if len(g) >= 2 and varied:

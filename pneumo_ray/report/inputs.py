@@ -13,8 +13,6 @@ import pandas as pd
 
 from pneumo_ray.storage.results import Results, read_results, read_table
 
-SEARCHED = ("aug_strength", "class_weight_scale", "lr", "pretrain_lr")   # what the sweep's Optuna searches
-REFERENCE_ARM = "transfer"
 ABLATION_TABLES = ("ablations", "ablation_predictions", "ablation_summary", "audit_summary")
 
 
@@ -177,10 +175,11 @@ def _threshold(row: dict, preds: pd.DataFrame) -> float:
 
 def data_settings(run: dict, row: dict) -> dict:
     """Where the run's test images are: data_root (None = synthetic phantoms), image size, cache."""
-    sweep, settings, args = run.get("sweep", {}), run.get("settings", {}), run.get("args", {})
+    # "args": where the drivers record the data roots and cache (distributed/sweep.py run_record)
+    sweep, settings, where = run.get("sweep", {}), run.get("settings", {}), run.get("args", {})
     size = sweep.get("image_size") or settings.get("image_size") or row.get("image_size")
     if size is None and isinstance(row.get("config"), str):
         size = json.loads(row["config"]).get("image_size")
-    root = args.get("data_root", settings.get("data_root"))
-    return dict(data_root=root, image_size=int(size) if size else None, cache_dir=args.get("cache_dir"),
+    root = where.get("data_root", settings.get("data_root"))
+    return dict(data_root=root, image_size=int(size) if size else None, cache_dir=where.get("cache_dir"),
                 known=bool(run))

@@ -10,8 +10,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from pneumo_ray.report.inputs import SEARCHED, Candidate
 from pneumo_ray.analysis.curves import CI_METRICS, bootstrap_counts, bootstrap_metrics
+from pneumo_ray.config.search import SEARCHED
+from pneumo_ray.report.inputs import Candidate
 
 MINUS = "\u2212"
 
