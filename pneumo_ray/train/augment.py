@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -104,11 +103,3 @@ class Normalize:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
-
-
-def image_stats(images: np.ndarray, max_images: int = 2000, seed: int = 0) -> Normalize:
-    """Mean/std of pixel values in [0, 1] over (a seeded sample of) a uint8 image array."""
-    n = len(images)
-    idx = np.sort(np.random.default_rng(seed).choice(n, min(n, max_images), replace=False))
-    sample = np.asarray(images[idx], dtype=np.float64) / 255.0
-    return Normalize(float(sample.mean()), float(max(sample.std(), 1e-3)))
