@@ -27,7 +27,7 @@ class DataSpec:
     source_subset: str = "all"          # CoronaHack: all pneumonia, or "covid"
     cache_dir: str | None = None        # decoded images + pre-trained weights; None = $PNEUMO_RAY_CACHE or ~/.cache
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("data_root", "pretrain_root", "cache_dir"):
             object.__setattr__(self, name, _absolute(getattr(self, name)))
         if not 0.0 < self.val_fraction < 1.0:
@@ -35,5 +35,5 @@ class DataSpec:
         if self.source_subset not in ("all", "covid"):
             raise ValueError(f"source_subset must be all or covid, got {self.source_subset!r}")
 
-    def replace(self, **changes) -> DataSpec:
+    def replace(self, **changes: object) -> DataSpec:
         return dataclasses.replace(self, **changes)

@@ -26,5 +26,5 @@ class OutputSpec:
     def ray_storage(self) -> str:
         return self.storage or str((self.folder / "ray").resolve())
 
-    def replace(self, **changes) -> OutputSpec:
+    def replace(self, **changes: object) -> OutputSpec:
         return dataclasses.replace(self, **changes)

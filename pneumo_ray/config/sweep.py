@@ -48,7 +48,7 @@ class SweepConfig:
     max_concurrent: int = 0               # 0 = as many as the cluster's resources allow
     max_failures: int = 1
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # a bad range fails here, before Ray starts, not inside every trial; LOW == HIGH pins a value
         for s in SEARCH:
             values = tuple(getattr(self, s.range_field))
@@ -75,7 +75,7 @@ class SweepConfig:
         return Resources(workers=self.workers_per_trial, cpus=self.cpus_per_trial, gpus=self.gpus_per_trial,
                          placement_strategy=self.placement_strategy, max_failures=self.max_failures)
 
-    def replace(self, **changes) -> SweepConfig:
+    def replace(self, **changes: object) -> SweepConfig:
         return dataclasses.replace(self, **changes)
 
 

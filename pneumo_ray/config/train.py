@@ -32,7 +32,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         for name in ("aug_strength", "pretrain_aug_strength"):
@@ -52,7 +52,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes: object) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def pretrain_part(self) -> dict:
@@ -62,7 +62,7 @@ class TrainConfig:
             "hflip", "optimizer", "weight_decay", "schedule", "val_fraction", "seed")}
 
 
-def stable_id(obj, length: int = 12) -> str:
+def stable_id(obj: object, length: int = 12) -> str:
     """Content hash of a JSON-able object: same content → same id, on any machine."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]

@@ -19,17 +19,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
-from pneumo_ray.data import leakage as audit
-
-from pneumo_ray.data import cache
-
-from pneumo_ray.data import phantoms
-
-from pneumo_ray.data import sources
 from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.train import stable_id
+from pneumo_ray.data import cache, phantoms, sources
+from pneumo_ray.data import leakage as audit
 from pneumo_ray.data.split import patient_grouped_split
+
+PathOrNone = str | os.PathLike | None
 
 
 @dataclass
@@ -53,7 +51,7 @@ class ImageSet:
     def size(self) -> int:
         return int(self.images.shape[-1])
 
-    def batch(self, rows) -> np.ndarray:
+    def batch(self, rows: ArrayLike) -> np.ndarray:
         """uint8 [len(rows), S, S] for positions `rows` of this set (read in file order for memmaps)."""
         ix = self.index[np.asarray(rows)]
         order = np.argsort(ix, kind="stable")
@@ -61,7 +59,7 @@ class ImageSet:
         out[order] = self.images[ix[order]]
         return out
 
-    def subset(self, rows, name: str | None = None) -> "ImageSet":
+    def subset(self, rows: ArrayLike, name: str | None = None) -> ImageSet:
         rows = np.asarray(rows, np.int64)
         return ImageSet(self.images, self.index[rows], self.manifest.iloc[rows], name or self.name)
 
@@ -70,7 +68,8 @@ class ImageSet:
 
     def describe(self) -> str:
         n0, n1 = self.class_counts()
-        return f"{self.name}: {len(self)} images (NORMAL {n0}, PNEUMONIA {n1}, {self.manifest['patient'].nunique()} patients)"
+        patients = self.manifest["patient"].nunique()
+        return f"{self.name}: {len(self)} images (NORMAL {n0}, PNEUMONIA {n1}, {patients} patients)"
 
 
 @dataclass
@@ -91,7 +90,7 @@ def manifest_hash(manifest: pd.DataFrame) -> str:
 SYNTHETIC = dict(target_train=(1, 2000), target_test=(2, 624), source_train=(3, 2000))
 
 
-def synthetic_set(part: str, size: int, cache_dir=None, n: int | None = None) -> ImageSet:
+def synthetic_set(part: str, size: int, cache_dir: PathOrNone = None, n: int | None = None) -> ImageSet:
     """One part of the embedded synthetic data set ('target_train', 'target_test', 'source_train')."""
     seed, default_n = SYNTHETIC[part]
     n = n or default_n
@@ -124,7 +123,7 @@ def _identity(s: ImageSet):
     return None if filename is None else [os.path.basename(filename), stable_id(s.index.tolist(), 16)]
 
 
-def exclude_leakage(source: ImageSet, held_out: list[ImageSet], cache_dir=None) -> tuple[ImageSet, dict]:
+def exclude_leakage(source: ImageSet, held_out: list[ImageSet], cache_dir: PathOrNone = None) -> tuple[ImageSet, dict]:
     """Drop source images that share a file name, a patient or their content (perceptual hash) with
     any held-out set. CoronaHack reuses Kermany's images under the same names, but a re-encoded copy
     under another name is caught by content too. Returns (kept, counts by reason).
@@ -151,7 +150,8 @@ def exclude_leakage(source: ImageSet, held_out: list[ImageSet], cache_dir=None) 
     return source.subset(np.flatnonzero(~drop), source.name), counts
 
 
-def audit_sets(data_root=None, pretrain_root=None, *, size: int = 64, cache_dir=None, quiet: bool = False) -> tuple[dict, list]:
+def audit_sets(data_root: PathOrNone = None, pretrain_root: PathOrNone = None, *, size: int = 64,
+               cache_dir: PathOrNone = None, quiet: bool = False) -> tuple[dict[str, ImageSet], list[str]]:
     """The sets a leakage audit compares: target train/test and source train/test (synthetic
     phantoms where a root is not given). Returns ({name: ImageSet}, problems)."""
     sets, problems = {}, []
@@ -192,8 +192,9 @@ def load_study_data(spec: DataSpec, *, quiet: bool = False, log: Callable[[str],
     else:
         scan = sources.kermany_manifest(data_root)
         info["problems"] += [str(p) for p in scan.problems]
-        full_train, probs_tr = _decoded_set(scan.manifest[scan.manifest.split == "train"], size, cache_dir, "target-train", quiet)
-        test, probs_te = _decoded_set(scan.manifest[scan.manifest.split == "test"], size, cache_dir, "target-test", quiet)
+        man = scan.manifest
+        full_train, probs_tr = _decoded_set(man[man.split == "train"], size, cache_dir, "target-train", quiet)
+        test, probs_te = _decoded_set(man[man.split == "test"], size, cache_dir, "target-test", quiet)
         info["problems"] += [str(p) for p in probs_tr + probs_te]
         info["target"] = str(os.path.abspath(data_root))
     full_train, counts = exclude_leakage(full_train, [test], cache_dir)

@@ -62,7 +62,8 @@ def best_from(path: str | None) -> tuple[pd.DataFrame | None, dict]:
     return res.best_trials(), res.run.get("sweep", {})
 
 
-def known_configs(sweep: SweepConfig, ablation: AblationSpec, out: Path) -> tuple[dict[str, ArmConfig], list[str]]:
+def known_configs(sweep: SweepConfig, ablation: AblationSpec,
+                  out: Path) -> tuple[dict[str, ArmConfig], list[str]]:
     """The configurations known before any training ({model: ArmConfig}) and the models whose
     per-arm search still has to run (--tune without a finished search of this arm in `out`)."""
     arm = ablation.arm

@@ -13,8 +13,10 @@ import fcntl
 import socket
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -24,6 +26,11 @@ from pneumo_ray.config.train import TrainConfig
 from pneumo_ray.data.study_data import load_study_data
 from pneumo_ray.train import checkpoints
 from pneumo_ray.train.protocol import finetune, pretrain, pretrain_key, test_evaluation, validation_summary
+
+if TYPE_CHECKING:
+    import pyarrow.fs
+    from ray.train import RunConfig, ScalingConfig
+    from ray.tune import Callback
 
 
 def _worker_context():
@@ -111,7 +118,7 @@ def finetune_worker(config: dict) -> None:
 
 
 def evaluate_checkpoint(checkpoint_path: str, data_spec: DataSpec,
-                        storage_filesystem=None) -> tuple[dict, pd.DataFrame]:
+                        storage_filesystem: pyarrow.fs.FileSystem | None = None) -> tuple[dict, pd.DataFrame]:
     """Apply a trial's best-validation checkpoint, with its decision threshold, to test.
     Returns (test_* metrics, per-image predictions). Runs as a Ray task with the trial's resources."""
     from ray.train import Checkpoint
@@ -132,7 +139,7 @@ def evaluate_checkpoint(checkpoint_path: str, data_spec: DataSpec,
 
 
 @contextmanager
-def file_lock(path: Path):
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on a file (works across processes on one machine and on NFS/EFS)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
@@ -143,7 +150,8 @@ def file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_pretrained(cfg: TrainConfig, source_hash: str, store: Path, run_pretrain) -> tuple[Path, bool]:
+def ensure_pretrained(cfg: TrainConfig, source_hash: str, store: Path,
+                      run_pretrain: Callable[[], object]) -> tuple[Path, bool]:
     """Path of the pre-trained weights for `cfg` and whether they were computed now.
 
     Trials that share a key serialise on a lock: the first one runs `run_pretrain()`, the others
@@ -159,7 +167,7 @@ def ensure_pretrained(cfg: TrainConfig, source_hash: str, store: Path, run_pretr
         return path, True
 
 
-def scaling(res: Resources):
+def scaling(res: Resources) -> ScalingConfig:
     """ScalingConfig for one job: the trial's CPUs and GPUs split evenly over its workers."""
     from ray.train import ScalingConfig
 
@@ -170,14 +178,15 @@ def scaling(res: Resources):
                          placement_strategy=res.placement_strategy)
 
 
-def train_run_config(name: str, storage: str, callbacks=(), max_failures: int = 1):
+def train_run_config(name: str, storage: str, callbacks: Iterable[Callback] = (), max_failures: int = 1) -> RunConfig:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     return RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=max_failures),
                      checkpoint_config=CheckpointConfig(num_to_keep=1), callbacks=list(callbacks))
 
 
-def run_pretrain_job(cfg: TrainConfig, data: DataSpec, store: Path, res: Resources, *, name: str, storage: str) -> None:
+def run_pretrain_job(cfg: TrainConfig, data: DataSpec, store: Path, res: Resources, *, name: str,
+                     storage: str) -> None:
     from ray.train.torch import TorchTrainer
 
     TorchTrainer(pretrain_worker, train_loop_config=dict(train_config=cfg, data=data, store=str(store)),

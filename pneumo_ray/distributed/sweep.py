@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.output import OutputSpec
@@ -26,7 +27,7 @@ from pneumo_ray.storage.results import read_results, write_run_json, write_table
 REPO = Path(__file__).resolve().parents[2]
 
 
-def init_ray(address: str | None):
+def init_ray(address: str | None) -> ModuleType:
     """Connect to `address` / $RAY_ADDRESS, or start a local Ray (with its dashboard: Ray Train V2
     needs the State API to clean up finished trials' placement groups)."""
     import ray

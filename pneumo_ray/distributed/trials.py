@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -33,6 +35,9 @@ from pneumo_ray.distributed.jobs import (
     train_run_config,
 )
 from pneumo_ray.train.protocol import pretrain_key
+
+if TYPE_CHECKING:
+    from ray.tune import Result
 
 METRIC = "best_val_auc"
 
@@ -153,7 +158,7 @@ def run_model_sweep(model: str, sweep: SweepConfig, *, source_hash: str | None, 
     return ModelSweep(model, exp_path, grid, time.time() - t0)
 
 
-def trial_trainable(spec: TrialSpec):
+def trial_trainable(spec: TrialSpec) -> Callable[[dict], None]:
     """`trial_fn` bound to `spec`, as Tune runs it. The trial itself only waits on its Ray Train jobs:
     no CPU (a 0-CPU bundle needs some resource to be valid, hence the token memory), so concurrency
     is set by the workers' resources alone."""
@@ -175,7 +180,7 @@ def _storage_filesystem(storage: str):
     return pyarrow.fs.FileSystem.from_uri(storage)[0]
 
 
-def best_checkpoint_path(result) -> str | None:
+def best_checkpoint_path(result: Result) -> str | None:
     """The trial's last reported checkpoint, which is its best-validation one (the worker reports a
     checkpoint only on improvement). The last report itself may carry none, so look through all."""
     df = result.metrics_dataframe

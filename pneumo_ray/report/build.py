@@ -6,19 +6,27 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pneumo_ray.report import figures as figs
-from pneumo_ray.report.inputs import Candidate, ReportData, candidates, finished_trials, load_report_data
-from pneumo_ray.report.html import Section, render
 from pneumo_ray.analysis.curves import bootstrap_counts, roc_band
-from pneumo_ray.report.tables import (arm_table, audit_sentences, audit_table, best_config_table, test_metric_table,
-                            verdicts)
+from pneumo_ray.report import figures as figs
+from pneumo_ray.report.html import Section, render
+from pneumo_ray.report.inputs import Candidate, ReportData, candidates, finished_trials, load_report_data
+from pneumo_ray.report.tables import (
+    arm_table,
+    audit_sentences,
+    audit_table,
+    best_config_table,
+    test_metric_table,
+    verdicts,
+)
 
 
 @dataclass
@@ -64,8 +72,9 @@ class _Builder:
         section.blocks.append(("table", title, frame))
 
 
-def build_report(folders, out=None, *, n_boot: int = 2000, top: int = 3, examples: int = 4, gradcam: int = 4,
-                 images: bool = True, seed: int = 0, formats=("png", "svg"), log=print) -> Report:
+def build_report(folders: Iterable[str | os.PathLike], out: str | os.PathLike | None = None, *, n_boot: int = 2000,
+                 top: int = 3, examples: int = 4, gradcam: int = 4, images: bool = True, seed: int = 0,
+                 formats: Sequence[str] = ("png", "svg"), log: Callable[[str], object] | None = print) -> Report:
     """Write the report of `folders` (sweeps and/or ablations, combined) into `out` (default: the
     first folder's report/) and return it with its figures, tables and notes. `formats`: the files
     written per figure (PNG is the one the page shows)."""

@@ -5,6 +5,7 @@ read back exactly what was drawn."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +29,7 @@ def color(i: int) -> str:
     return COLORS[i % len(COLORS)]
 
 
-def save(fig: Figure, folder: Path, name: str, formats=("png", "svg")) -> list[Path]:
+def save(fig: Figure, folder: Path, name: str, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """name.png (for the page) and name.svg (vector, for papers)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.{ext}" for ext in formats]

@@ -95,7 +95,8 @@ def load_model(path: str | os.PathLike, model_name: str | None = None) -> tuple[
     return model.eval(), meta
 
 
-def explain(path: str | os.PathLike, images_u8: np.ndarray, model_name: str | None = None):
+def explain(path: str | os.PathLike, images_u8: np.ndarray,
+            model_name: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """Grad-CAM maps for uint8 images [B, S, S] with a checkpoint's own normalization:
     (maps [B, S, S], probabilities [B], layer name)."""
     model, meta = load_model(path, model_name)

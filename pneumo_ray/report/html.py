@@ -58,7 +58,8 @@ def _block(b) -> str:
         big = "svg" if "svg" in formats else "png"
         links = " · ".join(f'<a href="figures/{name}.{ext}">{ext.upper()}</a>' for ext in formats)
         cls = ' class="wide"' if name in WIDE else ""
-        return (f'<figure{cls}><a href="figures/{name}.{big}"><img src="figures/{name}.png" alt="{html.escape(name)}"></a>'
+        img = f'<img src="figures/{name}.png" alt="{html.escape(name)}">'
+        return (f'<figure{cls}><a href="figures/{name}.{big}">{img}</a>'
                 f'<figcaption>{html.escape(caption)} {links}</figcaption></figure>')
     if kind == "table":
         return _table(b[1], b[2])

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pneumo_ray.report.inputs import Candidate, data_settings
 from pneumo_ray.analysis.curves import outcomes
+from pneumo_ray.report.inputs import Candidate, data_settings
 
 OUTCOMES = (("TP", "true positive"), ("FN", "false negative"), ("FP", "false positive"), ("TN", "true negative"))
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +29,8 @@ def _resolve(root: str) -> Path:
     raise Unavailable(f"the run's data_root {root!r} is not on this machine")
 
 
-def load_test_images(c: Candidate, picked: dict[str, np.ndarray], cache_dir=None) -> dict[str, np.ndarray]:
+def load_test_images(c: Candidate, picked: dict[str, np.ndarray],
+                     cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
     """{outcome: uint8 [len(rows), S, S]}: the test images behind the candidate's predictions at
     `picked` rows, at the run's image size, matched by path (else by file name)."""
     from pneumo_ray.data.study_data import synthetic_set

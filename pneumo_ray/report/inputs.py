@@ -5,6 +5,8 @@ run.json; every gap becomes a plain-language note instead of an error."""
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +52,7 @@ class Candidate:
     row: dict                             # its trials / ablations row
 
 
-def load_report_data(folders) -> ReportData:
+def load_report_data(folders: Iterable[str | os.PathLike]) -> ReportData:
     """Read every folder; a folder that is neither a sweep nor an ablation is noted and skipped."""
     folders = [Path(f) for f in folders]
     notes, sweeps, sweep_runs, abl_runs = [], [], {}, {}
@@ -90,7 +92,7 @@ def load_report_data(folders) -> ReportData:
     ablation = {t: pd.concat([x for x in frames if len(x)], ignore_index=True) if any(len(x) for x in frames)
                 else pd.DataFrame() for t, frames in abl.items()}
     if len(abl_runs) > 1:   # arms of different studies must stay apart: prefix them with the study
-        for t, frame in ablation.items():
+        for frame in ablation.values():
             if "arm" in frame:
                 frame["arm"] = frame["study"] + ": " + frame["arm"]
     if sweep is None:

@@ -17,7 +17,7 @@ from pneumo_ray.report.inputs import Candidate
 MINUS = "\u2212"
 
 
-def num(x, digits: int = 3) -> str:
+def num(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     if isinstance(x, (int, np.integer)):
@@ -25,13 +25,13 @@ def num(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}".replace("-", MINUS)
 
 
-def ci(value, lo, hi, digits: int = 3) -> str:
+def ci(value: float | None, lo: float | None, hi: float | None, digits: int = 3) -> str:
     if lo is None or hi is None or any(isinstance(v, float) and math.isnan(v) for v in (lo, hi)):
         return num(value, digits)
     return f"{num(value, digits)} [{num(lo, digits)}, {num(hi, digits)}]"
 
 
-def pval(p) -> str:
+def pval(p: float | None) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "p=–"
     return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"

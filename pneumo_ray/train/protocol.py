@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -20,8 +22,13 @@ from pneumo_ray.data.split import patient_grouped_split
 from pneumo_ray.data.study_data import StudyData
 from pneumo_ray.storage.atomic import atomic_write
 from pneumo_ray.train import checkpoints
+from pneumo_ray.train.augment import Normalize
 from pneumo_ray.train.loop import FitResult, Phase, evaluate, fit, predict, seed_everything
 from pneumo_ray.train.models import build_model, freeze_backbone
+
+Wrap = Callable[[torch.nn.Module], torch.nn.Module]                 # e.g. ray.train.torch.prepare_model (DDP)
+OnEpoch = Callable[[dict, torch.nn.Module, FitResult], object]       # after every epoch (Ray reports from it)
+Log = Callable[[str], object]
 
 
 def pretrain_phase(cfg: TrainConfig) -> Phase:
@@ -45,8 +52,8 @@ def pretrain_key(cfg: TrainConfig, source_hash: str) -> str:
     return stable_id(dict(cfg.pretrain_part(), source=source_hash), 16)
 
 
-def pretrain(cfg: TrainConfig, data: StudyData, device, *, rank: int = 0, world: int = 1, wrap=None,
-             on_epoch=None, log=print) -> tuple[dict, dict]:
+def pretrain(cfg: TrainConfig, data: StudyData, device: torch.device, *, rank: int = 0, world: int = 1,
+             wrap: Wrap | None = None, on_epoch: OnEpoch | None = None, log: Log | None = print) -> tuple[dict, dict]:
     """Train a fresh model on the source data; returns (final state dict, metadata).
 
     As the seed, the weights after the last epoch are kept; a patient-grouped hold-out of the source
@@ -68,8 +75,9 @@ def pretrain(cfg: TrainConfig, data: StudyData, device, *, rank: int = 0, world:
     return state, meta
 
 
-def finetune(cfg: TrainConfig, data: StudyData, device, *, init_state: dict | None = None, rank: int = 0,
-             world: int = 1, wrap=None, on_epoch=None, log=print) -> tuple[torch.nn.Module, FitResult]:
+def finetune(cfg: TrainConfig, data: StudyData, device: torch.device, *, init_state: dict | None = None,
+             rank: int = 0, world: int = 1, wrap: Wrap | None = None, on_epoch: OnEpoch | None = None,
+             log: Log | None = print) -> tuple[torch.nn.Module, FitResult]:
     """Fresh model ← pre-trained weights (if any) → fine-tune on target train, validate every epoch."""
     seed_everything(cfg.seed + 1)
     model = build_model(cfg.model)
@@ -85,7 +93,7 @@ def finetune(cfg: TrainConfig, data: StudyData, device, *, init_state: dict | No
     return model, result
 
 
-def validation_summary(data: StudyData, val_probs, threshold: float) -> dict:
+def validation_summary(data: StudyData, val_probs: np.ndarray, threshold: float) -> dict:
     """The validation metrics at the loss's decision threshold (`metrics.decision_threshold`, fixed
     before any score is seen; validation does not choose it)."""
     metrics = {f"val_{k}": v for k, v in binary_metrics(data.val.labels, val_probs, threshold).items()}
@@ -93,7 +101,8 @@ def validation_summary(data: StudyData, val_probs, threshold: float) -> dict:
     return metrics
 
 
-def test_evaluation(model, data: StudyData, normalize, threshold: float, device) -> tuple[dict, pd.DataFrame]:
+def test_evaluation(model: torch.nn.Module, data: StudyData, normalize: Normalize, threshold: float,
+                    device: torch.device) -> tuple[dict, pd.DataFrame]:
     """Apply a model and its decision threshold (fixed by the training loss) to the test set."""
     test_probs = predict(model, data.test, normalize=normalize, device=device)
     metrics = {f"test_{k}": v for k, v in binary_metrics(data.test.labels, test_probs, threshold).items()}
@@ -103,7 +112,8 @@ def test_evaluation(model, data: StudyData, normalize, threshold: float, device)
     return metrics, preds
 
 
-def final_evaluation(cfg: TrainConfig, data: StudyData, result: FitResult, device) -> tuple[dict, pd.DataFrame]:
+def final_evaluation(cfg: TrainConfig, data: StudyData, result: FitResult,
+                     device: torch.device) -> tuple[dict, pd.DataFrame]:
     """Best-validation weights → the loss's decision threshold → applied to validation and test.
 
     Returns (metrics with val_* and test_* keys, per-test-image predictions)."""
@@ -119,7 +129,8 @@ def final_evaluation(cfg: TrainConfig, data: StudyData, result: FitResult, devic
     return metrics, preds
 
 
-def run_study(cfg: TrainConfig, data: StudyData, out_dir: str | os.PathLike, device, log=print) -> dict:
+def run_study(cfg: TrainConfig, data: StudyData, out_dir: str | os.PathLike, device: torch.device,
+              log: Log = print) -> dict:
     """One pretrain → finetune run without Ray; writes metrics.json, predictions.parquet,
     history.parquet and the weights (safetensors + JSON) under out_dir."""
     out = Path(out_dir)
