@@ -24,16 +24,16 @@ import sys
 import time
 from pathlib import Path
 
+from study import common
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m study.audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m study.audit --pretrain-root ~/data/coronahack --data-root ~/data/chest_xray\n"
                "  python -m study.audit --patients --data-root ~/data/chest_xray     # patient-definition evidence")
-    p.add_argument("--data-root", help="Kaggle chest_xray/ folder (target); default: the synthetic phantoms")
-    p.add_argument("--pretrain-root", help="Kaggle CoronaHack folder (source); default: the synthetic source domain")
-    p.add_argument("--image-size", type=int, default=64, help="decode size the hashes are computed at (default 64)")
-    p.add_argument("--cache-dir", help="decoded-image cache (default $PNEUMO_RAY_CACHE or ~/.cache/pneumo_ray)")
+    d = common.add_data_args(p)
+    d.add_argument("--image-size", type=int, default=64, help="decode size the hashes are computed at (default 64)")
     p.add_argument("--patients", action="store_true",
                    help="print the evidence table for the patient definition (personN_bacteria/virus: one patient "
                         "or two?) from --data-root's file names, then exit; no decoding, no --pretrain-root needed")
@@ -41,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from pneumo_ray.data.leakage import audit, format_split_overlap, format_summary
     from pneumo_ray.data.study_data import audit_sets
@@ -64,11 +64,12 @@ def main(argv=None) -> int:
     prefix = next(iter(sets), "").rsplit("-", 1)[0]  # the target's sets come first
     if f"{prefix}-train" in sets and f"{prefix}-test" in sets:
         print("\n" + format_split_overlap(summary, f"{prefix}-train", f"{prefix}-test"))
-    print(f"\n{len(pairs)} matching image rows → {args.out}/audit.parquet, audit_summary.parquet ({time.time() - t0:.1f} s)")
+    print(f"\n{len(pairs)} matching image rows → {args.out}/audit.parquet, audit_summary.parquet "
+          f"({time.time() - t0:.1f} s)")
     return 0
 
 
-def patient_evidence(data_root) -> int:
+def patient_evidence(data_root: str | None) -> int:
     """Print the patient-definition evidence of a Kermany folder's file names."""
     from pneumo_ray.data.leakage import format_patient_evidence, patient_rule_evidence
     from pneumo_ray.data.sources import kermany_manifest

@@ -119,7 +119,8 @@ def add_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The data flags every study command shares; returns the group for more."""
     d = p.add_argument_group("data")
     d.add_argument("--data-root", help="Kaggle chest_xray/ folder (target); default: synthetic phantoms")
-    d.add_argument("--pretrain-root", help="Kaggle CoronaHack folder (pre-training source)")
+    d.add_argument("--pretrain-root", help="Kaggle CoronaHack folder (pre-training source); default: the synthetic "
+                                           "source with the synthetic target, none with a --data-root")
     d.add_argument("--cache-dir", help="decoded images + pre-trained weights (default $PNEUMO_RAY_CACHE or "
                                        "~/.cache/pneumo_ray; on a cluster: shared storage)")
     return d

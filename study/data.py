@@ -16,7 +16,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m study.data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    ins = sub.add_parser("inspect", help="counts per split and class, patients, and every unusable file with the reason",
+    ins = sub.add_parser("inspect",
+                         help="counts per split and class, patients, and every unusable file with the reason",
                          description="Counts per split and class, patients, and every unusable file or folder "
                                      "with the reason. Exit 0 if the folder is usable; with --strict, exit 1 when "
                                      "anything was reported.")
@@ -85,8 +86,7 @@ def download(args) -> int:
 
 
 def inspect(args) -> int:
-    from pneumo_ray.data import cache
-    from pneumo_ray.data import sources
+    from pneumo_ray.data import cache, sources
 
     try:
         layout = sources.detect_layout(args.path)
@@ -99,7 +99,8 @@ def inspect(args) -> int:
     for split in sorted(m["split"].unique()):
         part = m[m["split"] == split]
         n0, n1 = int((part.label == 0).sum()), int((part.label == 1).sum())
-        print(f"  {split:5s}: {len(part):5d} images  NORMAL {n0:5d}  PNEUMONIA {n1:5d}  patients {part['patient'].nunique()}")
+        patients = part["patient"].nunique()
+        print(f"  {split:5s}: {len(part):5d} images  NORMAL {n0:5d}  PNEUMONIA {n1:5d}  patients {patients}")
         merged = part[part["orig_split"] != split]
         if len(merged):
             print(f"         ({len(merged)} of them from {sorted(set(merged.orig_split))} merged into {split})")
