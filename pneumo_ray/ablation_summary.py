@@ -63,7 +63,7 @@ def arm_row(model: str, arm: str, g: pd.DataFrame, preds: pd.DataFrame) -> dict:
     row = dict(kind="arm", model=model, arm=arm, n_seeds=len(g), seeds=",".join(map(str, seeds)), **_provenance(g))
     for m in METRICS + ("val_auc",):
         col = m if m.startswith("val_") else f"test_{m}"
-        mean, lo, hi = mean_ci(g[col].to_numpy(float))
+        mean, lo, hi = mean_ci(g[col].to_numpy(float)) if col in g else (math.nan, math.nan, math.nan)
         lo, hi = max(lo, 0.0), min(hi, 1.0)   # metrics live in [0, 1] (nan stays nan)
         row.update({f"{col}_mean": mean, f"{col}_ci_low": lo, f"{col}_ci_high": hi})
     row["test_auc_ci_covers"] = "seeds only (no predictions)"
