@@ -76,7 +76,7 @@ def arm_row(model: str, arm: str, g: pd.DataFrame, preds: pd.DataFrame) -> dict:
     return row
 
 
-def fairness_warning(arm: str, tuned_arm, tuned_ref) -> str | None:
+def fairness_warning(arm: str, tuned_arm: str | None, tuned_ref: str | None) -> str | None:
     """A configuration tuned for one arm and run by another tilts the comparison toward the first."""
     off = [(a, t) for a, t in ((arm, tuned_arm), (REFERENCE, tuned_ref)) if t is not None and t != a]
     if not off:

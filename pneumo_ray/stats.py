@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
+def mean_ci(values: ArrayLike, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high): Student-t interval of the mean across independent runs (seeds).
     With one value the interval is undefined (nan, nan)."""
     from scipy import stats
@@ -31,7 +32,7 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
-def weighted_auc(scores, labels, weights) -> np.ndarray:
+def weighted_auc(scores: ArrayLike, labels: ArrayLike, weights: ArrayLike) -> np.ndarray:
     """ROC AUC of `scores` under case weights (ties count one half): one AUC per row of
     `weights` ([B, N] or [N]). With integer weights = bootstrap counts, this is the AUC of the
     resampled set, computed without materialising it."""
@@ -50,7 +51,7 @@ def weighted_auc(scores, labels, weights) -> np.ndarray:
         return num / den
 
 
-def stratified_counts(labels, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+def stratified_counts(labels: ArrayLike, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """[n_boot, N] bootstrap counts that resample positives and negatives separately, so every
     replicate keeps the test set's class sizes (its AUC is always defined)."""
     y = np.asarray(labels).astype(bool)
@@ -62,7 +63,7 @@ def stratified_counts(labels, n_boot: int, rng: np.random.Generator) -> np.ndarr
     return counts
 
 
-def paired_bootstrap_auc(probs_a, probs_b, labels, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+def paired_bootstrap_auc(probs_a: ArrayLike, probs_b: ArrayLike, labels: ArrayLike, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Paired bootstrap of mean-over-seeds AUC(a) − AUC(b) on one test set.
 
     Each replicate resamples the test images (stratified by class; the same images for both arms)
@@ -91,7 +92,7 @@ def paired_bootstrap_auc(probs_a, probs_b, labels, n_boot: int = 2000, seed: int
     return dict(diff=observed, ci_low=float(lo), ci_high=float(hi), p=float(p), n_boot=n_boot, n_seeds=k)
 
 
-def structural_components(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def structural_components(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """DeLong's structural components of the ROC AUC, for every row of `scores` ([..., N]) at once.
 
     Returns (auc [...], v10 [..., positives], v01 [..., negatives]): v10 of a positive is the share of
@@ -117,7 +118,7 @@ def _delong_var(v10: np.ndarray, v01: np.ndarray) -> np.ndarray:
     return v10.var(axis=-1, ddof=1) / v10.shape[-1] + v01.var(axis=-1, ddof=1) / v01.shape[-1]
 
 
-def delong(scores_a, scores_b, labels) -> dict:
+def delong(scores_a: ArrayLike, scores_b: ArrayLike, labels: ArrayLike) -> dict:
     """DeLong's test (DeLong, DeLong & Clarke-Pearson 1988) of two correlated ROC AUCs on the same
     cases, with the fast mid-rank computation of Sun & Xu (2014). Returns both AUCs, their
     difference, its standard error, z and the two-sided p-value."""
@@ -166,7 +167,7 @@ def _two_level(per_seed: np.ndarray, v10: np.ndarray, v01: np.ndarray, level: fl
                 var_seed=var_seed, var_test=var_test, n_seeds=k)
 
 
-def auc_diff_two_level(probs_a, probs_b, labels, level: float = 0.95, *, subtract_overlap: bool = False) -> dict:
+def auc_diff_two_level(probs_a: ArrayLike, probs_b: ArrayLike, labels: ArrayLike, level: float = 0.95, *, subtract_overlap: bool = False) -> dict:
     """PRIMARY paired test of mean-over-seeds AUC(a) − AUC(b), counting both sources of variation.
 
     d_k = AUC(a_k) − AUC(b_k) for the same-seed pair k; Δ = mean(d_k) and
@@ -208,7 +209,7 @@ def auc_diff_two_level(probs_a, probs_b, labels, level: float = 0.95, *, subtrac
     return r
 
 
-def auc_two_level(probs, labels, level: float = 0.95, *, subtract_overlap: bool = False) -> dict:
+def auc_two_level(probs: ArrayLike, labels: ArrayLike, level: float = 0.95, *, subtract_overlap: bool = False) -> dict:
     """One arm's mean test AUC over K seeds with an interval for its expected AUC that counts both
     training randomness and test-image sampling: se² = s²_auc / K + DeLong's variance of the
     seed-averaged AUC, Student t with Satterthwaite df (as `auc_diff_two_level`), clipped to [0, 1].
@@ -222,7 +223,7 @@ def auc_two_level(probs, labels, level: float = 0.95, *, subtract_overlap: bool 
     return r
 
 
-def holm(p_values) -> np.ndarray:
+def holm(p_values: ArrayLike) -> np.ndarray:
     """Holm–Bonferroni step-down adjusted p-values, in the order given: the i-th smallest of m is
     multiplied by m − i + 1, then made non-decreasing and capped at 1. NaN stays NaN and is not
     counted in m."""
