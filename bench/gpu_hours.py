@@ -148,8 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, help="override the preset's fine-tuning epochs")
     p.add_argument("--pretrain-epochs", type=int, help="override the preset's pre-training epochs")
     p.add_argument("--target-train", type=int, default=5216, help="Kermany train images (default 5216)")
-    p.add_argument("--source", type=int, default=3883,
-                   help="CoronaHack TRAIN images left after the leakage exclusion (default ~3883)")
+    p.add_argument("--source", type=int, default=4239,
+                   help="CoronaHack TRAIN images left after the leakage exclusion (default 4239, measured)")
     p.add_argument("--source-val", type=float, default=0.1, help="pre-training hold-out fraction (default 0.1)")
     p.add_argument("--test", type=int, default=624, help="Kermany test images (default 624)")
     args = p.parse_args(argv)

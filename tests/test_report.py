@@ -15,10 +15,11 @@ import pytest
 from PIL import Image
 
 from pneumo_ray.analysis.metrics import binary_metrics, roc_curve
-from pneumo_ray.report.build import build_report
+from pneumo_ray.analysis.verdicts import summarize
 from pneumo_ray.config.search import SEARCHED
+from pneumo_ray.report.build import build_report
 from pneumo_ray.report.tables import verdict
-from pneumo_ray.analysis.stats import mean_ci, paired_bootstrap_auc
+
 
 SIZE, N_TEST = 32, 120
 PATHS = [f"synthetic://target_test/{i:05d}" for i in range(N_TEST)]
@@ -111,18 +112,8 @@ def make_ablation(root: Path, with_summary: bool = True, data_root: str | None =
     abl = pd.DataFrame(rows)
     abl.to_parquet(out / "ablations.parquet")
     pd.concat(preds).to_parquet(out / "ablation_predictions.parquet")
-    if with_summary:
-        summ = []
-        for arm, g in abl.groupby("arm"):
-            r = dict(kind="arm", model="cnn", arm=arm, n_seeds=len(g), seeds="0,1")
-            for k in ("auc", "accuracy", "sensitivity", "specificity"):
-                r[f"test_{k}_mean"], r[f"test_{k}_ci_low"], r[f"test_{k}_ci_high"] = mean_ci(g[f"test_{k}"])
-            summ.append(r)
-        boot = paired_bootstrap_auc(np.stack(mats["no-pretrain"]), np.stack(mats["transfer"]), _labels(), n_boot=300)
-        summ.append(dict(kind="vs_transfer", model="cnn", arm="no-pretrain", reference="transfer", n_seeds=2,
-                         seeds="0,1", n_test=N_TEST, auc_diff=boot["diff"], auc_diff_ci_low=boot["ci_low"],
-                         auc_diff_ci_high=boot["ci_high"], p_bootstrap=boot["p"], p_delong=0.01))
-        pd.DataFrame(summ).to_parquet(out / "ablation_summary.parquet")
+    if with_summary:   # as study.ablate writes it
+        summarize(abl, pd.concat(preds)).to_parquet(out / "ablation_summary.parquet")
     pd.DataFrame([dict(arm="transfer", a_set="pretraining", b_set=b, a_images=200, by_name=0, by_patient=0,
                        by_content=0, any=0, patients_shared=0, content_label_conflicts=0)
                   for b in ("target-train", "target-val", "target-test")]).to_parquet(out / "audit_summary.parquet")
@@ -201,7 +192,7 @@ def test_html_references_every_png_and_every_png_decodes(combined):
         assert (p.with_suffix(".svg")).exists()
         with Image.open(p) as im:
             im.verify()
-    assert "no-pretrain vs transfer (cnn): ΔAUC" in html
+    assert "no-pretrain vs transfer (cnn): " in html and "p_holm = " in html
     assert "transfer: pre-trained on 200 images; 0 share" in html
     assert "1 trial(s) without a validation AUC" in html            # the failed trial is said, not hidden
 
@@ -214,13 +205,17 @@ def test_forest_plot_draws_the_summary_difference(combined):
 
 
 def test_verdicts_in_plain_words():
-    base = dict(arm="no-pretrain", reference="transfer", model="cnn", n_seeds=5, n_test=624, p_delong=0.03)
-    r = verdict(dict(base, auc_diff=-0.031, auc_diff_ci_low=-0.060, auc_diff_ci_high=-0.004, p_bootstrap=0.02))
-    assert r.startswith("no-pretrain vs transfer (cnn): ΔAUC −0.031 [−0.060, −0.004], p=0.02: transfer better")
-    r = verdict(dict(base, auc_diff=0.02, auc_diff_ci_low=0.01, auc_diff_ci_high=0.03, p_bootstrap=0.0004))
-    assert "p<0.001: no-pretrain better" in r
-    r = verdict(dict(base, auc_diff=0.01, auc_diff_ci_low=-0.01, auc_diff_ci_high=0.03, p_bootstrap=0.4))
-    assert "no clear difference" in r
+    # the words come from p_holm and the ΔAUC interval only: a secondary p-value never makes a difference
+    base = dict(arm="no-pretrain", reference="transfer", model="cnn", n_seeds=5, n_test=624, p_delong_fixed_models=1e-6)
+    r = verdict(dict(base, auc_diff=-0.031, auc_diff_ci_low=-0.060, auc_diff_ci_high=-0.004, p_holm=0.02))
+    assert r == ("no-pretrain vs transfer (cnn): transfer better by 0.0310 [0.0040, 0.0600] in test AUC, p_holm = 0.02 "
+                 "(5 paired seeds, 624 test images)")
+    r = verdict(dict(base, auc_diff=0.02, auc_diff_ci_low=0.01, auc_diff_ci_high=0.03, p_holm=0.0004))
+    assert r.startswith("no-pretrain vs transfer (cnn): no-pretrain better by 0.0200 [0.0100, 0.0300]")
+    r = verdict(dict(base, auc_diff=0.01, auc_diff_ci_low=-0.01, auc_diff_ci_high=0.03, p_holm=0.4))
+    assert "no difference shown (ΔAUC +0.0100 [-0.0100, +0.0300], p_holm = 0.4" in r
+    r = verdict(dict(base, auc_diff=-0.01, auc_diff_ci_low=-0.02, auc_diff_ci_high=-0.001, p_holm=0.07))
+    assert "no difference shown" in r      # an interval without 0 but a Holm-adjusted p ≥ 0.05: not a difference
 
 
 def test_ablation_without_sweep_makes_what_it_can_and_says_what_is_missing(tmp_path):
