@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pneumo_ray.analysis.metrics import roc_auc
-from pneumo_ray.analysis.stats import (auc_diff_two_level, auc_two_level, delong, holm, mean_ci, paired_bootstrap_auc,
-                                       structural_components, weighted_auc)
+from pneumo_ray.analysis.stats import (auc_diff_two_level, auc_two_level, delong, holm, mean_ci, structural_components,
+                                       weighted_auc)
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "verdict_calibration.py"
 
@@ -52,39 +52,6 @@ def test_weighted_auc_equals_auc_of_resampled_set():
     idx = rng.integers(0, 200, 200)
     counts = np.bincount(idx, minlength=200)
     assert weighted_auc(s, y, counts)[0] == pytest.approx(roc_auc(y[idx], s[idx]))
-
-
-def test_paired_bootstrap_identical_predictions_gives_zero():
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 2, 300)
-    p = rng.random((3, 300)) + 0.5 * y
-    r = paired_bootstrap_auc(p, p.copy(), y, n_boot=300)
-    assert r["diff"] == 0 and r["ci_low"] <= 0 <= r["ci_high"] and r["p"] == 1.0
-
-
-def test_paired_bootstrap_clearly_better_model_excludes_zero():
-    rng = np.random.default_rng(2)
-    y = rng.integers(0, 2, 400)
-    good = rng.normal(0, 1, (3, 400)) + 2.0 * y
-    weak = rng.normal(0, 1, (3, 400)) + 0.5 * y
-    r = paired_bootstrap_auc(good, weak, y, n_boot=500)
-    assert r["diff"] > 0.2 and r["ci_low"] > 0 and r["p"] < 0.01
-    flipped = paired_bootstrap_auc(weak, good, y, n_boot=500)
-    assert flipped["ci_high"] < 0 and flipped["diff"] == pytest.approx(-r["diff"])
-
-
-def test_paired_bootstrap_same_quality_models_ci_contains_zero():
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 2, 400)
-    a = rng.normal(0, 1, (4, 400)) + 1.0 * y
-    b = rng.normal(0, 1, (4, 400)) + 1.0 * y
-    r = paired_bootstrap_auc(a, b, y, n_boot=500)
-    assert r["ci_low"] < 0 < r["ci_high"] and r["p"] > 0.05
-
-
-def test_paired_bootstrap_refuses_unpaired_shapes():
-    with pytest.raises(ValueError, match="same seeds"):
-        paired_bootstrap_auc(np.zeros((2, 10)), np.zeros((3, 10)), np.arange(10) % 2)
 
 
 def test_mean_ci_t_interval():

@@ -1,5 +1,5 @@
-"""Statistics for comparing arms: confidence intervals across seeds, a paired bootstrap of the
-AUC difference on one test set, DeLong's test for two correlated ROC AUCs, and the primary
+"""Statistics for comparing arms: confidence intervals across seeds, weighted (bootstrap) AUCs of
+one test set, DeLong's test for two correlated ROC AUCs, and the primary
 two-level test (`auc_diff_two_level`, `auc_two_level`) whose variance counts both training
 randomness (seeds) and test-image sampling, with Holm's adjustment across comparisons.
 Single-level tests are miscalibrated here: bench/verdict_calibration.py measures them.
@@ -61,35 +61,6 @@ def stratified_counts(labels: ArrayLike, n_boot: int, rng: np.random.Generator) 
         draws = rng.integers(0, len(idx), size=(n_boot, len(idx)))
         np.add.at(counts, (np.arange(n_boot)[:, None], idx[draws]), 1)
     return counts
-
-
-def paired_bootstrap_auc(probs_a: ArrayLike, probs_b: ArrayLike, labels: ArrayLike, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """Paired bootstrap of mean-over-seeds AUC(a) − AUC(b) on one test set.
-
-    Each replicate resamples the test images (stratified by class; the same images for both arms)
-    and, explicitly, the seeds (pairs of same-seed runs, with replacement), so the interval carries
-    both the test-set sampling error and the run-to-run variation. Returns the observed difference,
-    the percentile CI and a two-sided p-value (the bootstrap distribution's mass on the far side of 0,
-    doubled, with the +1 correction)."""
-    a, b = np.atleast_2d(np.asarray(probs_a, float)), np.atleast_2d(np.asarray(probs_b, float))
-    if a.shape != b.shape:
-        raise ValueError(f"paired arms need the same seeds × images, got {a.shape} and {b.shape}")
-    rng = np.random.default_rng(seed)
-    k = a.shape[0]
-    counts = stratified_counts(labels, n_boot, rng)
-    auc_a = np.stack([weighted_auc(a[s], labels, counts) for s in range(k)], axis=1)   # [B, k]
-    auc_b = np.stack([weighted_auc(b[s], labels, counts) for s in range(k)], axis=1)
-    seed_draw = rng.integers(0, k, size=(n_boot, k)) if k > 1 else np.zeros((n_boot, 1), int)
-    diff = np.take_along_axis(auc_a - auc_b, seed_draw, axis=1).mean(axis=1)
-    ones = np.ones(len(labels))
-    observed = float(np.mean([weighted_auc(a[s], labels, ones)[0] - weighted_auc(b[s], labels, ones)[0]
-                              for s in range(k)]))
-    lo, hi = np.quantile(diff, [(1 - level) / 2, (1 + level) / 2])
-    if np.all(diff == 0):
-        p = 1.0
-    else:
-        p = min(1.0, 2 * min((np.sum(diff <= 0) + 1) / (n_boot + 1), (np.sum(diff >= 0) + 1) / (n_boot + 1)))
-    return dict(diff=observed, ci_low=float(lo), ci_high=float(hi), p=float(p), n_boot=n_boot, n_seeds=k)
 
 
 def structural_components(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
