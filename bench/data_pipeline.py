@@ -20,13 +20,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pneumo_ray.data import cache  # noqa: E402  # noqa: E402
-
-from pneumo_ray.train import fastwarp  # noqa: E402
-
-from pneumo_ray.data import sources  # noqa: E402
-from pneumo_ray.train.augment import FULL, Augment, Normalize, to_float  # noqa: E402
+from pneumo_ray.data import (
+    cache,  # noqa: E402  # noqa: E402
+    sources,  # noqa: E402
+)
 from pneumo_ray.data.study_data import ImageSet  # noqa: E402
+from pneumo_ray.train import fastwarp  # noqa: E402
+from pneumo_ray.train.augment import FULL, Augment, Normalize, to_float  # noqa: E402
 from pneumo_ray.train.loop import Phase, epoch_order, fit  # noqa: E402
 from pneumo_ray.train.models import build_model  # noqa: E402
 
@@ -35,19 +35,29 @@ STRENGTH = 0.5
 
 def imagefolder_rate(root: Path, names: set[str], size: int, batch: int, workers: int) -> float:
     """torchvision's usual recipe: decode + transform each image in DataLoader worker processes."""
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     s = STRENGTH
-    tf = T.Compose([
-        T.Grayscale(1), T.Resize((size, size)),
-        T.RandomAffine(degrees=FULL["rotation_deg"] * s, translate=(FULL["shift"] * s,) * 2,
-                       scale=(1 - FULL["zoom"] * s, 1 + FULL["zoom"] * s), shear=np.degrees(FULL["shear"] * s)),
-        T.ColorJitter(brightness=FULL["brightness"] * s, contrast=FULL["contrast"] * s),
-        T.ToTensor(), T.Normalize([0.5], [0.25]),
-    ])
+    tf = T.Compose(
+        [
+            T.Grayscale(1),
+            T.Resize((size, size)),
+            T.RandomAffine(
+                degrees=FULL["rotation_deg"] * s,
+                translate=(FULL["shift"] * s,) * 2,
+                scale=(1 - FULL["zoom"] * s, 1 + FULL["zoom"] * s),
+                shear=np.degrees(FULL["shear"] * s),
+            ),
+            T.ColorJitter(brightness=FULL["brightness"] * s, contrast=FULL["contrast"] * s),
+            T.ToTensor(),
+            T.Normalize([0.5], [0.25]),
+        ]
+    )
     ds = datasets.ImageFolder(str(root), transform=tf, is_valid_file=lambda p: Path(p).name in names)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
-                                         persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0
+    )
     for _ in loader:  # warm-up epoch: worker start-up and the page cache are not what we measure
         pass
     t0, n = time.perf_counter(), 0
@@ -85,10 +95,24 @@ def _cached_rate(data: ImageSet, batch: int, epochs: int) -> float:
 def training_rate(data: ImageSet, n: int) -> float:
     torch.manual_seed(0)
     sub = data.subset(np.arange(min(n, len(data))))
-    fit(build_model("cnn"), sub, None, Phase(name="bench", epochs=1, lr=1e-3, aug_strength=0.0),
-        device=torch.device("cpu"), progress=False, log=None)  # warm-up
-    r = fit(build_model("cnn"), sub, None, Phase(name="bench", epochs=1, lr=1e-3, aug_strength=STRENGTH),
-            device=torch.device("cpu"), progress=False, log=None)
+    fit(
+        build_model("cnn"),
+        sub,
+        None,
+        Phase(name="bench", epochs=1, lr=1e-3, aug_strength=0.0),
+        device=torch.device("cpu"),
+        progress=False,
+        log=None,
+    )  # warm-up
+    r = fit(
+        build_model("cnn"),
+        sub,
+        None,
+        Phase(name="bench", epochs=1, lr=1e-3, aug_strength=STRENGTH),
+        device=torch.device("cpu"),
+        progress=False,
+        log=None,
+    )
     return r.history[0]["train_images_per_s"]
 
 
@@ -110,9 +134,11 @@ def main(argv=None) -> int:
     m = m[m.split == "train"].sample(n=min(args.n, (m.split == "train").sum()), random_state=0)
     train_root = Path(m["path"].iloc[0]).parents[1]
     kernel = "fused C kernel" if fastwarp.kernel() is not None else "torch grid_sample (C kernel unavailable)"
-    print(f"{len(m)} real images from {train_root}; batch {args.batch_size}; augmentation strength {STRENGTH}; "
-          f"{torch.get_num_threads()} torch threads; baseline DataLoader workers {args.workers}; "
-          f"cache+batched augments with: {kernel}")
+    print(
+        f"{len(m)} real images from {train_root}; batch {args.batch_size}; augmentation strength {STRENGTH}; "
+        f"{torch.get_num_threads()} torch threads; baseline DataLoader workers {args.workers}; "
+        f"cache+batched augments with: {kernel}"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
@@ -125,15 +151,22 @@ def main(argv=None) -> int:
             torch_path = cached_rate(data, args.batch_size, fast=False)
             train = training_rate(data, args.train_n)
             rows.append((size, build, base, ours, torch_path, train))
-            print(f"  {size:3d} px: cache build (once) {len(m) / build:7.0f} img/s | ImageFolder+PIL {base:7.0f} img/s | "
-                  f"cache+batched {ours:7.0f} img/s | ratio {ours / base:5.1f}x | (torch path {torch_path:7.0f} img/s, "
-                  f"{torch_path / base:4.1f}x) | CNN training {train:6.0f} img/s | pipeline/training {ours / train:5.1f}x",
-                  flush=True)
-    print("\nsize  baseline_img_s  cached_img_s  speedup  torch_path_img_s  torch_path_speedup  cnn_train_img_s  "
-          "pipeline_over_training")
+            print(
+                f"  {size:3d} px: cache build (once) {len(m) / build:7.0f} img/s | ImageFolder+PIL {base:7.0f} img/s | "
+                f"cache+batched {ours:7.0f} img/s | ratio {ours / base:5.1f}x | (torch path {torch_path:7.0f} img/s, "
+                f"{torch_path / base:4.1f}x) | CNN training {train:6.0f} img/s | "
+                f"pipeline/training {ours / train:5.1f}x",
+                flush=True,
+            )
+    print(
+        "\nsize  baseline_img_s  cached_img_s  speedup  torch_path_img_s  torch_path_speedup  cnn_train_img_s  "
+        "pipeline_over_training"
+    )
     for size, _, base, ours, torch_path, train in rows:
-        print(f"{size:4d}  {base:14.0f}  {ours:12.0f}  {ours / base:6.1f}x  {torch_path:16.0f}  {torch_path / base:17.1f}x  "
-              f"{train:15.0f}  {ours / train:21.1f}x")
+        print(
+            f"{size:4d}  {base:14.0f}  {ours:12.0f}  {ours / base:6.1f}x  {torch_path:16.0f}  "
+            f"{torch_path / base:17.1f}x  {train:15.0f}  {ours / train:21.1f}x"
+        )
     return 0
 
 

@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # ASSUMED single-GPU (A10G-class, bf16 autocast, channels-last, batch 32, 224 px) training throughputs, img/s.
 ASSUMED_IMG_PER_S = {"cnn": 1500.0, "densenet": 350.0}
-ASSUMED_EVAL_SPEEDUP = 3.0      # forward-only passes vs training, img/s ratio
-ASSUMED_STARTUP_S = 20.0        # per Ray Train job / evaluation task: worker start, model build, data map
+ASSUMED_EVAL_SPEEDUP = 3.0  # forward-only passes vs training, img/s ratio
+ASSUMED_STARTUP_S = 20.0  # per Ray Train job / evaluation task: worker start, model build, data map
 
 
 def read_sweep_settings() -> tuple[dict, dict]:
@@ -67,17 +67,27 @@ def read_sweep_settings() -> tuple[dict, dict]:
 def asha_milestones(max_t: int, grace: int, rf: int) -> list[int]:
     """ASHA's rungs as Ray's _Bracket builds them (s=0), below max_t (a rung at max_t stops nothing)."""
     n = int(math.log(max_t / grace) / math.log(rf) + 1)
-    return sorted(m for m in (grace * rf ** k for k in range(n)) if m < max_t)
+    return sorted(m for m in (grace * rf**k for k in range(n)) if m < max_t)
 
 
 def expected_epochs_per_trial(max_t: int, grace: int, rf: int) -> float:
     """Mean fine-tuning epochs per trial when each rung lets 1/rf of the trials through."""
     edges = [0, *asha_milestones(max_t, grace, rf), max_t]
-    return sum((edges[k + 1] - edges[k]) / rf ** k for k in range(len(edges) - 1))
+    return sum((edges[k + 1] - edges[k]) / rf**k for k in range(len(edges) - 1))
 
 
-def estimate(cfg: dict, img_per_s: dict, *, target_train: int, source: int, test: int, source_val: float,
-             eval_speedup: float, startup_s: float, gpus: int) -> list[dict]:
+def estimate(
+    cfg: dict,
+    img_per_s: dict,
+    *,
+    target_train: int,
+    source: int,
+    test: int,
+    source_val: float,
+    eval_speedup: float,
+    startup_s: float,
+    gpus: int,
+) -> list[dict]:
     n_ft = round(target_train * (1 - cfg["val_fraction"]))
     n_val = target_train - n_ft
     n_src_val = round(source * source_val)
@@ -92,22 +102,32 @@ def estimate(cfg: dict, img_per_s: dict, *, target_train: int, source: int, test
         n_pre = min(len(cfg["pretrain_lrs"]), cfg["num_samples"]) if cfg["pretrain_epochs"] > 0 else 0
         pre_one = cfg["pretrain_epochs"] * (n_src / t + n_src_val / ev) + startup_s if n_pre else 0.0
         ft_epoch = n_ft / t + n_val / ev
-        ft_full = cfg["epochs"] * ft_epoch + startup_s            # one trial, all epochs
+        ft_full = cfg["epochs"] * ft_epoch + startup_s  # one trial, all epochs
         ft_worst = cfg["num_samples"] * ft_full
         ft_exp = cfg["num_samples"] * (e_exp * ft_epoch + startup_s)
         test_one = test / ev + startup_s
         test_all = cfg["num_samples"] * test_one
         pre_all = n_pre * pre_one
-        h = gpt / 3600                                              # trial-seconds → GPU-hours
+        h = gpt / 3600  # trial-seconds → GPU-hours
         wall_pre = math.ceil(n_pre / conc) * pre_one if n_pre else 0.0
         wall_test = math.ceil(cfg["num_samples"] / conc) * test_one
-        rows.append(dict(
-            model=model, img_per_s=t, pretrainings=n_pre, pre_h=pre_all * h, ft_worst_h=ft_worst * h,
-            ft_exp_h=ft_exp * h, test_h=test_all * h, total_worst_h=(pre_all + ft_worst + test_all) * h,
-            total_exp_h=(pre_all + ft_exp + test_all) * h, concurrency=conc,
-            wall_worst_s=wall_pre + math.ceil(cfg["num_samples"] / conc) * ft_full + wall_test,
-            wall_exp_s=wall_pre + max(ft_exp / conc, ft_full) + wall_test,
-            sizes=dict(finetune=n_ft, val=n_val, source=n_src, source_val=n_src_val, test=test)))
+        rows.append(
+            dict(
+                model=model,
+                img_per_s=t,
+                pretrainings=n_pre,
+                pre_h=pre_all * h,
+                ft_worst_h=ft_worst * h,
+                ft_exp_h=ft_exp * h,
+                test_h=test_all * h,
+                total_worst_h=(pre_all + ft_worst + test_all) * h,
+                total_exp_h=(pre_all + ft_exp + test_all) * h,
+                concurrency=conc,
+                wall_worst_s=wall_pre + math.ceil(cfg["num_samples"] / conc) * ft_full + wall_test,
+                wall_exp_s=wall_pre + max(ft_exp / conc, ft_full) + wall_test,
+                sizes=dict(finetune=n_ft, val=n_val, source=n_src, source_val=n_src_val, test=test),
+            )
+        )
     return rows
 
 
@@ -133,23 +153,44 @@ def _throughputs(items: list[str]) -> dict:
 
 def main(argv=None) -> int:
     defaults, presets = read_sweep_settings()
-    p = argparse.ArgumentParser(prog="python bench/gpu_hours.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python bench/gpu_hours.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--preset", choices=sorted(presets), default="paper")
-    p.add_argument("--img-per-s", action="append", default=[], metavar="MODEL=N[,MODEL=N]",
-                   help="training images/s of one trial, per model (default: ASSUMED "
-                        + ", ".join(f"{k}={v:g}" for k, v in ASSUMED_IMG_PER_S.items()) + ")")
-    p.add_argument("--eval-speedup", type=float, default=ASSUMED_EVAL_SPEEDUP,
-                   help="validation/test img/s as a multiple of training img/s (default: assumed %(default)g)")
-    p.add_argument("--startup-s", type=float, default=ASSUMED_STARTUP_S,
-                   help="GPU-held start-up seconds per job/task (default: assumed %(default)g)")
+    p.add_argument(
+        "--img-per-s",
+        action="append",
+        default=[],
+        metavar="MODEL=N[,MODEL=N]",
+        help="training images/s of one trial, per model (default: ASSUMED "
+        + ", ".join(f"{k}={v:g}" for k, v in ASSUMED_IMG_PER_S.items())
+        + ")",
+    )
+    p.add_argument(
+        "--eval-speedup",
+        type=float,
+        default=ASSUMED_EVAL_SPEEDUP,
+        help="validation/test img/s as a multiple of training img/s (default: assumed %(default)g)",
+    )
+    p.add_argument(
+        "--startup-s",
+        type=float,
+        default=ASSUMED_STARTUP_S,
+        help="GPU-held start-up seconds per job/task (default: assumed %(default)g)",
+    )
     p.add_argument("--gpus", type=int, default=4, help="GPUs in the cluster, for the wall-clock (default 4)")
     p.add_argument("--num-samples", type=int, help="override the preset's trials per model")
     p.add_argument("--epochs", type=int, help="override the preset's fine-tuning epochs")
     p.add_argument("--pretrain-epochs", type=int, help="override the preset's pre-training epochs")
     p.add_argument("--target-train", type=int, default=5216, help="Kermany train images (default 5216)")
-    p.add_argument("--source", type=int, default=4239,
-                   help="CoronaHack TRAIN images left after the leakage exclusion (default 4239, measured)")
+    p.add_argument(
+        "--source",
+        type=int,
+        default=4239,
+        help="CoronaHack TRAIN images left after the leakage exclusion (default 4239, measured)",
+    )
     p.add_argument("--source-val", type=float, default=0.1, help="pre-training hold-out fraction (default 0.1)")
     p.add_argument("--test", type=int, default=624, help="Kermany test images (default 624)")
     args = p.parse_args(argv)
@@ -166,33 +207,68 @@ def main(argv=None) -> int:
     missing = [m for m in cfg["models"] if m not in img_per_s]
     if missing:
         p.error(f"no throughput for {', '.join(missing)}: pass --img-per-s MODEL=N")
-    rows = estimate(cfg, img_per_s, target_train=args.target_train, source=args.source, test=args.test,
-                    source_val=args.source_val, eval_speedup=args.eval_speedup, startup_s=args.startup_s,
-                    gpus=args.gpus)
+    rows = estimate(
+        cfg,
+        img_per_s,
+        target_train=args.target_train,
+        source=args.source,
+        test=args.test,
+        source_val=args.source_val,
+        eval_speedup=args.eval_speedup,
+        startup_s=args.startup_s,
+        gpus=args.gpus,
+    )
 
     s = rows[0]["sizes"]
     asha = (cfg["epochs"], cfg["grace_period"], cfg["reduction_factor"])
-    print(f"preset {args.preset}: models {','.join(cfg['models'])}, {cfg['num_samples']} trials/model, "
-          f"{cfg['image_size']} px, {cfg['epochs']} fine-tuning epochs, {cfg['pretrain_epochs']} pre-training "
-          f"epochs x {len(cfg['pretrain_lrs'])} pre-training lrs, ASHA grace {cfg['grace_period']} rf "
-          f"{cfg['reduction_factor']} (rungs {asha_milestones(*asha)}; expected "
-          f"{expected_epochs_per_trial(*asha):.2f} of {cfg['epochs']} epochs/trial), "
-          f"{cfg['gpus_per_trial'] or 1:g} GPU/trial")
-    print(f"images: fine-tune {s['finetune']} + val {s['val']} per epoch; pre-train {s['source']} + "
-          f"hold-out {s['source_val']} per epoch; test {s['test']} per trial")
-    print("throughput (training img/s per trial): " + ", ".join(
-        f"{m} {img_per_s[m]:g} ({'given' if m in given else 'ASSUMED, not measured'})" for m in cfg["models"])
-          + f"; eval x{args.eval_speedup:g}; start-up {args.startup_s:g} s/job")
+    print(
+        f"preset {args.preset}: models {','.join(cfg['models'])}, {cfg['num_samples']} trials/model, "
+        f"{cfg['image_size']} px, {cfg['epochs']} fine-tuning epochs, {cfg['pretrain_epochs']} pre-training "
+        f"epochs x {len(cfg['pretrain_lrs'])} pre-training lrs, ASHA grace {cfg['grace_period']} rf "
+        f"{cfg['reduction_factor']} (rungs {asha_milestones(*asha)}; expected "
+        f"{expected_epochs_per_trial(*asha):.2f} of {cfg['epochs']} epochs/trial), "
+        f"{cfg['gpus_per_trial'] or 1:g} GPU/trial"
+    )
+    print(
+        f"images: fine-tune {s['finetune']} + val {s['val']} per epoch; pre-train {s['source']} + "
+        f"hold-out {s['source_val']} per epoch; test {s['test']} per trial"
+    )
+    print(
+        "throughput (training img/s per trial): "
+        + ", ".join(
+            f"{m} {img_per_s[m]:g} ({'given' if m in given else 'ASSUMED, not measured'})" for m in cfg["models"]
+        )
+        + f"; eval x{args.eval_speedup:g}; start-up {args.startup_s:g} s/job"
+    )
     print()
     head = ["model", "pre-train", "fine-tune worst", "fine-tune expected", "test", "total worst", "total expected"]
-    table = [[r["model"], f"{r['pre_h']:.2f} ({r['pretrainings']} run{'s' * (r['pretrainings'] != 1)})",
-              f"{r['ft_worst_h']:.2f}", f"{r['ft_exp_h']:.2f}", f"{r['test_h']:.2f}", f"{r['total_worst_h']:.2f}",
-              f"{r['total_exp_h']:.2f}"]
-             for r in rows]
-    tot = {k: sum(r[k] for r in rows) for k in ("pre_h", "ft_worst_h", "ft_exp_h", "test_h", "total_worst_h",
-                                                "total_exp_h")}
-    table.append(["all", f"{tot['pre_h']:.2f}", f"{tot['ft_worst_h']:.2f}", f"{tot['ft_exp_h']:.2f}",
-                  f"{tot['test_h']:.2f}", f"{tot['total_worst_h']:.2f}", f"{tot['total_exp_h']:.2f}"])
+    table = [
+        [
+            r["model"],
+            f"{r['pre_h']:.2f} ({r['pretrainings']} run{'s' * (r['pretrainings'] != 1)})",
+            f"{r['ft_worst_h']:.2f}",
+            f"{r['ft_exp_h']:.2f}",
+            f"{r['test_h']:.2f}",
+            f"{r['total_worst_h']:.2f}",
+            f"{r['total_exp_h']:.2f}",
+        ]
+        for r in rows
+    ]
+    tot = {
+        k: sum(r[k] for r in rows)
+        for k in ("pre_h", "ft_worst_h", "ft_exp_h", "test_h", "total_worst_h", "total_exp_h")
+    }
+    table.append(
+        [
+            "all",
+            f"{tot['pre_h']:.2f}",
+            f"{tot['ft_worst_h']:.2f}",
+            f"{tot['ft_exp_h']:.2f}",
+            f"{tot['test_h']:.2f}",
+            f"{tot['total_worst_h']:.2f}",
+            f"{tot['total_exp_h']:.2f}",
+        ]
+    )
     w = [max(len(str(x)) for x in col) for col in zip(head, *table)]
     unit = "GPU-hours" if cfg["gpus_per_trial"] else "trial-hours"  # a CPU preset: hours of one trial's CPUs
     print(f"{unit:<11}" + "  ".join(h.rjust(n) for h, n in zip(head, w)))
@@ -200,10 +276,12 @@ def main(argv=None) -> int:
         print(" " * 11 + "  ".join(str(x).rjust(n) for x, n in zip(line, w)))
     print()
     conc = rows[0]["concurrency"]
-    print(f"wall-clock on {args.gpus} GPU(s) ({conc} trial(s) at a time; models one after the other): "
-          + "; ".join(f"{r['model']} {_hm(r['wall_exp_s'])} expected / {_hm(r['wall_worst_s'])} worst" for r in rows)
-          + f"; sweep {_hm(sum(r['wall_exp_s'] for r in rows))} expected / "
-            f"{_hm(sum(r['wall_worst_s'] for r in rows))} worst")
+    print(
+        f"wall-clock on {args.gpus} GPU(s) ({conc} trial(s) at a time; models one after the other): "
+        + "; ".join(f"{r['model']} {_hm(r['wall_exp_s'])} expected / {_hm(r['wall_worst_s'])} worst" for r in rows)
+        + f"; sweep {_hm(sum(r['wall_exp_s'] for r in rows))} expected / "
+        f"{_hm(sum(r['wall_worst_s'] for r in rows))} worst"
+    )
     return 0
 
 

@@ -49,17 +49,34 @@ def through_ray(args, cache_dir, storage) -> tuple[list[float], list[float], flo
     from pneumo_ray.distributed.sweep import init_ray
     from pneumo_ray.distributed.trials import run_model_sweep
 
-    sweep = SweepConfig(models=(args.model,), num_samples=1, image_size=args.image_size, epochs=args.epochs,
-                        pretrain_epochs=0, cpus_per_trial=args.cpus, grace_period=args.epochs,
-                        aug_range=(0.5, 0.5), class_weight_scale_range=(1.0, 1.0), lr_range=(1e-3, 1e-3))
+    sweep = SweepConfig(
+        models=(args.model,),
+        num_samples=1,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        pretrain_epochs=0,
+        cpus_per_trial=args.cpus,
+        grace_period=args.epochs,
+        aug_range=(0.5, 0.5),
+        class_weight_scale_range=(1.0, 1.0),
+        lr_range=(1e-3, 1e-3),
+    )
     spec = synthetic(args, cache_dir)
     data = load_study_data(spec, quiet=True, log=None)
     ray = init_ray(None)
     try:
         t0 = time.time()
-        ms = run_model_sweep(args.model, sweep, source_hash=data.info.get("source_manifest_hash"), data=spec,
-                             storage=storage, store=Path(cache_dir) / "pretrain", exp_name=f"overhead-{args.model}",
-                             resume=False, concurrency=1)
+        ms = run_model_sweep(
+            args.model,
+            sweep,
+            source_hash=data.info.get("source_manifest_hash"),
+            data=spec,
+            storage=storage,
+            store=Path(cache_dir) / "pretrain",
+            exp_name=f"overhead-{args.model}",
+            resume=False,
+            concurrency=1,
+        )
     finally:
         ray.shutdown()
     df = next(iter(ms.results)).metrics_dataframe.sort_values("epoch")
@@ -86,13 +103,17 @@ def main(argv=None) -> int:
         # reference is the mean of a run before and a run after the Ray path
         b2 = bare(args, cache_dir)
         print(f"  bare loop again (s): {[round(x, 2) for x in b2]}")
-        print(f"  Tune→Train report-to-report (s): {[round(x, 2) for x in cycles]}; in-worker epoch (s): "
-              f"{[round(x, 2) for x in inner]}; worker torch threads {threads}")
+        print(
+            f"  Tune→Train report-to-report (s): {[round(x, 2) for x in cycles]}; in-worker epoch (s): "
+            f"{[round(x, 2) for x in inner]}; worker torch threads {threads}"
+        )
     bare_epoch = (statistics.median(b[1:]) + statistics.median(b2[1:])) / 2
-    ray_epoch = statistics.median(cycles[-(len(b) - 1):]) if cycles else float("nan")
+    ray_epoch = statistics.median(cycles[-(len(b) - 1) :]) if cycles else float("nan")
     inner_epoch = statistics.median(inner[1:])
-    print(f"\nepoch time  bare {bare_epoch:.2f} s | Tune→Train {ray_epoch:.2f} s | ratio {ray_epoch / bare_epoch:.3f} "
-          f"(in-worker compute alone: {inner_epoch / bare_epoch:.3f})")
+    print(
+        f"\nepoch time  bare {bare_epoch:.2f} s | Tune→Train {ray_epoch:.2f} s | ratio {ray_epoch / bare_epoch:.3f} "
+        f"(in-worker compute alone: {inner_epoch / bare_epoch:.3f})"
+    )
     print(f"per-trial start-up (Tuner.fit() → first epoch starts): {startup:.1f} s")
     return 0
 

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pneumo_ray.analysis.stats import auc_diff_two_level, auc_two_level, delong, structural_components  # noqa: E402
 
-N_NEG, N_POS = 234, 390          # the Kermany test set
+N_NEG, N_POS = 234, 390  # the Kermany test set
 TARGET_AUC = 0.95
 # γ, τ, η chosen so the printed regime lands in the real arms' ranges (per-seed AUC SD 0.007–0.013,
 # run-to-run r 0.96–0.98, DeLong-on-averages null rejection 0.63–0.67); K = 5, 300 studies:
@@ -65,9 +65,9 @@ def population_auc(mu: float, gamma: float = GAMMA, tau: float = TAU, eta: float
     """Expected population AUC of a run over its draws g, h (the arm's true value)."""
     from scipy.stats import norm
 
-    x, w = np.polynomial.hermite_e.hermegauss(64)      # ∫ f(g) φ(g) dg for standard normal g
+    x, w = np.polynomial.hermite_e.hermegauss(64)  # ∫ f(g) φ(g) dg for standard normal g
     g = gamma * x
-    sd = np.sqrt(2 * (1 + g ** 2 + tau ** 2 + omega ** 2) + eta ** 2)
+    sd = np.sqrt(2 * (1 + g**2 + tau**2 + omega**2) + eta**2)
     return float(np.sum(w * norm.cdf(mu / sd)) / math.sqrt(2 * math.pi))
 
 
@@ -78,9 +78,18 @@ def mu_for_auc(auc: float, gamma: float = GAMMA, tau: float = TAU, eta: float = 
     return float(brentq(lambda mu: population_auc(mu, gamma, tau, eta, omega) - auc, 0.0, 10.0, xtol=1e-12))
 
 
-def simulate_study(rng: np.random.Generator, n_seeds: int, mu_a: float, mu_b: float, gamma: float = GAMMA,
-                   tau: float = TAU, eta: float = ETA, omega: float = 0.0, n_neg: int = N_NEG,
-                   n_pos: int = N_POS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def simulate_study(
+    rng: np.random.Generator,
+    n_seeds: int,
+    mu_a: float,
+    mu_b: float,
+    gamma: float = GAMMA,
+    tau: float = TAU,
+    eta: float = ETA,
+    omega: float = 0.0,
+    n_neg: int = N_NEG,
+    n_pos: int = N_POS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One ablation: ([K, N] probabilities of arm a, of arm b, labels [N]) on a fresh test set."""
     y = np.r_[np.zeros(n_neg, int), np.ones(n_pos, int)]
     n = len(y)
@@ -129,8 +138,10 @@ def _seeds_only_p(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> float:
 
 def null_studies(rng, k: int, n: int, mu: float, auc_true: float, omega: float = 0.0) -> dict:
     """Per-study outcomes of `n` null studies at K = k seeds."""
-    out = {name: [] for name in ("prim", "prim_sub", "delong", "seeds_only", "cover", "arm_cover", "sd", "corr",
-                                 "mean_auc")}
+    out = {
+        name: []
+        for name in ("prim", "prim_sub", "delong", "seeds_only", "cover", "arm_cover", "sd", "corr", "mean_auc")
+    }
     iu = np.triu_indices(k, 1)
     for _ in range(n):
         a, b, y = simulate_study(rng, k, mu, mu, omega=omega)
@@ -167,20 +178,29 @@ def alternative_studies(rng, k: int, n: int, mu_a: float, mu_b: float, delta: fl
 
 def _report(args, mu0: float, auc0: float, mu_alt: dict, null: dict, stress: dict, alt: dict, n_alt: int) -> bool:
     w = 22
-    print(f"generator: γ = {GAMMA}, τ = {TAU}, η = {ETA}, μ = {mu0:.4f} (expected population AUC {auc0:.4f}); "
-          "alternatives μ_a = " + ", ".join(f"{m:.4f} (Δ {d})" for d, m in mu_alt.items()))
-    print(f"{args.studies} null studies, {n_alt} per alternative and {n_alt} stress-null studies, per K; "
-          f"α = {ALPHA}; [Wilson 95% CI]\n")
-    print(f"regime reproduced (null studies, arm a; target: {N_NEG} NORMAL / {N_POS} PNEUMONIA, per-seed AUC ≈ 0.95, "
-          "SD across seeds 0.007–0.013, run-to-run r 0.96–0.98, DeLong on averages rejects 0.63–0.67)")
+    print(
+        f"generator: γ = {GAMMA}, τ = {TAU}, η = {ETA}, μ = {mu0:.4f} (expected population AUC {auc0:.4f}); "
+        "alternatives μ_a = " + ", ".join(f"{m:.4f} (Δ {d})" for d, m in mu_alt.items())
+    )
+    print(
+        f"{args.studies} null studies, {n_alt} per alternative and {n_alt} stress-null studies, per K; "
+        f"α = {ALPHA}; [Wilson 95% CI]\n"
+    )
+    print(
+        f"regime reproduced (null studies, arm a; target: {N_NEG} NORMAL / {N_POS} PNEUMONIA, per-seed AUC ≈ 0.95, "
+        "SD across seeds 0.007–0.013, run-to-run r 0.96–0.98, DeLong on averages rejects 0.63–0.67)"
+    )
     for k in K_VALUES:
         n = null[k]
-        print(f"  K = {k:2d}: test set {N_NEG}/{N_POS}, mean per-seed AUC {n['mean_auc'].mean():.4f}, per-seed AUC SD "
-              f"across seeds {n['sd'].mean():.4f} (median {np.median(n['sd']):.4f}), run-to-run Pearson r of "
-              f"probabilities {n['corr'].mean():.4f}")
+        print(
+            f"  K = {k:2d}: test set {N_NEG}/{N_POS}, mean per-seed AUC {n['mean_auc'].mean():.4f}, per-seed AUC SD "
+            f"across seeds {n['sd'].mean():.4f} (median {np.median(n['sd']):.4f}), run-to-run Pearson r of "
+            f"probabilities {n['corr'].mean():.4f}"
+        )
 
-    head = (f"  {'K':>3}  {'primary two-level t':>{w}}  {'DeLong on seed-avg':>{w}}  "
-            f"{'variant: overlap removed':>{w + 2}}")
+    head = (
+        f"  {'K':>3}  {'primary two-level t':>{w}}  {'DeLong on seed-avg':>{w}}  {'variant: overlap removed':>{w + 2}}"
+    )
     print("\nfalse-positive rate at α = 0.05 (null: equal expected AUC)")
     print(head)
     for k in K_VALUES:
@@ -190,23 +210,29 @@ def _report(args, mu0: float, auc0: float, mu_alt: dict, null: dict, stress: dic
     print(head + f"  {'seeds-only t':>{w}}")
     for k in K_VALUES:
         n = stress[k]
-        print(f"  {k:>3}  {_rate(n['prim']):>{w}}  {_rate(n['delong']):>{w}}  {_rate(n['prim_sub']):>{w + 2}}"
-              f"  {_rate(n['seeds_only']):>{w}}")
+        print(
+            f"  {k:>3}  {_rate(n['prim']):>{w}}  {_rate(n['delong']):>{w}}  {_rate(n['prim_sub']):>{w + 2}}"
+            f"  {_rate(n['seeds_only']):>{w}}"
+        )
 
     print("\ncoverage of 95% intervals: primary CI of the true ΔAUC, auc_two_level CI of an arm's expected AUC")
-    print(f"  {'K':>3}  {'primary, Δ = 0':>{w}}  " + "  ".join(f"{'Δ = ' + str(d):>{w}}" for d in DELTAS)
-          + f"  {'auc_two_level':>{w}}")
+    print(
+        f"  {'K':>3}  {'primary, Δ = 0':>{w}}  "
+        + "  ".join(f"{'Δ = ' + str(d):>{w}}" for d in DELTAS)
+        + f"  {'auc_two_level':>{w}}"
+    )
     for k in K_VALUES:
         cells = [null[k]["cover"]] + [alt[k][d]["cover"] for d in DELTAS] + [null[k]["arm_cover"]]
         print(f"  {k:>3}  " + "  ".join(f"{_rate(c):>{w}}" for c in cells))
 
-    print("\npower at α = 0.05 (significant with the right sign) at true ΔAUC; "
-          "second row: the overlap-removed variant")
+    print("\npower at α = 0.05 (significant with the right sign) at true ΔAUC; second row: the overlap-removed variant")
     print(f"  {'K':>3}  " + "  ".join(f"{'Δ = ' + str(d):>{w}}" for d in DELTAS))
     for k in K_VALUES:
         print(f"  {k:>3}  " + "  ".join(f"{_rate(alt[k][d]['power']):>{w}}" for d in DELTAS))
-        print(f"  {'':>3}  " + "  ".join(f"{'variant ' + format(alt[k][d]['power_sub'].mean(), '.3f'):>{w}}"
-                                         for d in DELTAS))
+        print(
+            f"  {'':>3}  "
+            + "  ".join(f"{'variant ' + format(alt[k][d]['power_sub'].mean(), '.3f'):>{w}}" for d in DELTAS)
+        )
     print()
     ok_all = True
     for k in K_VALUES:
@@ -214,16 +240,22 @@ def _report(args, mu0: float, auc0: float, mu_alt: dict, null: dict, stress: dic
             x = res["prim"]
             ok = FPR_RANGE[0] <= x.mean() <= FPR_RANGE[1]
             ok_all &= ok
-            print(f"K = {k:2d}: primary FPR{name} {_rate(x)} within [{FPR_RANGE[0]}, {FPR_RANGE[1]}]: "
-                  f"{'OK' if ok else 'FAIL'}")
+            print(
+                f"K = {k:2d}: primary FPR{name} {_rate(x)} within [{FPR_RANGE[0]}, {FPR_RANGE[1]}]: "
+                f"{'OK' if ok else 'FAIL'}"
+            )
     return ok_all
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--studies", type=int, default=1000,
-                   help="null studies per K (default 1000: an FPR of 0.05 to about ±0.014); each alternative and "
-                        "the stress null get half as many")
+    p.add_argument(
+        "--studies",
+        type=int,
+        default=1000,
+        help="null studies per K (default 1000: an FPR of 0.05 to about ±0.014); each alternative and "
+        "the stress null get half as many",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed of the whole simulation (default 0)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()

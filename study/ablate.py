@@ -45,7 +45,9 @@ SWEEP_FLAGS = [*common.LENGTHS, *common.SEARCH_FLAGS, *common.RESOURCES]
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m study.ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m study.ablate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  python -m study.ablate --preset smoke --seeds 2 --name demo\n"
         "  python -m study.ablate --preset smoke --seeds 2 --name demo --no-pretrain\n"
@@ -54,28 +56,49 @@ def get_args_parser() -> argparse.ArgumentParser:
         "      --data-root ~/data/chest_xray --pretrain-root ~/data/coronahack\n"
         "      # then the same with --no-pretrain: each arm tuned on its own\n"
         "  python -m study.ablate --preset cpu --models cnn --seeds 3 --data-root ~/data/chest_xray \\\n"
-        "      --pretrain-root ~/data/coronahack --from results/my-sweep --name cnn-transfer")
+        "      --pretrain-root ~/data/coronahack --from results/my-sweep --name cnn-transfer",
+    )
     p.add_argument("--summarize", metavar="FOLDER", help="only print (and write) the statistics of an ablation folder")
     arms = p.add_argument_group("arm (no flag: transfer)")
     for flag in FLAGS:
         arms.add_argument(flag, action="store_true")
-    arms.add_argument("--allow-test-overlap", action="store_true",
-                      help="pre-train on all source images, also those sharing a name, patient or content with the "
-                           "target's validation/test sets (the seed's protocol)")
+    arms.add_argument(
+        "--allow-test-overlap",
+        action="store_true",
+        help="pre-train on all source images, also those sharing a name, patient or content with the "
+        "target's validation/test sets (the seed's protocol)",
+    )
     a = p.add_argument_group("seeds and configuration")
     a.add_argument("--seeds", type=int, default=5, help="seeds 0..K-1 per model (default 5)")
-    a.add_argument("--split-seed", type=int, default=None,
-                   help="seed of the patient-grouped validation split, the same for every arm (default: the preset's)")
-    a.add_argument("--tune", type=int, metavar="N", default=None,
-                   help="tune each arm on its own: an Optuna search of N trials per model on validation AUC, then the "
-                        "seeds at the arm's best configuration (the fair protocol; reused when the arm runs again)")
-    a.add_argument("--from", dest="from_", metavar="SWEEP",
-                   help="take each model's configuration from this sweep folder (tuned for the sweep's arm)")
-    common.add_sweep_flags(p, preset_help="lengths and resources (default: smoke; python -m study.sweep --help "
-                                          "lists the presets)")
+    a.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="seed of the patient-grouped validation split, the same for every arm (default: the preset's)",
+    )
+    a.add_argument(
+        "--tune",
+        type=int,
+        metavar="N",
+        default=None,
+        help="tune each arm on its own: an Optuna search of N trials per model on validation AUC, then the "
+        "seeds at the arm's best configuration (the fair protocol; reused when the arm runs again)",
+    )
+    a.add_argument(
+        "--from",
+        dest="from_",
+        metavar="SWEEP",
+        help="take each model's configuration from this sweep folder (tuned for the sweep's arm)",
+    )
+    common.add_sweep_flags(
+        p, preset_help="lengths and resources (default: smoke; python -m study.sweep --help lists the presets)"
+    )
     common.add_data_args(p)
-    common.add_output_args(p, "ablation name: run every arm under the same one (default: ablate-<preset>)",
-                           "complete this arm's interrupted run")
+    common.add_output_args(
+        p,
+        "ablation name: run every arm under the same one (default: ablate-<preset>)",
+        "complete this arm's interrupted run",
+    )
     return p
 
 

@@ -29,14 +29,20 @@ from study import common
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m study.audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m study.audit",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m study.audit --pretrain-root ~/data/coronahack --data-root ~/data/chest_xray\n"
-               "  python -m study.audit --patients --data-root ~/data/chest_xray     # patient-definition evidence")
+        "  python -m study.audit --patients --data-root ~/data/chest_xray     # patient-definition evidence",
+    )
     d = common.add_data_args(p)
     d.add_argument("--image-size", type=int, default=64, help="decode size the hashes are computed at (default 64)")
-    p.add_argument("--patients", action="store_true",
-                   help="print the evidence table for the patient definition (personN_bacteria/virus: one patient "
-                        "or two?) from --data-root's file names, then exit; no decoding, no --pretrain-root needed")
+    p.add_argument(
+        "--patients",
+        action="store_true",
+        help="print the evidence table for the patient definition (personN_bacteria/virus: one patient "
+        "or two?) from --data-root's file names, then exit; no decoding, no --pretrain-root needed",
+    )
     p.add_argument("--out", default="results/audit", help="folder for audit.parquet and audit_summary.parquet")
     return p
 
@@ -64,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     prefix = next(iter(sets), "").rsplit("-", 1)[0]  # the target's sets come first
     if f"{prefix}-train" in sets and f"{prefix}-test" in sets:
         print("\n" + format_split_overlap(summary, f"{prefix}-train", f"{prefix}-test"))
-    print(f"\n{len(pairs)} matching image rows → {args.out}/audit.parquet, audit_summary.parquet "
-          f"({time.time() - t0:.1f} s)")
+    print(
+        f"\n{len(pairs)} matching image rows → {args.out}/audit.parquet, audit_summary.parquet "
+        f"({time.time() - t0:.1f} s)"
+    )
     return 0
 
 

@@ -27,10 +27,11 @@ PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
 @dataclass(frozen=True)
 class Flag:
     """A flag that overrides one SweepConfig field (unset: the preset's value)."""
+
     flag: str
     field: str
     help: str
-    type: Callable = str                          # what argparse converts with
+    type: Callable = str  # what argparse converts with
     parse: Callable[[str], object] | None = None  # then this, raising ValueError with the message to print
     metavar: str | None = None
 
@@ -58,8 +59,11 @@ RESOURCES = (
     Flag("--workers-per-trial", "workers_per_trial", "Ray Train workers (DDP) per job", int),
     Flag("--cpus-per-trial", "cpus_per_trial", "CPUs per trial (split over its workers)", float),
     Flag("--gpus-per-trial", "gpus_per_trial", "GPUs per trial; fractions share a GPU (e.g. 0.25)", float),
-    Flag("--placement-strategy", "placement_strategy",
-         "where a job's workers go: PACK (default), SPREAD, STRICT_SPREAD (one worker per node)"),
+    Flag(
+        "--placement-strategy",
+        "placement_strategy",
+        "where a job's workers go: PACK (default), SPREAD, STRICT_SPREAD (one worker per node)",
+    ),
     Flag("--max-concurrent", "max_concurrent", "cap on concurrent trials (0 = what the resources allow)", int),
 )
 
@@ -93,8 +97,9 @@ def sweep_config(preset: str, args: argparse.Namespace, flags: Sequence[Flag], *
     if bad or not sweep.models:
         raise ValueError(f"--models must name cnn and/or densenet, got {','.join(sweep.models) or 'nothing'}")
     if sweep.placement_strategy not in PLACEMENTS:
-        raise ValueError(f"--placement-strategy must be PACK, SPREAD, STRICT_SPREAD or STRICT_PACK, "
-                         f"got {sweep.placement_strategy}")
+        raise ValueError(
+            f"--placement-strategy must be PACK, SPREAD, STRICT_SPREAD or STRICT_PACK, got {sweep.placement_strategy}"
+        )
     if sweep.num_samples < 1 or sweep.epochs < 1:
         raise ValueError("--num-samples and --epochs must be at least 1")
     return sweep
@@ -119,17 +124,27 @@ def add_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The data flags every study command shares; returns the group for more."""
     d = p.add_argument_group("data")
     d.add_argument("--data-root", help="Kaggle chest_xray/ folder (target); default: synthetic phantoms")
-    d.add_argument("--pretrain-root", help="Kaggle CoronaHack folder (pre-training source); default: the synthetic "
-                                           "source with the synthetic target, none with a --data-root")
-    d.add_argument("--cache-dir", help="decoded images + pre-trained weights (default $PNEUMO_RAY_CACHE or "
-                                       "~/.cache/pneumo_ray; on a cluster: shared storage)")
+    d.add_argument(
+        "--pretrain-root",
+        help="Kaggle CoronaHack folder (pre-training source); default: the synthetic "
+        "source with the synthetic target, none with a --data-root",
+    )
+    d.add_argument(
+        "--cache-dir",
+        help="decoded images + pre-trained weights (default $PNEUMO_RAY_CACHE or "
+        "~/.cache/pneumo_ray; on a cluster: shared storage)",
+    )
     return d
 
 
 def data_spec(args: argparse.Namespace, *, allow_overlap: bool = False) -> DataSpec:
     """Where the data are (the image size, split and pre-training choice come from the run's settings)."""
-    return DataSpec(data_root=args.data_root, pretrain_root=args.pretrain_root, allow_overlap=allow_overlap,
-                    cache_dir=args.cache_dir)
+    return DataSpec(
+        data_root=args.data_root,
+        pretrain_root=args.pretrain_root,
+        allow_overlap=allow_overlap,
+        cache_dir=args.cache_dir,
+    )
 
 
 def add_output_args(p: argparse.ArgumentParser, name_help: str, resume_help: str) -> argparse._ArgumentGroup:
@@ -138,11 +153,16 @@ def add_output_args(p: argparse.ArgumentParser, name_help: str, resume_help: str
     o.add_argument("--name", help=name_help)
     o.add_argument("--resume", action="store_true", help=resume_help)
     o.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
-    o.add_argument("--storage",
-                   help="Ray Tune/Train storage, a shared PATH or s3://… (default: <results>/<name>/ray)")
+    o.add_argument("--storage", help="Ray Tune/Train storage, a shared PATH or s3://… (default: <results>/<name>/ray)")
     return o
 
 
 def output_spec(args: argparse.Namespace, name: str) -> OutputSpec:
-    return OutputSpec(name=name, results=args.results, storage=args.storage, address=args.address,
-                      resume=args.resume, preset=args.preset)
+    return OutputSpec(
+        name=name,
+        results=args.results,
+        storage=args.storage,
+        address=args.address,
+        resume=args.resume,
+        preset=args.preset,
+    )

@@ -13,34 +13,51 @@ import sys
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m study.data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m study.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    ins = sub.add_parser("inspect",
-                         help="counts per split and class, patients, and every unusable file with the reason",
-                         description="Counts per split and class, patients, and every unusable file or folder "
-                                     "with the reason. Exit 0 if the folder is usable; with --strict, exit 1 when "
-                                     "anything was reported.")
+    ins = sub.add_parser(
+        "inspect",
+        help="counts per split and class, patients, and every unusable file with the reason",
+        description="Counts per split and class, patients, and every unusable file or folder "
+        "with the reason. Exit 0 if the folder is usable; with --strict, exit 1 when "
+        "anything was reported.",
+    )
     ins.add_argument("path", help="a Kaggle chest_xray/ folder or a CoronaHack folder")
     ins.add_argument("--strict", action="store_true", help="exit 1 if any problem was reported")
-    ins.add_argument("--decode", type=int, metavar="SIZE", default=0,
-                     help="also decode every image at SIZE px into the cache, reporting unreadable files")
-    ins.add_argument("--subset", choices=["all", "covid"], default="all",
-                     help="CoronaHack only: all pneumonia (default) or COVID-19 vs normal")
+    ins.add_argument(
+        "--decode",
+        type=int,
+        metavar="SIZE",
+        default=0,
+        help="also decode every image at SIZE px into the cache, reporting unreadable files",
+    )
+    ins.add_argument(
+        "--subset",
+        choices=["all", "covid"],
+        default="all",
+        help="CoronaHack only: all pneumonia (default) or COVID-19 vs normal",
+    )
     ins.add_argument("--cache-dir", help="decoded-image cache (with --decode)")
-    dl = sub.add_parser("download", help="fetch the Kaggle data sets (needs kagglehub and a Kaggle API token)",
-                        description="Download Kaggle 'paultimothymooney/chest-xray-pneumonia' (Kermany) and "
-                                    "'praveengovi/coronahack-chest-xraydataset' (CoronaHack) with kagglehub, then "
-                                    "link them as DEST/chest_xray and DEST/coronahack. Needs `pip install kagglehub` "
-                                    "and a token in ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY. On a "
-                                    "cluster, use a DEST on shared storage (e.g. /mnt/efs/pneumo-ray/data), once.")
+    dl = sub.add_parser(
+        "download",
+        help="fetch the Kaggle data sets (needs kagglehub and a Kaggle API token)",
+        description="Download Kaggle 'paultimothymooney/chest-xray-pneumonia' (Kermany) and "
+        "'praveengovi/coronahack-chest-xraydataset' (CoronaHack) with kagglehub, then "
+        "link them as DEST/chest_xray and DEST/coronahack. Needs `pip install kagglehub` "
+        "and a token in ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY. On a "
+        "cluster, use a DEST on shared storage (e.g. /mnt/efs/pneumo-ray/data), once.",
+    )
     dl.add_argument("--dest", default="data", help="where the data sets end up (default: ./data)")
     dl.add_argument("--which", default="chest_xray,coronahack", help="comma-separated: chest_xray,coronahack")
     return p
 
 
-KAGGLE = {"chest_xray": "paultimothymooney/chest-xray-pneumonia",
-          "coronahack": "praveengovi/coronahack-chest-xraydataset"}
+KAGGLE = {
+    "chest_xray": "paultimothymooney/chest-xray-pneumonia",
+    "coronahack": "praveengovi/coronahack-chest-xraydataset",
+}
 
 
 def download(args) -> int:
@@ -55,16 +72,20 @@ def download(args) -> int:
         return 2
     token = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
     if not token.exists() and not (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")):
-        print(f"error: no Kaggle API token: create one at kaggle.com → Settings → API → 'Create New Token', save it "
-              f"as {token} (chmod 600) or set KAGGLE_USERNAME and KAGGLE_KEY; or download the two data sets by hand "
-              f"({', '.join(KAGGLE[w] for w in which)}) and pass their folders with --data-root / --pretrain-root",
-              file=sys.stderr)
+        print(
+            f"error: no Kaggle API token: create one at kaggle.com → Settings → API → 'Create New Token', save it "
+            f"as {token} (chmod 600) or set KAGGLE_USERNAME and KAGGLE_KEY; or download the two data sets by hand "
+            f"({', '.join(KAGGLE[w] for w in which)}) and pass their folders with --data-root / --pretrain-root",
+            file=sys.stderr,
+        )
         return 2
     try:
         import kagglehub
     except ImportError:
-        print("error: kagglehub is not installed: pip install kagglehub (or download by hand, see --help)",
-              file=sys.stderr)
+        print(
+            "error: kagglehub is not installed: pip install kagglehub (or download by hand, see --help)",
+            file=sys.stderr,
+        )
         return 2
     dest = Path(args.dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -73,8 +94,11 @@ def download(args) -> int:
         try:
             path = Path(kagglehub.dataset_download(KAGGLE[w]))
         except Exception as e:  # noqa: BLE001 - offline, auth and quota errors all end here
-            print(f"error: could not download {KAGGLE[w]}: {type(e).__name__}: {e} (offline? token valid? "
-                  f"accepted the data set's terms on kaggle.com?)", file=sys.stderr)
+            print(
+                f"error: could not download {KAGGLE[w]}: {type(e).__name__}: {e} (offline? token valid? "
+                f"accepted the data set's terms on kaggle.com?)",
+                file=sys.stderr,
+            )
             return 1
         link = dest / w
         if link.is_symlink() or not link.exists():

@@ -28,19 +28,23 @@ from pathlib import Path
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m study.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m study.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  python -m study.report results/my-sweep                     # -> results/my-sweep/report/report.html\n"
         "  python -m study.report results/my-sweep results/my-ablation # one combined report, in my-sweep/report/\n"
-        "  python -m study.report results/demo --out /tmp/demo-report --no-images")
+        "  python -m study.report results/demo --out /tmp/demo-report --no-images",
+    )
     p.add_argument("folders", nargs="+", type=Path, help="result folders (a sweep and/or ablations)")
     p.add_argument("--out", type=Path, help="where to write (default: <first folder>/report)")
     p.add_argument("--top", type=int, default=3, help="trials per model in colour in the learning curves (default 3)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the test images (default 2000)")
     p.add_argument("--examples", type=int, default=4, help="test images per outcome (TP, FN, FP, TN) (default 4)")
     p.add_argument("--gradcam", type=int, default=4, help="images with a Grad-CAM heat-map (default 4; 0 = none)")
-    p.add_argument("--no-images", action="store_true",
-                   help="skip the test images and Grad-CAM (no data or torch needed)")
+    p.add_argument(
+        "--no-images", action="store_true", help="skip the test images and Grad-CAM (no data or torch needed)"
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap and fANOVA seed (default 0)")
     return p
 
@@ -48,8 +52,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.out is None and not args.folders[0].is_dir():
-        print(f"error: {args.folders[0]}: no such results folder (the report goes into the first folder's report/; "
-              "pass --out to write elsewhere)", file=sys.stderr)
+        print(
+            f"error: {args.folders[0]}: no such results folder (the report goes into the first folder's report/; "
+            "pass --out to write elsewhere)",
+            file=sys.stderr,
+        )
         return 2
     if args.n_boot < 100:
         print("error: --n-boot must be at least 100", file=sys.stderr)
@@ -57,10 +64,20 @@ def main(argv=None) -> int:
     from pneumo_ray.report.build import build_report
 
     t0 = time.time()
-    report = build_report(args.folders, args.out, n_boot=args.n_boot, top=args.top, examples=args.examples,
-                          gradcam=args.gradcam, images=not args.no_images, seed=args.seed)
-    print(f"report: {report.html.resolve()} ({len(report.figures)} figures, {len(report.notes)} notes, "
-          f"{time.time() - t0:.1f} s)")
+    report = build_report(
+        args.folders,
+        args.out,
+        n_boot=args.n_boot,
+        top=args.top,
+        examples=args.examples,
+        gradcam=args.gradcam,
+        images=not args.no_images,
+        seed=args.seed,
+    )
+    print(
+        f"report: {report.html.resolve()} ({len(report.figures)} figures, {len(report.notes)} notes, "
+        f"{time.time() - t0:.1f} s)"
+    )
     return 0 if report.figures else 1
 
 

@@ -36,19 +36,25 @@ def _preset_table() -> str:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m study.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m study.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_preset_table() + "\n\nexamples:\n"
         "  python -m study.sweep                               # smoke preset, synthetic data, both models\n"
         "  python -m study.sweep --preset cpu --data-root ~/data/chest_xray --pretrain-root ~/data/coronahack\n"
         "  python -m study.sweep --preset paper --address auto --storage /mnt/efs/pneumo \\\n"
         "      --data-root /mnt/efs/chest_xray ...\n"
-        "  python -m study.sweep --name my-sweep --resume     # finish an interrupted sweep")
+        "  python -m study.sweep --name my-sweep --resume     # finish an interrupted sweep",
+    )
     common.add_sweep_flags(p, preset_help="starting values (default: smoke)", extra=SWEEP_ONLY)
     d = common.add_data_args(p)
     d.add_argument("--no-pretrain", action="store_true", help="no pre-training: fine-tune from random initialisation")
-    d.add_argument("--allow-test-overlap", action="store_true",
-                   help="pre-train on all source images, even those sharing a file name, patient or content with the "
-                        "target's validation/test sets (the seed's leaky protocol)")
+    d.add_argument(
+        "--allow-test-overlap",
+        action="store_true",
+        help="pre-train on all source images, even those sharing a file name, patient or content with the "
+        "target's validation/test sets (the seed's leaky protocol)",
+    )
     common.add_output_args(p, "sweep name (default: sweep-YYYYmmdd-HHMMSS)", "continue the interrupted sweep --name")
     return p
 
@@ -71,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming sweep {out.name} with its recorded settings")
     else:
         if (out.folder / "trials.parquet").exists():
-            print(f"error: {out.folder} already holds a sweep; pass --resume to continue it or choose another --name",
-                  file=sys.stderr)
+            print(
+                f"error: {out.folder} already holds a sweep; pass --resume to continue it or choose another --name",
+                file=sys.stderr,
+            )
             return 2
         try:
             fixed = {"pretrain_epochs": 0} if args.no_pretrain else {}

@@ -18,18 +18,23 @@ from study import common
 def get_args_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
-        prog="python -m study.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m study.train",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Pre-train on CoronaHack (or the synthetic source), fine-tune on Kermany (or the synthetic "
-                    "target), choose the threshold on validation and evaluate once on test. Writes "
-                    "OUT/metrics.json, OUT/predictions.parquet, OUT/history.parquet and the weights.",
+        "target), choose the threshold on validation and evaluate once on test. Writes "
+        "OUT/metrics.json, OUT/predictions.parquet, OUT/history.parquet and the weights.",
         epilog="examples:\n  python -m study.train                     # synthetic data, a minute or two on a CPU\n"
-               "  python -m study.train --data-root ~/data/chest_xray --pretrain-root ~/data/coronahack "
-               "--model cnn --image-size 64 --epochs 3 --out runs/cnn64")
+        "  python -m study.train --data-root ~/data/chest_xray --pretrain-root ~/data/coronahack "
+        "--model cnn --image-size 64 --epochs 3 --out runs/cnn64",
+    )
     g = common.add_data_args(p)
     g.add_argument("--no-pretrain", action="store_true", help="skip pre-training (random initialisation)")
-    g.add_argument("--allow-test-overlap", action="store_true",
-                   help="pre-train on all CoronaHack TRAIN images, even those whose file name or patient is in the "
-                        "target's validation/test sets (the seed's protocol; leaks the hold-out)")
+    g.add_argument(
+        "--allow-test-overlap",
+        action="store_true",
+        help="pre-train on all CoronaHack TRAIN images, even those whose file name or patient is in the "
+        "target's validation/test sets (the seed's protocol; leaks the hold-out)",
+    )
     p.add_argument("--model", choices=["cnn", "densenet"], default=d.model)
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--epochs", type=int, default=d.epochs, help="fine-tuning epochs")
@@ -37,8 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--aug-strength", type=float, default=d.aug_strength, help="0 = none … 1 = full (fine-tuning)")
     p.add_argument("--pretrain-aug-strength", type=float, default=d.pretrain_aug_strength)
-    p.add_argument("--class-weight", default="auto",
-                   help="'auto' (inverse frequency) or the NORMAL weight (PNEUMONIA = 1)")
+    p.add_argument(
+        "--class-weight", default="auto", help="'auto' (inverse frequency) or the NORMAL weight (PNEUMONIA = 1)"
+    )
     p.add_argument("--lr", type=float, default=d.lr, help="fine-tuning learning rate")
     p.add_argument("--pretrain-lr", type=float, default=d.pretrain_lr)
     p.add_argument("--optimizer", choices=["adamw", "adam"], default=d.optimizer)
@@ -52,19 +58,32 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cw = args.class_weight if args.class_weight == "auto" else float(args.class_weight)
-    return TrainConfig(model=args.model, image_size=args.image_size, epochs=args.epochs,
-                       pretrain_epochs=0 if args.no_pretrain else args.pretrain_epochs, lr=args.lr,
-                       pretrain_lr=args.pretrain_lr, batch_size=args.batch_size, aug_strength=args.aug_strength,
-                       pretrain_aug_strength=args.pretrain_aug_strength, class_weight=cw,
-                       optimizer=args.optimizer, freeze_backbone=args.freeze_backbone,
-                       val_fraction=args.val_fraction, seed=args.seed)
+    return TrainConfig(
+        model=args.model,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        pretrain_epochs=0 if args.no_pretrain else args.pretrain_epochs,
+        lr=args.lr,
+        pretrain_lr=args.pretrain_lr,
+        batch_size=args.batch_size,
+        aug_strength=args.aug_strength,
+        pretrain_aug_strength=args.pretrain_aug_strength,
+        class_weight=cw,
+        optimizer=args.optimizer,
+        freeze_backbone=args.freeze_backbone,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+    )
 
 
 def data_spec(args: argparse.Namespace, cfg: TrainConfig) -> DataSpec:
     """The run's data: where from the flags, image size, split and pre-training from the configuration."""
     return common.data_spec(args, allow_overlap=args.allow_test_overlap).replace(
-        image_size=cfg.image_size, split_seed=cfg.seed, val_fraction=cfg.val_fraction,
-        use_pretrain=cfg.pretrain_epochs > 0)
+        image_size=cfg.image_size,
+        split_seed=cfg.seed,
+        val_fraction=cfg.val_fraction,
+        use_pretrain=cfg.pretrain_epochs > 0,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,30 +10,49 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo_ray.config.arms import Arm
-from pneumo_ray.distributed.replicates import base_configs
 from pneumo_ray.analysis.verdicts import summarize
+from pneumo_ray.config.arms import Arm
 from pneumo_ray.config.sweep import SweepConfig
+from pneumo_ray.distributed.replicates import base_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ablate(*args, cache_dir):
     env = {**os.environ, "PNEUMO_RAY_CACHE": str(cache_dir), "RAY_DEDUP_LOGS": "1"}
-    return subprocess.run([sys.executable, "-m", "study.ablate", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "study.ablate", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 @pytest.fixture
 def ray_cleanup():
     yield
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120,
-                   env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    subprocess.run(
+        ["ray", "stop", "--force"],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
 
 
 def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_cleanup):
-    common = ["--preset", "smoke", "--models", "cnn", "--seeds", "2", "--epochs", "1", "--tune", "2", "--name", "abl",
-              "--results", str(tmp_path)]
+    common = [
+        "--preset",
+        "smoke",
+        "--models",
+        "cnn",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--tune",
+        "2",
+        "--name",
+        "abl",
+        "--results",
+        str(tmp_path),
+    ]
     cache = tmp_path / "cache"
     r1 = _ablate(*common, cache_dir=cache)
     assert r1.returncode == 0, (r1.stdout + r1.stderr)[-4000:]
@@ -46,13 +65,13 @@ def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_cleanup):
     cfgs = {r.arm: json.loads(r.config) for r in abl.itertuples()}
     assert cfgs["transfer"]["pretrain_epochs"] == 1 and cfgs["no-pretrain"]["pretrain_epochs"] == 0
     t = abl[abl.arm == "transfer"]
-    assert t.pretrain_key.nunique() == 2                                     # one pre-training per seed
+    assert t.pretrain_key.nunique() == 2  # one pre-training per seed
     assert abl[abl.arm == "no-pretrain"].pretrain_key.isna().all()
     # each arm ran its own search (same budget, its own free hyper-parameters) and runs at its own best
     tuning = pd.read_parquet(out / "ablation_tuning.parquet")
     assert tuning.groupby("arm").size().to_dict() == {"no-pretrain": 2, "transfer": 2}
     assert tuning[tuning.arm == "no-pretrain"]["pretrain_lr"].isna().all()  # nothing to pre-train: not searched
-    assert tuning.test_auc.isna().all()                                      # tuning never looks at test
+    assert tuning.test_auc.isna().all()  # tuning never looks at test
     for arm, g in abl.groupby("arm"):
         assert (g.tuned_for == arm).all() and g.config_source.str.startswith(f"tuned for {arm}: trial ").all()
         mine = tuning[tuning.arm == arm]
@@ -80,8 +99,19 @@ def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_cleanup):
     assert r3.returncode == 0 and "nothing to run" in r3.stdout
     assert len(pd.read_parquet(out / "ablations.parquet")) == 4
     # other settings under the same name are refused before any work: lengths, or another protocol
-    r4 = _ablate(*common[:-8], "--epochs", "2", "--tune", "2", "--name", "abl", "--results", str(tmp_path),
-                 "--no-augment", cache_dir=cache)
+    r4 = _ablate(
+        *common[:-8],
+        "--epochs",
+        "2",
+        "--tune",
+        "2",
+        "--name",
+        "abl",
+        "--results",
+        str(tmp_path),
+        "--no-augment",
+        cache_dir=cache,
+    )
     assert r4.returncode == 2 and "other settings" in r4.stderr and "epochs" in r4.stderr
     r4b = _ablate(*common[:-6], "--name", "abl", "--results", str(tmp_path), "--no-augment", cache_dir=cache)
     assert r4b.returncode == 2 and "config_protocol" in r4b.stderr
@@ -106,8 +136,19 @@ def test_arm_names_and_changes():
 
 
 def test_configuration_from_sweep_best_trial():
-    best = pd.DataFrame([dict(model="cnn", trial_id="t7", best_val_auc=0.97, aug_strength=0.2, class_weight_scale=1.5,
-                              lr=4e-4, pretrain_lr=3e-3)])
+    best = pd.DataFrame(
+        [
+            dict(
+                model="cnn",
+                trial_id="t7",
+                best_val_auc=0.97,
+                aug_strength=0.2,
+                class_weight_scale=1.5,
+                lr=4e-4,
+                pretrain_lr=3e-3,
+            )
+        ]
+    )
     cfgs = base_configs(SweepConfig(models=("cnn",), epochs=3), best, "results/s", tuned_for="transfer")
     cfg, origin = cfgs["cnn"].config, cfgs["cnn"].source
     assert (cfg.aug_strength, cfg.class_weight_scale, cfg.lr, cfg.pretrain_lr, cfg.epochs) == (0.2, 1.5, 4e-4, 3e-3, 3)
@@ -125,19 +166,38 @@ def _fake_ablation(arms, n=200, seed=0):
     for arm, (shift, seeds, tuned_for) in arms.items():
         for s in seeds:
             p = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + shift * (2 * y - 1))))
-            rows.append(dict(arm=arm, model="cnn", seed=s, error=None, test_auc=0.5, test_accuracy=0.5,
-                             test_sensitivity=0.5, test_specificity=0.5, test_f1=0.5, test_balanced_accuracy=0.5,
-                             val_auc=0.6, tuned_for=tuned_for, config_source=f"src-{tuned_for}"))
-            preds.append(pd.DataFrame(dict(arm=arm, model="cnn", seed=s, path=[f"img{i}" for i in range(n)],
-                                           label=y, probability=p)).sample(frac=1, random_state=s))  # any order
+            rows.append(
+                dict(
+                    arm=arm,
+                    model="cnn",
+                    seed=s,
+                    error=None,
+                    test_auc=0.5,
+                    test_accuracy=0.5,
+                    test_sensitivity=0.5,
+                    test_specificity=0.5,
+                    test_f1=0.5,
+                    test_balanced_accuracy=0.5,
+                    val_auc=0.6,
+                    tuned_for=tuned_for,
+                    config_source=f"src-{tuned_for}",
+                )
+            )
+            preds.append(
+                pd.DataFrame(
+                    dict(arm=arm, model="cnn", seed=s, path=[f"img{i}" for i in range(n)], label=y, probability=p)
+                ).sample(frac=1, random_state=s)
+            )  # any order
     return pd.DataFrame(rows), pd.concat(preds)
 
 
 def test_summary_pairs_seeds_and_images():
-    rows, preds = _fake_ablation({"transfer": (2.0, [0, 1, 2], "transfer"), "no-pretrain": (0.3, [0, 1], "no-pretrain")})
+    rows, preds = _fake_ablation(
+        {"transfer": (2.0, [0, 1, 2], "transfer"), "no-pretrain": (0.3, [0, 1], "no-pretrain")}
+    )
     s = summarize(rows, preds)
     vs = s[s.kind == "vs_transfer"].iloc[0]
-    assert vs.seeds == "0,1" and vs.n_seeds == 2                 # only seeds both arms have
+    assert vs.seeds == "0,1" and vs.n_seeds == 2  # only seeds both arms have
     assert vs.auc_diff < -0.1 and vs.auc_diff_ci_high < 0 and vs.p_value < 0.05 and vs.p_delong_fixed_models < 0.01
     assert vs.verdict.startswith("no-pretrain vs transfer (cnn): transfer better by ") and pd.isna(vs.warning)
     arms = s[s.kind == "arm"].set_index("arm")
@@ -149,12 +209,17 @@ def test_summary_pairs_seeds_and_images():
 
 
 def test_summary_holm_over_arms_and_fairness_warning():
-    rows, preds = _fake_ablation({"transfer": (1.0, [0, 1, 2], "transfer"), "no-pretrain": (1.0, [0, 1, 2], "transfer"),
-                                  "no-augment": (0.6, [0, 1, 2], "no-augment")})
+    rows, preds = _fake_ablation(
+        {
+            "transfer": (1.0, [0, 1, 2], "transfer"),
+            "no-pretrain": (1.0, [0, 1, 2], "transfer"),
+            "no-augment": (0.6, [0, 1, 2], "no-augment"),
+        }
+    )
     s = summarize(rows, preds)
     vs = s[s.kind == "vs_transfer"].set_index("arm")
     assert (vs.n_compared == 2).all()
-    p = vs.p_value.sort_values()                                   # Holm with two comparisons
+    p = vs.p_value.sort_values()  # Holm with two comparisons
     assert vs.loc[p.index[0], "p_holm"] == pytest.approx(min(1, max(2 * p.iloc[0], 0)))
     assert vs.loc[p.index[1], "p_holm"] == pytest.approx(min(1, max(2 * p.iloc[0], p.iloc[1])))
     assert "no-pretrain runs at a configuration tuned for transfer" in vs.loc["no-pretrain", "warning"]

@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pneumo_ray.data.study_data import synthetic_set
 from pneumo_ray.train import augment as augment_module
-
 from pneumo_ray.train import fastwarp
 from pneumo_ray.train.augment import Augment, Normalize, to_float
-from pneumo_ray.data.study_data import synthetic_set
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +59,9 @@ def test_invalid_strength():
 
 def test_fast_grid_equals_torch_affine_grid():
     from torch.nn.functional import affine_grid as torch_grid
+
     from pneumo_ray.train.augment import affine_grid
+
     theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(affine_grid(theta, 7, 11), torch_grid(theta, [5, 1, 7, 11], align_corners=False), atol=1e-6)
 
@@ -108,6 +109,7 @@ def test_fast_path_equals_torch_path(kernel_on, monkeypatch, tmp_path_factory, s
         out = real(*args)
         used.append(out is not None)
         return out
+
     monkeypatch.setattr(fastwarp, "augment", spy)
     for strength in (0.1, 0.5, 1.0):
         for hflip in (False, True):
@@ -134,22 +136,24 @@ def test_kernel_at_borders_and_non_square(kernel_on):
     """Transforms that sample far outside the image (border padding repeats the edge pixels), exact
     edges, mirrors and a 90° turn, on a non-square image."""
     x = torch.rand(8, 1, 37, 53, generator=torch.Generator().manual_seed(0))
-    theta = torch.tensor([
-        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],      # identity
-        [[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],     # mirror
-        [[1.0, 0.0, 1.5], [0.0, 1.0, -1.2]],     # shifted mostly off the image
-        [[2.5, 0.0, 0.0], [0.0, 2.5, 0.0]],      # zoomed out 2.5x: wide border margins
-        [[0.3, 0.0, 0.9], [0.0, 0.3, 0.9]],      # zoomed into a corner
-        [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]],     # 90° turn (non-square: stretched, sampling past edges)
-        [[1.0, 0.4, 0.0], [-0.3, 1.2, 0.2]],     # shear
-        [[0.0, 0.0, 3.0], [0.0, 0.0, -3.0]],     # every output pixel is the one corner pixel
-    ])
+    theta = torch.tensor(
+        [
+            [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],  # identity
+            [[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],  # mirror
+            [[1.0, 0.0, 1.5], [0.0, 1.0, -1.2]],  # shifted mostly off the image
+            [[2.5, 0.0, 0.0], [0.0, 2.5, 0.0]],  # zoomed out 2.5x: wide border margins
+            [[0.3, 0.0, 0.9], [0.0, 0.3, 0.9]],  # zoomed into a corner
+            [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]],  # 90° turn (non-square: stretched, sampling past edges)
+            [[1.0, 0.4, 0.0], [-0.3, 1.2, 0.2]],  # shear
+            [[0.0, 0.0, 3.0], [0.0, 0.0, -3.0]],  # every output pixel is the one corner pixel
+        ]
+    )
     contrast = torch.tensor([1.0, 0.8, 1.2, 1.0, 0.75, 1.25, 1.1, 0.9])
     brightness = torch.tensor([0.0, 0.1, -0.1, 0.05, 0.0, -0.05, 0.15, 0.0])
     fast = fastwarp.augment(x, theta, contrast, brightness, 0.45, 0.2)
     ref = _reference(x, theta, contrast, brightness, 0.45, 0.2)
     assert (fast - ref).abs().max().item() < 1e-4
-    assert torch.allclose(fast[0], (x[0] - 0.45) / 0.2, atol=1e-5)           # identity: untouched pixels
+    assert torch.allclose(fast[0], (x[0] - 0.45) / 0.2, atol=1e-5)  # identity: untouched pixels
     corner = (x[7, 0, 0, -1] - 0.45) / 0.2  # x → +inf, y → -inf: the top-right pixel, everywhere
     assert torch.allclose(fast[7], corner.expand(1, 37, 53), atol=1e-5)
 
@@ -182,6 +186,7 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch, caplog, batch):
 
     def broken(path):
         raise RuntimeError("gcc failed: simulated")
+
     monkeypatch.setattr(fastwarp, "build", broken)
     with caplog.at_level(logging.WARNING, logger="pneumo_ray.train.fastwarp"):
         a = Augment(0.6)(batch, torch.Generator().manual_seed(2))
@@ -204,14 +209,14 @@ def test_build_is_keyed_by_source_and_atomic(tmp_path, monkeypatch):
     assert fastwarp.build(path) == path and path.stat().st_size > 0
     mtime = path.stat().st_mtime_ns
     assert fastwarp.build(path) == path and path.stat().st_mtime_ns == mtime  # built once, then reused
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]     # no temporary file left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary file left behind
 
 
 def test_kernel_reads_only_inside_the_image(kernel_on):
     """At the last row and column the next pixel has weight 0, but must not be read either: here
     the memory right after the batch holds NaN, which 0 · NaN would carry into the output."""
     storage = torch.full((2 * 9 * 11 + 64,), float("nan"))
-    x = storage[:2 * 9 * 11].view(2, 1, 9, 11)
+    x = storage[: 2 * 9 * 11].view(2, 1, 9, 11)
     x.copy_(torch.rand(2, 1, 9, 11, generator=torch.Generator().manual_seed(0)))
     theta = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[0.5, 0.0, 3.0], [0.0, 0.5, 3.0]]])
     out = fastwarp.augment(x, theta, torch.ones(2), torch.zeros(2), 0.0, 1.0)

@@ -3,15 +3,22 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pneumo_ray.data import cache
-
-from pneumo_ray.data import sources
+from pneumo_ray.data import cache, sources
 
 
 def _manifest(paths, labels):
-    return pd.DataFrame(dict(path=[str(p) for p in paths], name=[p.name for p in paths], label=labels,
-                             patient=[p.stem for p in paths], split="train", source="test", orig_split="train",
-                             category=""))
+    return pd.DataFrame(
+        dict(
+            path=[str(p) for p in paths],
+            name=[p.name for p in paths],
+            label=labels,
+            patient=[p.stem for p in paths],
+            split="train",
+            source="test",
+            orig_split="train",
+            category="",
+        )
+    )
 
 
 def test_real_images_decode_once_and_are_reused(kermany_root, tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ def test_project_rules(config):
     assert "requirements.txt" in setup
     pinned = re.search(r"ray\[[^\]]*\]==([\d.]+)", (ROOT / "requirements.txt").read_text()).group(1)
     import ray
+
     assert pinned == ray.__version__  # the nodes install what the client runs
     text = (ROOT / "cluster.yaml").read_text().lower()
     for secret in ("aws_access_key", "aws_secret", "password", "token:"):

@@ -19,8 +19,9 @@ def _shares(a, held: list) -> np.ndarray:
 def test_real_study_data_leakage_free_source(kermany_root, coronahack_root, cache_dir):
     """Pre-training never sees a file name or patient of the target's validation or test sets, and
     the target sets are the real counts. (CoronaHack TRAIN holds every Kermany train image.)"""
-    d = load_study_data(DataSpec(kermany_root, coronahack_root, image_size=32, split_seed=0, cache_dir=cache_dir),
-                        quiet=True, log=None)
+    d = load_study_data(
+        DataSpec(kermany_root, coronahack_root, image_size=32, split_seed=0, cache_dir=cache_dir), quiet=True, log=None
+    )
     assert len(d.train) + len(d.val) == 5216 and len(d.test) == 624
     held = set(d.val.manifest.name) | set(d.test.manifest.name)
     held_patients = set(d.val.manifest.patient) | set(d.test.manifest.patient)
@@ -33,8 +34,11 @@ def test_real_study_data_leakage_free_source(kermany_root, coronahack_root, cach
     # the decoded images line up with their labels: class means differ on real X-rays
     assert d.test.images.shape[1:] == (32, 32)
     assert len(d.info["problems"]) == 3
-    leaky = load_study_data(DataSpec(kermany_root, coronahack_root, image_size=32, split_seed=0, allow_overlap=True,
-                                     cache_dir=cache_dir), quiet=True, log=None)
+    leaky = load_study_data(
+        DataSpec(kermany_root, coronahack_root, image_size=32, split_seed=0, allow_overlap=True, cache_dir=cache_dir),
+        quiet=True,
+        log=None,
+    )
     assert len(leaky.source) == 5283 and set(leaky.source.manifest.name) >= set(d.val.manifest.name)
     assert np.array_equal(leaky.val.index, d.val.index)  # the split does not depend on the source
     # every source image excluded by patient belongs to a val/test patient under the same patient_id
@@ -44,8 +48,9 @@ def test_real_study_data_leakage_free_source(kermany_root, coronahack_root, cach
 
 
 def test_real_same_exclusion_rule_for_pretraining_and_finetuning(kermany_root, coronahack_root, cache_dir):
-    d = load_study_data(DataSpec(kermany_root, coronahack_root, image_size=32, split_seed=0, cache_dir=cache_dir),
-                        quiet=True, log=None)
+    d = load_study_data(
+        DataSpec(kermany_root, coronahack_root, image_size=32, split_seed=0, cache_dir=cache_dir), quiet=True, log=None
+    )
     # fine-tuning: Kermany's train and test share no patient, name or content, so nothing is dropped
     assert d.info["train_excluded_overlap"] == 0
     assert d.info["train_excluded_by"] == dict(excluded=0, by_name=0, by_patient=0, by_content=0)
@@ -69,9 +74,9 @@ def test_finetuning_drops_train_images_sharing_patient_name_or_content_with_test
     _noise(root / "test" / "NORMAL" / "IM-0001-0001.jpeg", 200)
     _noise(root / "test" / "PNEUMONIA" / "person5_virus_9.jpeg", 201)
     _noise(root / "test" / "PNEUMONIA" / "person6_bacteria_9.jpeg", 202)
-    _noise(root / "train" / "PNEUMONIA" / "person6_bacteria_3.jpeg", 203)   # the test's patient: dropped
-    _noise(root / "train" / "PNEUMONIA" / "person5_bacteria_3.jpeg", 204)   # another category: another patient
-    _noise(root / "train" / "NORMAL" / "IM-0999-0001.jpeg", 200)            # the test image's content: dropped
+    _noise(root / "train" / "PNEUMONIA" / "person6_bacteria_3.jpeg", 203)  # the test's patient: dropped
+    _noise(root / "train" / "PNEUMONIA" / "person5_bacteria_3.jpeg", 204)  # another category: another patient
+    _noise(root / "train" / "NORMAL" / "IM-0999-0001.jpeg", 200)  # the test image's content: dropped
     spec = DataSpec(root, None, image_size=32, split_seed=0, cache_dir=tmp_path / "cache")
     d = load_study_data(spec, quiet=True, log=logged.append)
     assert d.info["train_excluded_by"] == dict(excluded=2, by_name=0, by_patient=1, by_content=1)

@@ -14,8 +14,9 @@ from pneumo_ray.train.protocol import final_evaluation, finetune, pretrain, pret
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Synthetic study data at 32 px, trimmed so a CPU epoch takes about a second."""
-    data = load_study_data(DataSpec(image_size=32, split_seed=0, cache_dir=tmp_path_factory.mktemp("c")),
-                           quiet=True, log=None)
+    data = load_study_data(
+        DataSpec(image_size=32, split_seed=0, cache_dir=tmp_path_factory.mktemp("c")), quiet=True, log=None
+    )
     data.train = data.train.subset(np.arange(256), "train")
     data.val = data.val.subset(np.arange(128), "val")
     data.source = data.source.subset(np.arange(256), "source")
@@ -40,18 +41,33 @@ def test_same_seed_same_numbers_on_cpu(tiny):
     def run():
         torch.manual_seed(0)
         model = build_model("cnn")
-        r = fit(model, tiny.train, tiny.val, Phase(name="finetune", epochs=2, lr=1e-3, aug_strength=0.5, seed=7),
-                device=torch.device("cpu"), progress=False, log=None)
+        r = fit(
+            model,
+            tiny.train,
+            tiny.val,
+            Phase(name="finetune", epochs=2, lr=1e-3, aug_strength=0.5, seed=7),
+            device=torch.device("cpu"),
+            progress=False,
+            log=None,
+        )
         return [h["train_loss"] for h in r.history] + [h["val_auc"] for h in r.history]
+
     assert run() == run()
 
 
 def test_best_validation_epoch_is_kept(tiny):
     torch.manual_seed(0)
     seen = []
-    r = fit(build_model("cnn"), tiny.train, tiny.val, Phase(name="finetune", epochs=3, lr=3e-3, seed=1),
-            device=torch.device("cpu"),
-            on_epoch=lambda rec, m, res: seen.append(rec["val_auc"]), progress=False, log=None)
+    r = fit(
+        build_model("cnn"),
+        tiny.train,
+        tiny.val,
+        Phase(name="finetune", epochs=3, lr=3e-3, seed=1),
+        device=torch.device("cpu"),
+        on_epoch=lambda rec, m, res: seen.append(rec["val_auc"]),
+        progress=False,
+        log=None,
+    )
     assert len(seen) == 3 and r.best_epoch == int(np.argmax(seen)) + 1 and r.best_val_auc == max(seen)
 
 

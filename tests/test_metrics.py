@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score, roc_curve as sk_roc
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc
 
 from pneumo_ray.analysis.metrics import binary_metrics, decision_threshold, roc_auc, roc_curve
 

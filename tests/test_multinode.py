@@ -45,16 +45,34 @@ def cluster():
 
 
 def _sweep(env, cache_dir, *args):
-    r = subprocess.run([sys.executable, "-m", "study.sweep", "--preset", "smoke", "--models", "cnn", *args], cwd=ROOT,
-                       env={**env, "PNEUMO_RAY_CACHE": str(cache_dir)}, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "study.sweep", "--preset", "smoke", "--models", "cnn", *args],
+        cwd=ROOT,
+        env={**env, "PNEUMO_RAY_CACHE": str(cache_dir)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return r.stdout
 
 
 def test_sweep_runs_on_both_nodes(cluster, tmp_path, cache_dir):
     address, env = cluster
-    out = _sweep(env, cache_dir, "--num-samples", "4", "--max-concurrent", "4", "--address", address,
-                 "--name", "mn", "--results", str(tmp_path))
+    out = _sweep(
+        env,
+        cache_dir,
+        "--num-samples",
+        "4",
+        "--max-concurrent",
+        "4",
+        "--address",
+        address,
+        "--name",
+        "mn",
+        "--results",
+        str(tmp_path),
+    )
     assert "on 2 node(s)" in out
     t = read_results(tmp_path / "mn").trials
     print(t[["trial_id", "node_id", "hostname", "best_val_auc", "test_auc"]].to_string())
@@ -69,15 +87,51 @@ def test_two_worker_ddp_across_nodes_matches_one_worker(cluster, tmp_path, cache
     agrees within 0.05 (DDP changes batch composition, BatchNorm statistics and augmentation draws,
     so the numbers are statistically, not bitwise, equal)."""
     address, env = cluster
-    common = ["--num-samples", "1", "--pretrain-epochs", "0", "--epochs", "3", "--address", address,
-              "--results", str(tmp_path)]
-    _sweep(env, cache_dir, *common, "--name", "one", "--workers-per-trial", "1", "--cpus-per-trial", "1",
-           "--batch-size", "32")
-    _sweep(env, cache_dir, *common, "--name", "two", "--workers-per-trial", "2", "--cpus-per-trial", "2",
-           "--batch-size", "16", "--placement-strategy", "STRICT_SPREAD")  # one worker on each node
+    common = [
+        "--num-samples",
+        "1",
+        "--pretrain-epochs",
+        "0",
+        "--epochs",
+        "3",
+        "--address",
+        address,
+        "--results",
+        str(tmp_path),
+    ]
+    _sweep(
+        env,
+        cache_dir,
+        *common,
+        "--name",
+        "one",
+        "--workers-per-trial",
+        "1",
+        "--cpus-per-trial",
+        "1",
+        "--batch-size",
+        "32",
+    )
+    _sweep(
+        env,
+        cache_dir,
+        *common,
+        "--name",
+        "two",
+        "--workers-per-trial",
+        "2",
+        "--cpus-per-trial",
+        "2",
+        "--batch-size",
+        "16",
+        "--placement-strategy",
+        "STRICT_SPREAD",
+    )  # one worker on each node
     one, two = (read_results(tmp_path / n).trials.iloc[0] for n in ("one", "two"))
-    print(f"1 worker: val AUC {one.best_val_auc:.4f} test AUC {one.test_auc:.4f}; "
-          f"2 workers: val AUC {two.best_val_auc:.4f} test AUC {two.test_auc:.4f}")
+    print(
+        f"1 worker: val AUC {one.best_val_auc:.4f} test AUC {one.test_auc:.4f}; "
+        f"2 workers: val AUC {two.best_val_auc:.4f} test AUC {two.test_auc:.4f}"
+    )
     assert one.lr == two.lr and one.aug_strength == two.aug_strength  # the same Optuna proposal
     assert one.workers == 1 and two.workers == 2
     assert abs(one.best_val_auc - two.best_val_auc) < 0.05

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from pneumo_ray.data import leakage as audit
-
 from pneumo_ray.data import sources
 from pneumo_ray.data.split import patient_grouped_split
 from study.audit import main as audit_main
@@ -18,10 +17,16 @@ def _evidence(manifest: pd.DataFrame) -> pd.Series:
 
 
 def _toy() -> pd.DataFrame:
-    names = [("person1_bacteria_1.jpeg", "train"), ("person1_virus_1.jpeg", "test"),
-             ("person2_bacteria_2.jpeg", "train"), ("person2_bacteria_3.jpeg", "train"),
-             ("person3_virus_2.jpeg", "train"), ("IM-0001-0001.jpeg", "test"),
-             ("NORMAL2-IM-0001-0001.jpeg", "train"), ("ABC-day1.jpg", "train")]
+    names = [
+        ("person1_bacteria_1.jpeg", "train"),
+        ("person1_virus_1.jpeg", "test"),
+        ("person2_bacteria_2.jpeg", "train"),
+        ("person2_bacteria_3.jpeg", "train"),
+        ("person3_virus_2.jpeg", "train"),
+        ("IM-0001-0001.jpeg", "test"),
+        ("NORMAL2-IM-0001-0001.jpeg", "train"),
+        ("ABC-day1.jpg", "train"),
+    ]
     return pd.DataFrame(names, columns=["name", "split"])
 
 
@@ -47,24 +52,32 @@ def kermany(kermany_root) -> pd.DataFrame:
 
 def test_real_evidence_table(kermany):
     ev = _evidence(kermany)
-    readings = ev["reading"].unstack()[["patients train", "patients test", "shared train/test",
-                                        "train images of shared", "test images of shared"]]
+    readings = ev["reading"].unstack()[
+        ["patients train", "patients test", "shared train/test", "train images of shared", "test images of shared"]
+    ]
     assert readings.loc["person number"].tolist() == [2846, 427, 170, 457, 320]
     assert readings.loc["person number + category"].tolist() == [3654, 428, 0, 0, 0]
     both = ev["both categories", "person numbers"]
     assert (both["bacteria numbers |B|"], both["virus numbers |V|"], both["range of numbers"]) == (1430, 1216, 1945)
     assert both["used by both"] == 979 and round(both["expected by chance |B|·|V|/range"]) == 894
     shared = ev["train vs test"].xs("numbers shared", level="item")
-    assert shared.to_dict() == {"train bacteria × test bacteria": 0, "train virus × test virus": 0,
-                                "train bacteria × test virus": 107, "train virus × test bacteria": 63,
-                                "train IM × test IM": 0, "train NORMAL2-IM × test NORMAL2-IM": 0}
+    assert shared.to_dict() == {
+        "train bacteria × test bacteria": 0,
+        "train virus × test virus": 0,
+        "train bacteria × test virus": 107,
+        "train virus × test bacteria": 63,
+        "train IM × test IM": 0,
+        "train NORMAL2-IM × test NORMAL2-IM": 0,
+    }
     inside = ev["train vs test"].xs("train numbers inside test range", level="item")
     assert inside["train bacteria × test bacteria"] == 0  # the test's bacteria: one block cut out of the numbering
     assert inside["train IM × test IM"] == inside["train NORMAL2-IM × test NORMAL2-IM"] == 0
     series = ev["series"].unstack()
     assert series.loc["test bacteria", ["min number", "max number"]].tolist() == [78, 175]
-    assert (series.loc[["train bacteria", "train virus", "test bacteria", "test virus"],
-                       "spearman(counter, number)"] > 0.9998).all()
+    assert (
+        series.loc[["train bacteria", "train virus", "test bacteria", "test virus"], "spearman(counter, number)"]
+        > 0.9998
+    ).all()
 
 
 def test_real_patients_disjoint_across_train_val_test(kermany):

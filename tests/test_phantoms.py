@@ -1,6 +1,7 @@
 """Synthetic chest-X-ray phantoms: contract (shapes, determinism, n-independence, patients, class
 balance), domain shift, intensity range, and "learnable but not trivial" (mean brightness alone
 must not separate the classes; a nearest-class-mean classifier must, but far from perfectly)."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -33,8 +34,9 @@ def block_mean(images, k):
 @pytest.fixture(scope="module")
 def sets():
     """Per domain: a train and a test set (different seeds) at 32 px, shared by several tests."""
-    return {d: (phantom_images(800, 32, domain=d, seed=101), phantom_images(800, 32, domain=d, seed=102))
-            for d in DOMAINS}
+    return {
+        d: (phantom_images(800, 32, domain=d, seed=101), phantom_images(800, 32, domain=d, seed=102)) for d in DOMAINS
+    }
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 224])
@@ -125,14 +127,19 @@ def test_domains_differ(sets):
     (t_img, _, _), _ = sets["target"]
     (s_img, _, _), _ = sets["source"]
     t_mean, s_mean = t_img.mean(0), s_img.mean(0)
+
     # Adult lungs are longer: more rows of an image-left lung column (x ~ -0.6 .. -0.3, below
     # the shoulders) are darker than halfway between the lung and the abdomen.
     def lung_rows(m):
         col = m[6:, 6:11].mean(1)
         return int(np.sum(col < (col.min() + col[-4:].mean()) / 2))
+
     assert lung_rows(s_mean) >= lung_rows(t_mean) + 3
+
     # Different exposure statistics: the pixel histograms differ clearly (KS distance).
-    cdf = lambda x: np.cumsum(np.bincount(x.ravel(), minlength=256)) / x.size
+    def cdf(x):
+        return np.cumsum(np.bincount(x.ravel(), minlength=256)) / x.size
+
     assert np.abs(cdf(t_img) - cdf(s_img)).max() > 0.08
 
 

@@ -20,13 +20,12 @@ from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.report.build import build_report
 from pneumo_ray.report.tables import verdict
 
-
 SIZE, N_TEST = 32, 120
 PATHS = [f"synthetic://target_test/{i:05d}" for i in range(N_TEST)]
 
 
 def _labels():
-    return (np.arange(N_TEST) % 3 != 0).astype(int)      # 80 PNEUMONIA, 40 NORMAL
+    return (np.arange(N_TEST) % 3 != 0).astype(int)  # 80 PNEUMONIA, 40 NORMAL
 
 
 def _probs(rng, skill: float):
@@ -35,8 +34,16 @@ def _probs(rng, skill: float):
 
 
 def _preds(probs, threshold, **ids):
-    return pd.DataFrame(dict(**ids, path=PATHS, name=[p.split("/")[-1] + ".png" for p in PATHS], label=_labels(),
-                             probability=probs, prediction=(probs >= threshold).astype(int)))
+    return pd.DataFrame(
+        dict(
+            **ids,
+            path=PATHS,
+            name=[p.split("/")[-1] + ".png" for p in PATHS],
+            label=_labels(),
+            probability=probs,
+            prediction=(probs >= threshold).astype(int),
+        )
+    )
 
 
 def _checkpoint(folder: Path) -> Path:
@@ -48,8 +55,11 @@ def _checkpoint(folder: Path) -> Path:
 
     torch.manual_seed(0)
     model = build_model("cnn")
-    save_weights(folder / "best.safetensors", model.state_dict(),
-                 dict(config=dict(model="cnn", image_size=SIZE), threshold=0.5, normalize=dict(mean=0.4, std=0.2)))
+    save_weights(
+        folder / "best.safetensors",
+        model.state_dict(),
+        dict(config=dict(model="cnn", image_size=SIZE), threshold=0.5, normalize=dict(mean=0.4, std=0.2)),
+    )
     return folder
 
 
@@ -69,27 +79,67 @@ def make_sweep(root: Path, cache_dir: Path, n_trials: int = 5, checkpoint: bool 
             thr = float(np.median(probs))
             m = binary_metrics(_labels(), probs, thr)
             ckpt = _checkpoint(out / "ray" / tid) if checkpoint and model == "cnn" else None
-            trials.append(dict(trial_id=tid, model=model, preset="smoke", seed=0,
-                               aug_strength=float(rng.uniform()), class_weight_scale=float(rng.uniform(0.5, 2)),
-                               lr=float(10 ** rng.uniform(-4, -2.5)), pretrain_lr=1e-3, image_size=SIZE, epochs=4,
-                               pretrain_epochs=1, batch_size=32, epochs_run=n_ep,
-                               stop_reason="early_stopped" if stopped else "completed", best_epoch=n_ep,
-                               best_val_auc=val, best_val_loss=0.5, test_threshold=thr,
-                               **{f"test_{key}": m[key] for key in ("auc", "accuracy", "sensitivity", "specificity",
-                                                                     "tn", "fp", "fn", "tp")},
-                               error=None, checkpoint_path=str(ckpt) if ckpt else None))
+            trials.append(
+                dict(
+                    trial_id=tid,
+                    model=model,
+                    preset="smoke",
+                    seed=0,
+                    aug_strength=float(rng.uniform()),
+                    class_weight_scale=float(rng.uniform(0.5, 2)),
+                    lr=float(10 ** rng.uniform(-4, -2.5)),
+                    pretrain_lr=1e-3,
+                    image_size=SIZE,
+                    epochs=4,
+                    pretrain_epochs=1,
+                    batch_size=32,
+                    epochs_run=n_ep,
+                    stop_reason="early_stopped" if stopped else "completed",
+                    best_epoch=n_ep,
+                    best_val_auc=val,
+                    best_val_loss=0.5,
+                    test_threshold=thr,
+                    **{
+                        f"test_{key}": m[key]
+                        for key in ("auc", "accuracy", "sensitivity", "specificity", "tn", "fp", "fn", "tp")
+                    },
+                    error=None,
+                    checkpoint_path=str(ckpt) if ckpt else None,
+                )
+            )
             for e in range(1, n_ep + 1):
-                epochs.append(dict(trial_id=tid, model=model, epoch=e, train_loss=0.7 / e, val_loss=0.75 / e,
-                                   val_auc=val - 0.05 / e, best_val_auc=val - 0.05 / e, lr=1e-3))
+                epochs.append(
+                    dict(
+                        trial_id=tid,
+                        model=model,
+                        epoch=e,
+                        train_loss=0.7 / e,
+                        val_loss=0.75 / e,
+                        val_auc=val - 0.05 / e,
+                        best_val_auc=val - 0.05 / e,
+                        lr=1e-3,
+                    )
+                )
             preds.append(_preds(probs, thr, trial_id=tid, model=model))
     trials.append(dict(trial_id="failed01", model="cnn", stop_reason="error", best_val_auc=None, error="boom"))
     pd.DataFrame(trials).to_parquet(out / "trials.parquet")
     pd.DataFrame(epochs).to_parquet(out / "epochs.parquet")
     pd.concat(preds).to_parquet(out / "predictions.parquet")
-    run = dict(preset="smoke", status="finished",
-               sweep=dict(models=["cnn", "densenet"], image_size=SIZE, seed=0, val_fraction=0.2, aug_range=[0, 1],
-                          class_weight_scale_range=[0.5, 2.0], lr_range=[1e-4, 3e-3], pretrain_lrs=[1e-3]),
-               args=dict(data_root=None, pretrain_root=None, cache_dir=str(cache_dir)))
+    run = dict(
+        preset="smoke",
+        status="finished",
+        sweep=dict(
+            models=["cnn", "densenet"],
+            image_size=SIZE,
+            seed=0,
+            val_fraction=0.2,
+            aug_range=[0, 1],
+            class_weight_scale_range=[0.5, 2.0],
+            lr_range=[1e-4, 3e-3],
+            pretrain_lrs=[1e-3],
+        ),
+        args=dict(data_root=None, pretrain_root=None, cache_dir=str(cache_dir)),
+    )
     (out / "run.json").write_text(json.dumps(run))
     return out
 
@@ -105,20 +155,47 @@ def make_ablation(root: Path, with_summary: bool = True, data_root: str | None =
             probs = _probs(rng, skill)
             mats.setdefault(arm, []).append(probs)
             m = binary_metrics(_labels(), probs, 0.5)
-            rows.append(dict(arm=arm, model="cnn", seed=seed, config=json.dumps(dict(model="cnn", lr=1e-3)),
-                             val_auc=0.8 + 0.01 * seed, test_threshold=0.5, error=None, checkpoint_path=None,
-                             **{f"test_{k}": m[k] for k in ("auc", "accuracy", "sensitivity", "specificity")}))
+            rows.append(
+                dict(
+                    arm=arm,
+                    model="cnn",
+                    seed=seed,
+                    config=json.dumps(dict(model="cnn", lr=1e-3)),
+                    val_auc=0.8 + 0.01 * seed,
+                    test_threshold=0.5,
+                    error=None,
+                    checkpoint_path=None,
+                    **{f"test_{k}": m[k] for k in ("auc", "accuracy", "sensitivity", "specificity")},
+                )
+            )
             preds.append(_preds(probs, 0.5, arm=arm, model="cnn", seed=seed))
     abl = pd.DataFrame(rows)
     abl.to_parquet(out / "ablations.parquet")
     pd.concat(preds).to_parquet(out / "ablation_predictions.parquet")
-    if with_summary:   # as study.ablate writes it
+    if with_summary:  # as study.ablate writes it
         summarize(abl, pd.concat(preds)).to_parquet(out / "ablation_summary.parquet")
-    pd.DataFrame([dict(arm="transfer", a_set="pretraining", b_set=b, a_images=200, by_name=0, by_patient=0,
-                       by_content=0, any=0, patients_shared=0, content_label_conflicts=0)
-                  for b in ("target-train", "target-val", "target-test")]).to_parquet(out / "audit_summary.parquet")
-    (out / "run.json").write_text(json.dumps(dict(kind="ablation", settings=dict(data_root=data_root, image_size=SIZE),
-                                                  args=dict(cache_dir=None))))
+    pd.DataFrame(
+        [
+            dict(
+                arm="transfer",
+                a_set="pretraining",
+                b_set=b,
+                a_images=200,
+                by_name=0,
+                by_patient=0,
+                by_content=0,
+                any=0,
+                patients_shared=0,
+                content_label_conflicts=0,
+            )
+            for b in ("target-train", "target-val", "target-test")
+        ]
+    ).to_parquet(out / "audit_summary.parquet")
+    (out / "run.json").write_text(
+        json.dumps(
+            dict(kind="ablation", settings=dict(data_root=data_root, image_size=SIZE), args=dict(cache_dir=None))
+        )
+    )
     return out
 
 
@@ -141,7 +218,7 @@ def test_roc_figure_plots_exactly_the_best_trials_roc_curve(combined):
     assert set(lines) == {"roc:cnn", "roc:densenet"}
     for model in ("cnn", "densenet"):
         t = trials[trials.model == model]
-        best = t.loc[t.best_val_auc.idxmax(), "trial_id"]     # chosen by validation AUC
+        best = t.loc[t.best_val_auc.idxmax(), "trial_id"]  # chosen by validation AUC
         p = preds[preds.trial_id == best].sort_values("path")
         fpr, tpr, _ = roc_curve(p.label, p.probability)
         np.testing.assert_array_equal(lines[f"roc:{model}"].get_xdata(), fpr)
@@ -165,7 +242,7 @@ def test_importance_figure_lists_every_searched_parameter(combined):
     for ax in fig.axes:
         labels = [t.get_text() for t in ax.get_yticklabels()]
         assert [lab.split(" ")[0] for lab in labels] == list(SEARCHED)
-        assert "pretrain_lr (fixed)" in labels        # one choice only: not varied
+        assert "pretrain_lr (fixed)" in labels  # one choice only: not varied
     imp = combined["report"].tables["importance"]
     varied = imp[~imp.fixed]
     assert np.allclose(varied.groupby("model")["importance"].sum(), 1.0, atol=1e-6)
@@ -174,19 +251,34 @@ def test_importance_figure_lists_every_searched_parameter(combined):
 def test_learning_curves_mark_asha_stopped_trials(combined):
     fig = combined["report"].figures["learning_curves"]
     legend = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
-    assert "cnn00003 (ASHA-stopped)" in legend and "cnn00004" in legend       # top 3 of cnn: 4, 3, 2
+    assert "cnn00003 (ASHA-stopped)" in legend and "cnn00004" in legend  # top 3 of cnn: 4, 3, 2
     line = next(ln for ln in fig.axes[2].get_lines() if ln.get_gid() == "learning:cnn:cnn00003:val_auc")
     assert line.get_linestyle() == "--" and list(line.get_xdata()) == [1, 2]
 
 
 def test_html_references_every_png_and_every_png_decodes(combined):
     report = combined["report"]
-    assert report.out == combined["sweep"] / "report"             # the first folder's report/
+    assert report.out == combined["sweep"] / "report"  # the first folder's report/
     html = report.html.read_text()
     pngs = sorted((report.out / "figures").glob("*.png"))
-    assert {p.stem for p in pngs} == set(report.figures) >= {
-        "roc", "precision_recall", "confusion", "calibration", "learning_curves", "optimisation_history",
-        "importance", "params", "forest", "arm_metrics", "test_examples", "gradcam"}
+    assert (
+        {p.stem for p in pngs}
+        == set(report.figures)
+        >= {
+            "roc",
+            "precision_recall",
+            "confusion",
+            "calibration",
+            "learning_curves",
+            "optimisation_history",
+            "importance",
+            "params",
+            "forest",
+            "arm_metrics",
+            "test_examples",
+            "gradcam",
+        }
+    )
     for p in pngs:
         assert f'src="figures/{p.name}"' in html
         assert (p.with_suffix(".svg")).exists()
@@ -194,7 +286,7 @@ def test_html_references_every_png_and_every_png_decodes(combined):
             im.verify()
     assert "no-pretrain vs transfer (cnn): " in html and "p_holm = " in html
     assert "transfer: pre-trained on 200 images; 0 share" in html
-    assert "1 trial(s) without a validation AUC" in html            # the failed trial is said, not hidden
+    assert "1 trial(s) without a validation AUC" in html  # the failed trial is said, not hidden
 
 
 def test_forest_plot_draws_the_summary_difference(combined):
@@ -208,14 +300,16 @@ def test_verdicts_in_plain_words():
     # the words come from p_holm and the ΔAUC interval only: a secondary p-value never makes a difference
     base = dict(arm="no-pretrain", reference="transfer", model="cnn", n_seeds=5, n_test=624, p_delong_fixed_models=1e-6)
     r = verdict(dict(base, auc_diff=-0.031, auc_diff_ci_low=-0.060, auc_diff_ci_high=-0.004, p_holm=0.02))
-    assert r == ("no-pretrain vs transfer (cnn): transfer better by 0.0310 [0.0040, 0.0600] in test AUC, p_holm = 0.02 "
-                 "(5 paired seeds, 624 test images)")
+    assert r == (
+        "no-pretrain vs transfer (cnn): transfer better by 0.0310 [0.0040, 0.0600] in test AUC, p_holm = 0.02 "
+        "(5 paired seeds, 624 test images)"
+    )
     r = verdict(dict(base, auc_diff=0.02, auc_diff_ci_low=0.01, auc_diff_ci_high=0.03, p_holm=0.0004))
     assert r.startswith("no-pretrain vs transfer (cnn): no-pretrain better by 0.0200 [0.0100, 0.0300]")
     r = verdict(dict(base, auc_diff=0.01, auc_diff_ci_low=-0.01, auc_diff_ci_high=0.03, p_holm=0.4))
     assert "no difference shown (ΔAUC +0.0100 [-0.0100, +0.0300], p_holm = 0.4" in r
     r = verdict(dict(base, auc_diff=-0.01, auc_diff_ci_low=-0.02, auc_diff_ci_high=-0.001, p_holm=0.07))
-    assert "no difference shown" in r      # an interval without 0 but a Holm-adjusted p ≥ 0.05: not a difference
+    assert "no difference shown" in r  # an interval without 0 but a Holm-adjusted p ≥ 0.05: not a difference
 
 
 def test_ablation_without_sweep_makes_what_it_can_and_says_what_is_missing(tmp_path):
@@ -227,9 +321,11 @@ def test_ablation_without_sweep_makes_what_it_can_and_says_what_is_missing(tmp_p
     html = report.html.read_text()
     text = "no sweep folder (trials.parquet) given: the learning curves and sweep insight are skipped"
     assert any(text in line for line in logged) and text in html
-    assert html.count("needs a sweep folder (trials.parquet, epochs.parquet)") == 2   # in both sweep sections
-    assert "pictures: test images unavailable: the run's data_root '/nonexistent/chest_xray' is not on this " \
-           "machine" in html_lib.unescape(html)
+    assert html.count("needs a sweep folder (trials.parquet, epochs.parquet)") == 2  # in both sweep sections
+    assert (
+        "pictures: test images unavailable: the run's data_root '/nonexistent/chest_xray' is not on this "
+        "machine" in html_lib.unescape(html)
+    )
     # ablation-only model comparison: each arm's best-validation seed
     assert [c.label for c in report.candidates] == ["cnn · no-pretrain (seed 1)", "cnn · transfer (seed 1)"]
 
@@ -239,7 +335,7 @@ def test_empty_and_missing_folders_give_clear_messages(tmp_path, capsys):
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "run.json").write_text("{}")
-    assert main([str(tmp_path / "empty"), "--no-images"]) == 1      # nothing drawn: non-zero exit
+    assert main([str(tmp_path / "empty"), "--no-images"]) == 1  # nothing drawn: non-zero exit
     out = capsys.readouterr().out
     assert "only run.json" in out and "nothing to report" in out
     assert "nothing to report" in (tmp_path / "empty" / "report" / "report.html").read_text()
@@ -261,12 +357,12 @@ def test_gradcam_on_a_tiny_random_shallow_cnn(tmp_path):
     ckpt = _checkpoint(tmp_path / "ckpt") / "best.safetensors"
     rng = np.random.default_rng(0)
     images = (rng.random((3, SIZE, SIZE)) * 255).astype(np.uint8)
-    images[:, 8:20, 10:22] = 250                                   # some structure to attend to
+    images[:, 8:20, 10:22] = 250  # some structure to attend to
     maps, probs, layer = explain(ckpt, images)
     assert maps.shape == images.shape and probs.shape == (3,)
     assert maps.min() >= 0 and maps.max() <= 1
     assert all(m.std() > 0 for m in maps), "heat-map is constant"
-    assert layer.startswith("features.3.2")                           # ReLU after the last conv
+    assert layer.startswith("features.3.2")  # ReLU after the last conv
 
 
 def test_pictures_use_the_model_checkpoint(combined):
@@ -295,13 +391,27 @@ def _browser():
     return None
 
 
-@pytest.mark.skipif(_browser() is None, reason="no headless Chromium on this machine (chromium, chromium-browser, "
-                                               "google-chrome); see bench/screenshot_report.sh")
+@pytest.mark.skipif(
+    _browser() is None,
+    reason="no headless Chromium on this machine (chromium, chromium-browser, "
+    "google-chrome); see bench/screenshot_report.sh",
+)
 def test_report_renders_in_headless_chromium(combined, tmp_path):
     shot = tmp_path / "report.png"
-    subprocess.run([_browser(), "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}",
-                    "--window-size=1400,4000", combined["report"].html.resolve().as_uri()], check=True, timeout=120,
-                   capture_output=True)
+    subprocess.run(
+        [
+            _browser(),
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            f"--screenshot={shot}",
+            "--window-size=1400,4000",
+            combined["report"].html.resolve().as_uri(),
+        ],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
     with Image.open(shot) as im:
         assert im.size == (1400, 4000)
-        assert len(np.unique(np.asarray(im.convert("L")))) > 10     # not a blank page
+        assert len(np.unique(np.asarray(im.convert("L")))) > 10  # not a blank page

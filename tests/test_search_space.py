@@ -23,11 +23,11 @@ def test_each_row_names_a_train_field_and_a_sweep_range_with_the_tables_default(
         assert s.field in TrainConfig.__dataclass_fields__, s.field
         assert sweep_fields[s.range_field].default == s.default, s.range_field
         assert s.problem(s.default, allow_fixed=s.categorical) is None
-        for values in PRESETS.values():   # every preset's range is valid
+        for values in PRESETS.values():  # every preset's range is valid
             assert s.problem(tuple(values.get(s.range_field, s.default))) is None
     ranges = {f for f in sweep_fields if f.endswith("_range") or f == "pretrain_lrs"}
-    assert ranges == {s.range_field for s in SEARCH}   # no searched range outside the table
-    assert SEARCHED == ("aug_strength", "class_weight_scale", "lr", "pretrain_lr")   # Optuna's sampling order
+    assert ranges == {s.range_field for s in SEARCH}  # no searched range outside the table
+    assert SEARCHED == ("aug_strength", "class_weight_scale", "lr", "pretrain_lr")  # Optuna's sampling order
 
 
 def test_tune_space_and_arms_read_the_table():
@@ -50,7 +50,7 @@ def test_sweep_config_rejects_a_bad_range_before_ray():
         SweepConfig(aug_range=(0.0, 1.5))
     with pytest.raises(ValueError, match="LOW must be below HIGH"):
         SweepConfig(lr_range=(3e-3, 1e-4))
-    assert SweepConfig(aug_range=(0.5, 0.5)).aug_range == (0.5, 0.5)   # a pinned value (bench/ray_overhead.py)
+    assert SweepConfig(aug_range=(0.5, 0.5)).aug_range == (0.5, 0.5)  # a pinned value (bench/ray_overhead.py)
 
 
 BAD = [
@@ -68,23 +68,31 @@ BAD = [
 @pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_range_fails_at_the_command_line_in_one_line(args, message, tmp_path):
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "study.sweep", *args, "--results", str(tmp_path), "--name", "x"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "study.sweep", *args, "--results", str(tmp_path), "--name", "x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), r.stderr
-    assert time.time() - t0 < 10 and r.stdout == ""   # at once: no data, no Ray
-    assert not any(tmp_path.iterdir())                 # nothing written
+    assert time.time() - t0 < 10 and r.stdout == ""  # at once: no data, no Ray
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_ablate_checks_the_same_ranges_without_importing_ray(tmp_path):
-    code = ("import sys\nfrom study import ablate\n"
-            f"rc = ablate.main(['--lr-range', '0,1e-3', '--results', {str(tmp_path)!r}])\n"
-            "assert 'ray' not in sys.modules and 'torch' not in sys.modules\nsys.exit(rc)")
+    code = (
+        "import sys\nfrom study import ablate\n"
+        f"rc = ablate.main(['--lr-range', '0,1e-3', '--results', {str(tmp_path)!r}])\n"
+        "assert 'ray' not in sys.modules and 'torch' not in sys.modules\nsys.exit(rc)"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
-    assert r.stderr.strip() == ("error: --lr-range 0,1e-3: fine-tuning learning rate must be positive "
-                                "(searched on a log scale)")
+    assert r.stderr.strip() == (
+        "error: --lr-range 0,1e-3: fine-tuning learning rate must be positive (searched on a log scale)"
+    )
 
 
 def test_every_searched_flag_on_both_commands():

@@ -19,7 +19,7 @@ def test_data_spec_paths_are_absolute(tmp_path, monkeypatch):
     spec = DataSpec(data_root="chest_xray", cache_dir=Path("cache"))
     assert spec.data_root == str(tmp_path.resolve() / "chest_xray") and os.path.isabs(spec.cache_dir)
     assert spec.pretrain_root is None
-    assert spec.replace(image_size=32).data_root == spec.data_root   # stays absolute through replace
+    assert spec.replace(image_size=32).data_root == spec.data_root  # stays absolute through replace
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.image_size = 32
 
@@ -27,8 +27,13 @@ def test_data_spec_paths_are_absolute(tmp_path, monkeypatch):
 def test_sweep_and_arm_fix_what_the_data_depends_on():
     sweep = SweepConfig(image_size=48, seed=3, val_fraction=0.25, pretrain_epochs=2)
     data = sweep.data_spec(DataSpec(allow_overlap=True))
-    assert (data.image_size, data.split_seed, data.val_fraction, data.use_pretrain, data.allow_overlap) == \
-        (48, 3, 0.25, True, True)
+    assert (data.image_size, data.split_seed, data.val_fraction, data.use_pretrain, data.allow_overlap) == (
+        48,
+        3,
+        0.25,
+        True,
+        True,
+    )
     assert not sweep.replace(pretrain_epochs=0).data_spec(DataSpec()).use_pretrain
     assert not Arm(("no_pretrain",)).data_spec(sweep, DataSpec()).use_pretrain
     assert Arm(allow_overlap=True).data_spec(sweep, DataSpec()).allow_overlap
@@ -60,21 +65,39 @@ def test_trial_spec_travels_as_it_is(tmp_path):
     from pneumo_ray.distributed.trials import TrialSpec
 
     sweep = SweepConfig(models=("cnn",))
-    spec = TrialSpec(base=sweep.base_config("cnn"), searched=("aug_strength", "lr"),
-                     data=sweep.data_spec(DataSpec(cache_dir=tmp_path)), source_hash="h", store=tmp_path / "pretrain",
-                     storage=str(tmp_path / "ray"), resources=sweep.resources)
+    spec = TrialSpec(
+        base=sweep.base_config("cnn"),
+        searched=("aug_strength", "lr"),
+        data=sweep.data_spec(DataSpec(cache_dir=tmp_path)),
+        source_hash="h",
+        store=tmp_path / "pretrain",
+        storage=str(tmp_path / "ray"),
+        resources=sweep.resources,
+    )
     again = pickle.loads(pickle.dumps(spec))
     assert again == spec and again.base.replace(lr=0.5).lr == 0.5 and again.resources.workers == 1
 
 
 def _old_run_json(tmp_path) -> dict:
     """A sweep's run.json as written before DataSpec (relative data root, no source_subset)."""
-    return dict(name="s", preset="cpu", status="running",
-                sweep=dict(dataclasses.asdict(SweepConfig(image_size=64, pretrain_epochs=2)),
-                           aug_range=[0.0, 1.0], models=["cnn"]),
-                args=dict(data_root="data/chest_xray", pretrain_root=None, allow_test_overlap=False,
-                          cache_dir=str(tmp_path / "cache"), storage=str(tmp_path / "ray"), preset="cpu",
-                          address=None, results=str(tmp_path)))
+    return dict(
+        name="s",
+        preset="cpu",
+        status="running",
+        sweep=dict(
+            dataclasses.asdict(SweepConfig(image_size=64, pretrain_epochs=2)), aug_range=[0.0, 1.0], models=["cnn"]
+        ),
+        args=dict(
+            data_root="data/chest_xray",
+            pretrain_root=None,
+            allow_test_overlap=False,
+            cache_dir=str(tmp_path / "cache"),
+            storage=str(tmp_path / "ray"),
+            preset="cpu",
+            address=None,
+            results=str(tmp_path),
+        ),
+    )
 
 
 def test_resume_rebuilds_the_specs_from_run_json(tmp_path, monkeypatch):
@@ -84,8 +107,13 @@ def test_resume_rebuilds_the_specs_from_run_json(tmp_path, monkeypatch):
     out = OutputSpec(name="s", results=str(tmp_path), resume=True)
     sweep, data, out2 = specs_from_run(_old_run_json(tmp_path), out)
     assert sweep.models == ("cnn",) and sweep.aug_range == (0.0, 1.0) and sweep.image_size == 64
-    assert data == DataSpec(data_root=str(tmp_path / "data/chest_xray"), image_size=64, split_seed=0,
-                            use_pretrain=True, cache_dir=str(tmp_path / "cache"))
+    assert data == DataSpec(
+        data_root=str(tmp_path / "data/chest_xray"),
+        image_size=64,
+        split_seed=0,
+        use_pretrain=True,
+        cache_dir=str(tmp_path / "cache"),
+    )
     assert (out2.storage, out2.preset, out2.resume, out2.name) == (str(tmp_path / "ray"), "cpu", True, "s")
     # what a run writes now reads back to the same settings
     record = dict(sweep=dataclasses.asdict(sweep), args=run_record(data, out2, out2.ray_storage))

@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from pneumo_ray.analysis.metrics import roc_auc
-from pneumo_ray.analysis.stats import (auc_diff_two_level, auc_two_level, delong, holm, mean_ci, structural_components,
-                                       weighted_auc)
+from pneumo_ray.analysis.stats import (
+    auc_diff_two_level,
+    auc_two_level,
+    delong,
+    holm,
+    mean_ci,
+    structural_components,
+    weighted_auc,
+)
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "verdict_calibration.py"
 
@@ -47,7 +54,7 @@ def test_delong_identical_scores_and_ties():
 def test_weighted_auc_equals_auc_of_resampled_set():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
-    s = np.round(rng.random(200) + 0.3 * y, 2)      # rounded: ties on purpose
+    s = np.round(rng.random(200) + 0.3 * y, 2)  # rounded: ties on purpose
     assert weighted_auc(s, y, np.ones(200))[0] == pytest.approx(roc_auc(y, s))
     idx = rng.integers(0, 200, 200)
     counts = np.bincount(idx, minlength=200)
@@ -71,7 +78,7 @@ def _brute_components(scores, labels):
 def test_structural_components_match_brute_force_roc_auc_and_delong():
     rng = np.random.default_rng(4)
     y = rng.integers(0, 2, 150)
-    s = np.round(rng.random((4, 150)) + 0.4 * y, 1)          # coarse rounding: many ties
+    s = np.round(rng.random((4, 150)) + 0.4 * y, 1)  # coarse rounding: many ties
     auc, v10, v01 = structural_components(s, y)
     for k in range(4):
         a, b10, b01 = _brute_components(s[k], y)
@@ -132,13 +139,15 @@ def test_two_level_one_seed_falls_back_to_delong():
     a, b = rng.normal(0, 1, 300) + 1.2 * y, rng.normal(0, 1, 300) + 0.8 * y
     r, d = auc_diff_two_level(a, b, y), delong(a, b, y)
     assert r["n_seeds"] == 1 and "DeLong only" in r["method"] and math.isnan(r["var_seed"]) and r["df"] == math.inf
-    assert r["diff"] == pytest.approx(d["diff"]) and r["se"] == pytest.approx(d["se"]) and r["p"] == pytest.approx(d["p"])
+    assert (
+        r["diff"] == pytest.approx(d["diff"]) and r["se"] == pytest.approx(d["se"]) and r["p"] == pytest.approx(d["p"])
+    )
 
 
 def test_auc_two_level_mean_of_seeds_and_wider_than_seeds_only_interval():
     rng = np.random.default_rng(8)
     y = rng.integers(0, 2, 300)
-    shared = rng.normal(0, 1, 300)                             # every seed sees the same images
+    shared = rng.normal(0, 1, 300)  # every seed sees the same images
     p = 1.5 * y + shared + rng.normal(0, 0.3, (4, 300))
     per_seed = [roc_auc(y, row) for row in p]
     r = auc_two_level(p, y)

@@ -18,14 +18,27 @@ def run(*args, cache_dir=None, timeout=900):
     env = dict(os.environ)
     if cache_dir:
         env["PNEUMO_RAY_CACHE"] = str(cache_dir)
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_train_real_cnn_64px_3_epochs_beats_chance_widely(kermany_root, cache_dir, tmp_path):
     """The issue's acceptance run: shallow CNN, 64 px, 3 epochs, from scratch, on the real 624 test images."""
-    r = run("study.train", "--data-root", str(kermany_root), "--model", "cnn", "--image-size", "64",
-            "--epochs", "3", "--out", str(tmp_path / "run"), cache_dir=cache_dir)
+    r = run(
+        "study.train",
+        "--data-root",
+        str(kermany_root),
+        "--model",
+        "cnn",
+        "--image-size",
+        "64",
+        "--epochs",
+        "3",
+        "--out",
+        str(tmp_path / "run"),
+        cache_dir=cache_dir,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "training from random initialisation" in r.stdout
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -39,8 +52,18 @@ def test_train_real_cnn_64px_3_epochs_beats_chance_widely(kermany_root, cache_di
 
 def test_train_synthetic_pretrain_finetune_writes_everything(tmp_path):
     out = tmp_path / "syn"
-    r = run("study.train", "--image-size", "32", "--epochs", "1", "--pretrain-epochs", "1", "--out", str(out),
-            cache_dir=tmp_path / "cache")
+    r = run(
+        "study.train",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--pretrain-epochs",
+        "1",
+        "--out",
+        str(out),
+        cache_dir=tmp_path / "cache",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     for k in ("val_auc", "test_auc", "test_accuracy", "test_sensitivity", "test_specificity", "threshold"):
@@ -74,8 +97,15 @@ def test_inspect_reports_each_bad_file(tmp_path):
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(d / "IM-0001-0001.jpeg")
     (d / "IM-0002-0001.jpeg").write_bytes(b"")
     (d / "IM-0003-0001.jpeg").write_text("not a picture")
-    r = run("study.data", "inspect", str(tmp_path / "chest_xray"), "--decode", "16", "--strict",
-            cache_dir=tmp_path / "cache")
+    r = run(
+        "study.data",
+        "inspect",
+        str(tmp_path / "chest_xray"),
+        "--decode",
+        "16",
+        "--strict",
+        cache_dir=tmp_path / "cache",
+    )
     assert r.returncode == 1
     assert "IM-0002-0001.jpeg: empty file (0 bytes)" in r.stdout
     assert "IM-0003-0001.jpeg: cannot decode image" in r.stdout
@@ -86,16 +116,29 @@ def test_inspect_reports_each_bad_file(tmp_path):
 def test_download_without_token_says_what_to_do(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE")}
     env["HOME"] = str(tmp_path)  # no ~/.kaggle/kaggle.json here; nothing touches the network
-    r = subprocess.run([sys.executable, "-m", "study.data", "download", "--dest", str(tmp_path / "d")], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "study.data", "download", "--dest", str(tmp_path / "d")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "no Kaggle API token" in r.stderr and "kaggle.json" in r.stderr and "--data-root" in r.stderr
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("command, expected", [
-    ("study.train", "--data-root"), ("study.data", "download"), ("study.sweep", "presets"),
-    ("study.ablate", "--no-pretrain"), ("study.audit", "--pretrain-root")])
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        ("study.train", "--data-root"),
+        ("study.data", "download"),
+        ("study.sweep", "presets"),
+        ("study.ablate", "--no-pretrain"),
+        ("study.audit", "--pretrain-root"),
+    ],
+)
 def test_every_command_has_help(command, expected):
     r = subprocess.run([sys.executable, "-m", command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and expected in r.stdout and f"python -m {command}" in r.stdout, r.stderr[-2000:]

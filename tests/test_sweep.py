@@ -1,6 +1,5 @@
 """study.sweep end to end on a real local Ray: Tune + Optuna + ASHA over Ray Train jobs."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,16 +10,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pneumo_ray.storage.results import read_results
 from pneumo_ray.distributed.trials import max_concurrent_trials
+from pneumo_ray.storage.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_concurrency_from_resources():
     assert max_concurrent_trials({"CPU": 2}, 1, 0) == 2
-    assert max_concurrent_trials({"CPU": 16, "GPU": 1}, 2, 0.25) == 4        # four CNN trials share one GPU
-    assert max_concurrent_trials({"CPU": 64, "GPU": 8}, 8, 2) == 4           # whole-GPU 2-worker DenseNet trials
+    assert max_concurrent_trials({"CPU": 16, "GPU": 1}, 2, 0.25) == 4  # four CNN trials share one GPU
+    assert max_concurrent_trials({"CPU": 64, "GPU": 8}, 8, 2) == 4  # whole-GPU 2-worker DenseNet trials
     assert max_concurrent_trials({"CPU": 3}, 1.5, 0) == 2
     assert max_concurrent_trials({"CPU": 8}, 1, 0, cap=3) == 3
     with pytest.raises(ValueError, match="cluster has 8 CPU and 0 GPU"):
@@ -30,14 +29,26 @@ def test_concurrency_from_resources():
 @pytest.fixture
 def ray_cleanup():
     yield
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120,
-                   env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    subprocess.run(
+        ["ray", "stop", "--force"],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
 
 
 def _sweep(*args, cache_dir, **kw):
     env = {**os.environ, "PNEUMO_RAY_CACHE": str(cache_dir), "RAY_DEDUP_LOGS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "study.sweep", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.sweep", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def test_smoke_sweep_both_models(tmp_path, ray_cleanup):
@@ -49,7 +60,7 @@ def test_smoke_sweep_both_models(tmp_path, ray_cleanup):
     res = read_results(tmp_path / "t1")
     t = res.trials
     assert sorted(t.model.unique()) == ["cnn", "densenet"]
-    for model, g in t.groupby("model"):
+    for _model, g in t.groupby("model"):
         assert len(g) == 2 and g.trial_id.is_unique
         assert g[["aug_strength", "class_weight_scale", "lr"]].drop_duplicates().shape[0] == 2  # distinct configs
         # one pre-training per (model, key), not one per trial
@@ -70,8 +81,20 @@ def test_smoke_sweep_both_models(tmp_path, ray_cleanup):
 
 
 def test_killed_sweep_resumes_without_duplicates(tmp_path, cache_dir, ray_cleanup):
-    args = ["--preset", "smoke", "--models", "cnn", "--num-samples", "3", "--max-concurrent", "1",
-            "--name", "k", "--results", str(tmp_path)]
+    args = [
+        "--preset",
+        "smoke",
+        "--models",
+        "cnn",
+        "--num-samples",
+        "3",
+        "--max-concurrent",
+        "1",
+        "--name",
+        "k",
+        "--results",
+        str(tmp_path),
+    ]
     p = _sweep(*args, cache_dir=cache_dir)
     exp = tmp_path / "k" / "ray" / "k-cnn"
     deadline = time.time() + 600
@@ -87,8 +110,12 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, cache_dir, ray_cleanu
         pytest.fail("sweep never reached a finished trial")
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120,
-                   env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    subprocess.run(
+        ["ray", "stop", "--force"],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
     assert not (tmp_path / "k" / "trials.parquet").exists()  # killed before anything was collected
     r = _sweep("--name", "k", "--results", str(tmp_path), "--resume", cache_dir=cache_dir)
     out, _ = r.communicate(timeout=900)
@@ -109,16 +136,24 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, cache_dir, ray_cleanu
     assert len(after) == 3
     # run.json keeps every session: the killed first run and both resumes
     assert [s["resumed"] for s in again.run["sessions"]] == [False, True, True]
-    pd.testing.assert_frame_equal(before[["trial_id", "best_val_auc", "test_auc"]], after[["trial_id", "best_val_auc", "test_auc"]])
+    pd.testing.assert_frame_equal(
+        before[["trial_id", "best_val_auc", "test_auc"]], after[["trial_id", "best_val_auc", "test_auc"]]
+    )
 
 
 def test_refuses_to_overwrite_and_bad_models(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "trials.parquet").write_bytes(b"")
-    r = subprocess.run([sys.executable, "-m", "study.sweep", "--name", "x", "--results", str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "study.sweep", "--name", "x", "--results", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "already holds a sweep" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "study.sweep", "--models", "vgg"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "study.sweep", "--models", "vgg"], cwd=ROOT, capture_output=True, text=True
+    )
     assert r.returncode == 2 and "--models must name cnn and/or densenet" in r.stderr
 
 

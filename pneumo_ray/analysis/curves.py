@@ -19,8 +19,9 @@ def bootstrap_counts(labels: ArrayLike, n_boot: int, seed: int = 0) -> np.ndarra
     return stratified_counts(labels, n_boot, np.random.default_rng(seed))
 
 
-def bootstrap_metrics(labels: ArrayLike, probs: ArrayLike, threshold: float, counts: np.ndarray,
-                      level: float = 0.95) -> dict:
+def bootstrap_metrics(
+    labels: ArrayLike, probs: ArrayLike, threshold: float, counts: np.ndarray, level: float = 0.95
+) -> dict:
     """{metric: (value, ci_low, ci_high)} for AUC, accuracy, sensitivity, specificity: the value on
     the test set and the percentile interval over the bootstrap replicates in `counts`."""
     y = np.asarray(labels).astype(bool)
@@ -38,15 +39,16 @@ def bootstrap_metrics(labels: ArrayLike, probs: ArrayLike, threshold: float, cou
     return {m: (float(point[m]), *map(float, np.nanquantile(reps[m], q))) for m in CI_METRICS}
 
 
-def roc_band(labels: ArrayLike, probs: ArrayLike, counts: np.ndarray, grid: ArrayLike | None = None,
-             level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_band(
+    labels: ArrayLike, probs: ArrayLike, counts: np.ndarray, grid: ArrayLike | None = None, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr grid, tpr low, tpr high): pointwise percentile band of the bootstrap ROC curves, each
     read at the grid as a step function (the highest TPR reached at or below that FPR)."""
     grid = np.linspace(0, 1, 101) if grid is None else np.asarray(grid)
     y = np.asarray(labels).astype(bool)
     s = np.asarray(probs, float)
     order = np.argsort(-s, kind="mergesort")
-    last = np.r_[np.flatnonzero(s[order][1:] != s[order][:-1]), len(s) - 1]   # end of each tie group
+    last = np.r_[np.flatnonzero(s[order][1:] != s[order][:-1]), len(s) - 1]  # end of each tie group
     w = counts[:, order]
     tp = np.cumsum(w * y[order], axis=1)[:, last]
     fp = np.cumsum(w * ~y[order], axis=1)[:, last]
@@ -68,8 +70,9 @@ def precision_recall(labels: ArrayLike, probs: ArrayLike) -> tuple[np.ndarray, n
     return recall, precision, ap
 
 
-def calibration(labels: ArrayLike, probs: ArrayLike,
-                bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def calibration(
+    labels: ArrayLike, probs: ArrayLike, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Reliability curve over equal-width probability bins: (mean predicted probability, observed
     fraction of PNEUMONIA, images per bin) for the non-empty bins, and the Brier score."""
     y = np.asarray(labels).astype(float)

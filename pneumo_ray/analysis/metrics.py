@@ -61,8 +61,10 @@ def decision_threshold(weights: tuple[float, float], class_counts: tuple[int, in
     (w0, w1), (n0, n1) = weights, class_counts
     mass0, mass1 = float(w0) * n0, float(w1) * n1
     if not (mass0 > 0 and mass1 > 0):
-        raise ValueError(f"decision threshold needs both classes with positive weight, got weights {weights} "
-                         f"and counts {class_counts}")
+        raise ValueError(
+            f"decision threshold needs both classes with positive weight, got weights {weights} "
+            f"and counts {class_counts}"
+        )
     return mass1 / (mass0 + mass1)
 
 
@@ -79,7 +81,17 @@ def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> di
 
     sens, spec, prec = div(tp, tp + fn), div(tn, tn + fp), div(tp, tp + fp)
     return dict(
-        auc=roc_auc(y, s), accuracy=div(tp + tn, len(y)), sensitivity=sens, specificity=spec,
-        precision=prec, f1=div(2 * prec * sens, prec + sens) if tp else 0.0,
-        balanced_accuracy=(sens + spec) / 2, threshold=float(threshold), tn=tn, fp=fp, fn=fn, tp=tp, n=len(y),
+        auc=roc_auc(y, s),
+        accuracy=div(tp + tn, len(y)),
+        sensitivity=sens,
+        specificity=spec,
+        precision=prec,
+        f1=div(2 * prec * sens, prec + sens) if tp else 0.0,
+        balanced_accuracy=(sens + spec) / 2,
+        threshold=float(threshold),
+        tn=tn,
+        fp=fp,
+        fn=fn,
+        tp=tp,
+        n=len(y),
     )

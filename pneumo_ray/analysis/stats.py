@@ -38,13 +38,13 @@ def weighted_auc(scores: ArrayLike, labels: ArrayLike, weights: ArrayLike) -> np
     resampled set, computed without materialising it."""
     s, y = np.asarray(scores, float), np.asarray(labels).astype(bool)
     w = np.atleast_2d(np.asarray(weights, float))
-    uniq, inv = np.unique(s, return_inverse=True)           # tie groups, ascending
+    uniq, inv = np.unique(s, return_inverse=True)  # tie groups, ascending
     k = len(uniq)
     neg = np.zeros((w.shape[0], k))
     pos = np.zeros((w.shape[0], k))
     np.add.at(neg.T, inv[~y], w[:, ~y].T)
     np.add.at(pos.T, inv[y], w[:, y].T)
-    neg_below = np.cumsum(neg, axis=1) - neg                  # negatives with a strictly lower score
+    neg_below = np.cumsum(neg, axis=1) - neg  # negatives with a strictly lower score
     num = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
     den = pos.sum(axis=1) * neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -97,19 +97,24 @@ def delong(scores_a: ArrayLike, scores_b: ArrayLike, labels: ArrayLike) -> dict:
     if y.all() or not y.any():
         raise ValueError("DeLong's test needs both classes")
     aucs, v10, v01 = structural_components(np.stack([np.asarray(scores_a, float), np.asarray(scores_b, float)]), y)
-    var = float(_delong_var(v10[0] - v10[1], v01[0] - v01[1]))   # = S_aa + S_bb - 2 S_ab of the 2x2 covariances
+    var = float(_delong_var(v10[0] - v10[1], v01[0] - v01[1]))  # = S_aa + S_bb - 2 S_ab of the 2x2 covariances
     diff = aucs[0] - aucs[1]
     if var <= 0:
         z, p = (0.0, 1.0) if diff == 0 else (math.copysign(math.inf, diff), 0.0)
     else:
         z = diff / math.sqrt(var)
         p = math.erfc(abs(z) / math.sqrt(2))
-    return dict(auc_a=float(aucs[0]), auc_b=float(aucs[1]), diff=float(diff), se=float(math.sqrt(max(var, 0.0))),
-                z=float(z), p=float(p))
+    return dict(
+        auc_a=float(aucs[0]),
+        auc_b=float(aucs[1]),
+        diff=float(diff),
+        se=float(math.sqrt(max(var, 0.0))),
+        z=float(z),
+        p=float(p),
+    )
 
 
-def _two_level(per_seed: np.ndarray, v10: np.ndarray, v01: np.ndarray, level: float,
-               subtract_overlap: bool) -> dict:
+def _two_level(per_seed: np.ndarray, v10: np.ndarray, v01: np.ndarray, level: float, subtract_overlap: bool) -> dict:
     """Mean over seeds of `per_seed` AUCs (or paired AUC differences) with a variance that counts both
     training randomness and test-image sampling. v10/v01: [seeds, cases] structural components of the
     per-seed quantity (for a difference, the component-wise differences)."""
@@ -117,28 +122,39 @@ def _two_level(per_seed: np.ndarray, v10: np.ndarray, v01: np.ndarray, level: fl
 
     k = len(per_seed)
     est = float(per_seed.mean())
-    var_test = float(_delong_var(v10.mean(axis=0), v01.mean(axis=0)))   # test sampling of the seed average
+    var_test = float(_delong_var(v10.mean(axis=0), v01.mean(axis=0)))  # test sampling of the seed average
     if k < 2:
         var_seed, df = math.nan, math.inf
         var = var_test
     else:
         s2 = float(per_seed.var(ddof=1))
-        if subtract_overlap:   # s2 also holds the non-shared part of each seed's test noise: take it out
+        if subtract_overlap:  # s2 also holds the non-shared part of each seed's test noise: take it out
             s2 = max(s2 - (float(_delong_var(v10, v01).mean()) - var_test) * k / (k - 1), 0.0)
         var_seed = s2 / k
         var = var_seed + var_test
-        df = var ** 2 / (var_seed ** 2 / (k - 1)) if var_seed > 0 else math.inf
+        df = var**2 / (var_seed**2 / (k - 1)) if var_seed > 0 else math.inf
     se = math.sqrt(var)
     if se > 0:
         crit = float(stats.t.ppf(0.5 + level / 2, df))
         p = float(2 * stats.t.sf(abs(est) / se, df))
     else:
         crit, p = 0.0, (1.0 if est == 0 else 0.0)
-    return dict(est=est, se=se, df=float(df), ci_low=est - crit * se, ci_high=est + crit * se, p=p,
-                var_seed=var_seed, var_test=var_test, n_seeds=k)
+    return dict(
+        est=est,
+        se=se,
+        df=float(df),
+        ci_low=est - crit * se,
+        ci_high=est + crit * se,
+        p=p,
+        var_seed=var_seed,
+        var_test=var_test,
+        n_seeds=k,
+    )
 
 
-def auc_diff_two_level(probs_a: ArrayLike, probs_b: ArrayLike, labels: ArrayLike, level: float = 0.95, *, subtract_overlap: bool = False) -> dict:
+def auc_diff_two_level(
+    probs_a: ArrayLike, probs_b: ArrayLike, labels: ArrayLike, level: float = 0.95, *, subtract_overlap: bool = False
+) -> dict:
     """PRIMARY paired test of mean-over-seeds AUC(a) − AUC(b), counting both sources of variation.
 
     d_k = AUC(a_k) − AUC(b_k) for the same-seed pair k; Δ = mean(d_k) and
@@ -175,8 +191,11 @@ def auc_diff_two_level(probs_a: ArrayLike, probs_b: ArrayLike, labels: ArrayLike
     r = _two_level(auc_a - auc_b, v10_a - v10_b, v01_a - v01_b, level, subtract_overlap)
     r["diff"] = r.pop("est")
     r["n_test"] = a.shape[1]
-    r["method"] = ("two-level t: seeds (paired differences) + DeLong test sampling" if r["n_seeds"] > 1 else
-                   "DeLong only (1 seed): run-to-run variation is not counted")
+    r["method"] = (
+        "two-level t: seeds (paired differences) + DeLong test sampling"
+        if r["n_seeds"] > 1
+        else "DeLong only (1 seed): run-to-run variation is not counted"
+    )
     return r
 
 

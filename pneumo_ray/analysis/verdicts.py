@@ -26,9 +26,11 @@ from pneumo_ray.config.arms import REFERENCE
 
 METRICS = ("auc", "accuracy", "sensitivity", "specificity", "f1", "balanced_accuracy")
 ALPHA = 0.05
-ARM_HEADER = ("per arm: test AUC mean [95% CI covering seed-to-seed variation and the sampling of the test "
-              "images];\nthreshold metrics at the loss's decision rule and val AUC: mean [95% t-interval across seeds "
-              "only, test images held fixed]")
+ARM_HEADER = (
+    "per arm: test AUC mean [95% CI covering seed-to-seed variation and the sampling of the test "
+    "images];\nthreshold metrics at the loss's decision rule and val AUC: mean [95% t-interval across seeds "
+    "only, test images held fixed]"
+)
 
 
 def _probs(preds: pd.DataFrame, model: str, arm: str, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -64,15 +66,21 @@ def arm_row(model: str, arm: str, g: pd.DataFrame, preds: pd.DataFrame) -> dict:
     for m in METRICS + ("val_auc",):
         col = m if m.startswith("val_") else f"test_{m}"
         mean, lo, hi = mean_ci(g[col].to_numpy(float)) if col in g else (math.nan, math.nan, math.nan)
-        lo, hi = max(lo, 0.0), min(hi, 1.0)   # metrics live in [0, 1] (nan stays nan)
+        lo, hi = max(lo, 0.0), min(hi, 1.0)  # metrics live in [0, 1] (nan stays nan)
         row.update({f"{col}_mean": mean, f"{col}_ci_low": lo, f"{col}_ci_high": hi})
     row["test_auc_ci_covers"] = "seeds only (no predictions)"
     if _has_preds(preds, model, arm, seeds):
         p, y = _probs(preds, model, arm, seeds)
         two = auc_two_level(p, y)
-        row.update(test_auc_mean=two["mean"], test_auc_ci_low=two["ci_low"], test_auc_ci_high=two["ci_high"],
-                   test_auc_var_seed=two["var_seed"], test_auc_var_test=two["var_test"], test_auc_df=two["df"],
-                   test_auc_ci_covers="seeds and test images")
+        row.update(
+            test_auc_mean=two["mean"],
+            test_auc_ci_low=two["ci_low"],
+            test_auc_ci_high=two["ci_high"],
+            test_auc_var_seed=two["var_seed"],
+            test_auc_var_test=two["var_test"],
+            test_auc_df=two["df"],
+            test_auc_ci_covers="seeds and test images",
+        )
     return row
 
 
@@ -81,17 +89,25 @@ def fairness_warning(arm: str, tuned_arm: str | None, tuned_ref: str | None) -> 
     off = [(a, t) for a, t in ((arm, tuned_arm), (REFERENCE, tuned_ref)) if t is not None and t != a]
     if not off:
         return None
-    return "; ".join(f"{a} runs at a configuration tuned for {t}" for a, t in off) + \
-        " (tilted comparison: use --tune N to tune each arm on its own)"
+    return (
+        "; ".join(f"{a} runs at a configuration tuned for {t}" for a, t in off)
+        + " (tilted comparison: use --tune N to tune each arm on its own)"
+    )
 
 
 def comparison_row(model: str, arm: str, ok: pd.DataFrame, preds: pd.DataFrame) -> dict:
     ref = ok[(ok.model == model) & (ok.arm == REFERENCE)]
     other = ok[(ok.model == model) & (ok.arm == arm)]
     seeds = sorted(set(ref["seed"]) & set(other["seed"]))
-    row = dict(kind="vs_transfer", model=model, arm=arm, reference=REFERENCE, n_seeds=len(seeds),
-               seeds=",".join(map(str, seeds)),
-               warning=fairness_warning(arm, _provenance(other)["tuned_for"], _provenance(ref)["tuned_for"]))
+    row = dict(
+        kind="vs_transfer",
+        model=model,
+        arm=arm,
+        reference=REFERENCE,
+        n_seeds=len(seeds),
+        seeds=",".join(map(str, seeds)),
+        warning=fairness_warning(arm, _provenance(other)["tuned_for"], _provenance(ref)["tuned_for"]),
+    )
     if not seeds or not (_has_preds(preds, model, arm, seeds) and _has_preds(preds, model, REFERENCE, seeds)):
         return row
     a, y = _probs(preds, model, arm, seeds)
@@ -100,12 +116,22 @@ def comparison_row(model: str, arm: str, ok: pd.DataFrame, preds: pd.DataFrame) 
         raise ValueError(f"{model}: arm {arm} and {REFERENCE} were tested on different images")
     two = auc_diff_two_level(a, b, y)
     dl = delong(a.mean(axis=0), b.mean(axis=0), y)
-    row.update(n_test=len(y), auc_diff=two["diff"], auc_diff_se=two["se"], auc_diff_df=two["df"],
-               auc_diff_ci_low=two["ci_low"], auc_diff_ci_high=two["ci_high"], p_value=two["p"],
-               var_seed=two["var_seed"], var_test=two["var_test"],
-               method=two["method"],
-               delong_auc_arm=dl["auc_a"], delong_auc_reference=dl["auc_b"], delong_z=dl["z"],
-               p_delong_fixed_models=dl["p"])
+    row.update(
+        n_test=len(y),
+        auc_diff=two["diff"],
+        auc_diff_se=two["se"],
+        auc_diff_df=two["df"],
+        auc_diff_ci_low=two["ci_low"],
+        auc_diff_ci_high=two["ci_high"],
+        p_value=two["p"],
+        var_seed=two["var_seed"],
+        var_test=two["var_test"],
+        method=two["method"],
+        delong_auc_arm=dl["auc_a"],
+        delong_auc_reference=dl["auc_b"],
+        delong_z=dl["z"],
+        p_delong_fixed_models=dl["p"],
+    )
     return row
 
 
@@ -118,8 +144,7 @@ def summarize(ablations: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFram
     for (model, arm), g in ok.groupby(["model", "arm"], sort=True):
         rows.append(arm_row(model, arm, g, preds))
     for model in sorted(ok["model"].unique()):
-        vs = [comparison_row(model, arm, ok, preds)
-              for arm in sorted(set(ok[ok.model == model]["arm"]) - {REFERENCE})]
+        vs = [comparison_row(model, arm, ok, preds) for arm in sorted(set(ok[ok.model == model]["arm"]) - {REFERENCE})]
         adjusted = holm([r.get("p_value", math.nan) for r in vs]) if vs else []
         for r, p in zip(vs, adjusted):
             r["p_holm"] = float(p)
@@ -164,35 +189,68 @@ def format_summary(summary: pd.DataFrame) -> str:
         return "no finished ablation runs yet"
     arms = summary[summary.kind == "arm"]
     lines = [ARM_HEADER]
-    table = pd.DataFrame({
-        "model": arms.model, "arm": arms.arm, "seeds": arms.n_seeds,
-        **{name: [_ci(r[f"test_{m}_mean"], r[f"test_{m}_ci_low"], r[f"test_{m}_ci_high"]) for _, r in arms.iterrows()]
-           for name, m in (("test AUC", "auc"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
-                           ("specificity", "specificity"))},
-        "val AUC": [_ci(r["val_auc_mean"], r["val_auc_ci_low"], r["val_auc_ci_high"]) for _, r in arms.iterrows()],
-        "configuration": [r.get("config_source") or "-" for _, r in arms.iterrows()]})
+    table = pd.DataFrame(
+        {
+            "model": arms.model,
+            "arm": arms.arm,
+            "seeds": arms.n_seeds,
+            **{
+                name: [
+                    _ci(r[f"test_{m}_mean"], r[f"test_{m}_ci_low"], r[f"test_{m}_ci_high"]) for _, r in arms.iterrows()
+                ]
+                for name, m in (
+                    ("test AUC", "auc"),
+                    ("accuracy", "accuracy"),
+                    ("sensitivity", "sensitivity"),
+                    ("specificity", "specificity"),
+                )
+            },
+            "val AUC": [_ci(r["val_auc_mean"], r["val_auc_ci_low"], r["val_auc_ci_high"]) for _, r in arms.iterrows()],
+            "configuration": [r.get("config_source") or "-" for _, r in arms.iterrows()],
+        }
+    )
     lines.append(table.to_string(index=False))
     seeds_only = arms[arms.get("test_auc_ci_covers", pd.Series(dtype=str)).ne("seeds and test images")]
     if len(seeds_only):
-        lines.append("(no test predictions for " + ", ".join(f"{r.model}/{r.arm}" for r in seeds_only.itertuples())
-                     + ": their test AUC interval covers seeds only)")
+        lines.append(
+            "(no test predictions for "
+            + ", ".join(f"{r.model}/{r.arm}" for r in seeds_only.itertuples())
+            + ": their test AUC interval covers seeds only)"
+        )
     vs = summary[summary.kind == "vs_transfer"]
     if len(vs):
-        lines.append(f"\neach arm vs {REFERENCE}, paired on the same test images and seeds "
-                     f"(primary test: seeds + test images, Holm-adjusted per model)")
+        lines.append(
+            f"\neach arm vs {REFERENCE}, paired on the same test images and seeds "
+            f"(primary test: seeds + test images, Holm-adjusted per model)"
+        )
         out = []
         for _, r in vs.iterrows():
             if pd.isna(r.get("auc_diff")):
-                out.append({"model": r.model, "arm": r.arm, "seeds": int(r.n_seeds),
-                            "ΔAUC [95% CI]": f"no {REFERENCE} run with the same seeds and predictions"})
+                out.append(
+                    {
+                        "model": r.model,
+                        "arm": r.arm,
+                        "seeds": int(r.n_seeds),
+                        "ΔAUC [95% CI]": f"no {REFERENCE} run with the same seeds and predictions",
+                    }
+                )
                 continue
-            out.append({"model": r.model, "arm": r.arm, "seeds": int(r.n_seeds),
-                        "ΔAUC [95% CI]": f"{r.auc_diff:+.4f} [{r.auc_diff_ci_low:+.4f}, {r.auc_diff_ci_high:+.4f}]",
-                        "p": f"{r.p_value:.3g}", "p_holm": f"{r.p_holm:.3g}",
-                        "secondary: DeLong, fixed models": f"{r.p_delong_fixed_models:.3g}"})
+            out.append(
+                {
+                    "model": r.model,
+                    "arm": r.arm,
+                    "seeds": int(r.n_seeds),
+                    "ΔAUC [95% CI]": f"{r.auc_diff:+.4f} [{r.auc_diff_ci_low:+.4f}, {r.auc_diff_ci_high:+.4f}]",
+                    "p": f"{r.p_value:.3g}",
+                    "p_holm": f"{r.p_holm:.3g}",
+                    "secondary: DeLong, fixed models": f"{r.p_delong_fixed_models:.3g}",
+                }
+            )
         lines.append(pd.DataFrame(out).to_string(index=False))
-        lines.append("ΔAUC = arm − transfer, mean over paired seeds. Secondary column: DeLong on the seed-averaged "
-                     "probabilities\ntreats the trained models as fixed (ignores seed variation): never a verdict.")
+        lines.append(
+            "ΔAUC = arm − transfer, mean over paired seeds. Secondary column: DeLong on the seed-averaged "
+            "probabilities\ntreats the trained models as fixed (ignores seed variation): never a verdict."
+        )
         lines.append("\nverdicts:")
         lines += [f"  {r['verdict']}" for _, r in vs.iterrows() if isinstance(r.get("verdict"), str)]
     return "\n".join(lines)

@@ -26,12 +26,12 @@ CHANGES: dict[str, tuple[str, dict]] = {
     "no_class_weights": ("no-class-weights", dict(class_weight=1.0, class_weight_scale=1.0)),
     "freeze_backbone": ("freeze-backbone", dict(freeze_backbone=True)),
 }
-LEAKY = "test-overlap"   # pre-training on all of the source, as the seed study did
+LEAKY = "test-overlap"  # pre-training on all of the source, as the seed study did
 
 
 @dataclass(frozen=True)
 class Arm:
-    changes: tuple[str, ...] = ()       # keys of CHANGES
+    changes: tuple[str, ...] = ()  # keys of CHANGES
     allow_overlap: bool = False
 
     def __post_init__(self) -> None:
@@ -68,14 +68,16 @@ class Arm:
     def data_spec(self, sweep: SweepConfig, data: DataSpec) -> DataSpec:
         """The study data of this arm: the sweep's, with the source loaded only if the arm pre-trains
         and all of it kept for the test-overlap arm."""
-        return sweep.data_spec(data).replace(use_pretrain=self.pretrains and sweep.pretrain_epochs > 0,
-                                             allow_overlap=self.allow_overlap)
+        return sweep.data_spec(data).replace(
+            use_pretrain=self.pretrains and sweep.pretrain_epochs > 0, allow_overlap=self.allow_overlap
+        )
 
 
 @dataclass(frozen=True)
 class AblationSpec:
     """One ablation run: the arm, its seeds and where its configuration comes from (one of: its own
     search of `tune` trials; the best trial of the finished sweep in `from_`; the seed's defaults)."""
+
     arm: Arm = Arm()
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     tune: int | None = None

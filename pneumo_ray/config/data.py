@@ -17,15 +17,16 @@ def _absolute(path: str | os.PathLike | None) -> str | None:
 @dataclass(frozen=True)
 class DataSpec:
     """The target's train/val/test split and the pre-training source (`data.study_data.load_study_data`)."""
-    data_root: str | None = None        # Kaggle chest_xray/ folder; None = the synthetic phantoms
-    pretrain_root: str | None = None    # Kaggle CoronaHack folder; None = synthetic source (with synthetic target)
+
+    data_root: str | None = None  # Kaggle chest_xray/ folder; None = the synthetic phantoms
+    pretrain_root: str | None = None  # Kaggle CoronaHack folder; None = synthetic source (with synthetic target)
     image_size: int = 64
-    split_seed: int = 0                 # the patient-grouped validation split
+    split_seed: int = 0  # the patient-grouped validation split
     val_fraction: float = 0.2
-    use_pretrain: bool = True           # load the pre-training source at all
-    allow_overlap: bool = False         # keep source images shared with validation/test (the seed's leaky arm)
-    source_subset: str = "all"          # CoronaHack: all pneumonia, or "covid"
-    cache_dir: str | None = None        # decoded images + pre-trained weights; None = $PNEUMO_RAY_CACHE or ~/.cache
+    use_pretrain: bool = True  # load the pre-training source at all
+    allow_overlap: bool = False  # keep source images shared with validation/test (the seed's leaky arm)
+    source_subset: str = "all"  # CoronaHack: all pneumonia, or "covid"
+    cache_dir: str | None = None  # decoded images + pre-trained weights; None = $PNEUMO_RAY_CACHE or ~/.cache
 
     def __post_init__(self) -> None:
         for name in ("data_root", "pretrain_root", "cache_dir"):

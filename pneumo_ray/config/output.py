@@ -11,12 +11,13 @@ from pathlib import Path
 @dataclass(frozen=True)
 class OutputSpec:
     """Results folder `<results>/<name>/`, Ray storage and cluster, and whether to resume."""
+
     name: str
-    results: str = "results"            # the folder holding <name>/
-    storage: str | None = None          # Ray Tune/Train storage, a shared path or s3://…; None = <folder>/ray
-    address: str | None = None          # Ray cluster; None = $RAY_ADDRESS, else a local Ray
-    resume: bool = False                # continue the interrupted run in <folder>
-    preset: str = "smoke"               # the preset the settings started from (recorded with every row)
+    results: str = "results"  # the folder holding <name>/
+    storage: str | None = None  # Ray Tune/Train storage, a shared path or s3://…; None = <folder>/ray
+    address: str | None = None  # Ray cluster; None = $RAY_ADDRESS, else a local Ray
+    resume: bool = False  # continue the interrupted run in <folder>
+    preset: str = "smoke"  # the preset the settings started from (recorded with every row)
 
     @property
     def folder(self) -> Path:

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Searched:
     """One searched hyper-parameter."""
-    name: str                       # in words, for messages: "augmentation strength"
-    field: str                      # TrainConfig field = Tune parameter = trials.parquet column
-    range_field: str                # SweepConfig field holding the range (or the choices)
-    flag: str                       # command-line flag setting range_field
-    default: tuple[float, ...]      # SweepConfig's default range (LOW, HIGH) or choices
-    log: bool                       # sampled (and plotted) on a log scale: values must be positive
-    categorical: bool = False       # choices, not a range (pre-training lrs: trials then share pre-trainings)
-    bounds: tuple[float, float] | None = None   # valid values, inclusive (besides log's positivity)
+
+    name: str  # in words, for messages: "augmentation strength"
+    field: str  # TrainConfig field = Tune parameter = trials.parquet column
+    range_field: str  # SweepConfig field holding the range (or the choices)
+    flag: str  # command-line flag setting range_field
+    default: tuple[float, ...]  # SweepConfig's default range (LOW, HIGH) or choices
+    log: bool  # sampled (and plotted) on a log scale: values must be positive
+    categorical: bool = False  # choices, not a range (pre-training lrs: trials then share pre-trainings)
+    bounds: tuple[float, float] | None = None  # valid values, inclusive (besides log's positivity)
     help: str = ""
 
     @property
@@ -64,18 +65,46 @@ class Searched:
 
 
 SEARCH: tuple[Searched, ...] = (
-    Searched("augmentation strength", "aug_strength", "aug_range", "--aug-range", (0.0, 1.0), log=False,
-             bounds=(0.0, 1.0), help="fine-tuning augmentation strength, uniform in [LOW, HIGH] within [0, 1]"),
-    Searched("class-weight scale", "class_weight_scale", "class_weight_scale_range", "--class-weight-range",
-             (0.5, 2.0), log=True,
-             help="multiplier on the inverse-frequency NORMAL class weight, log-uniform in [LOW, HIGH], > 0"),
-    Searched("fine-tuning learning rate", "lr", "lr_range", "--lr-range", (1e-4, 3e-3), log=True,
-             help="fine-tuning learning rate, log-uniform in [LOW, HIGH], > 0"),
-    Searched("pre-training learning rate", "pretrain_lr", "pretrain_lrs", "--pretrain-lrs", (1e-3,), log=True,
-             categorical=True,
-             help="pre-training learning rates (> 0) Optuna chooses among (categorical: trials share pre-trainings)"),
+    Searched(
+        "augmentation strength",
+        "aug_strength",
+        "aug_range",
+        "--aug-range",
+        (0.0, 1.0),
+        log=False,
+        bounds=(0.0, 1.0),
+        help="fine-tuning augmentation strength, uniform in [LOW, HIGH] within [0, 1]",
+    ),
+    Searched(
+        "class-weight scale",
+        "class_weight_scale",
+        "class_weight_scale_range",
+        "--class-weight-range",
+        (0.5, 2.0),
+        log=True,
+        help="multiplier on the inverse-frequency NORMAL class weight, log-uniform in [LOW, HIGH], > 0",
+    ),
+    Searched(
+        "fine-tuning learning rate",
+        "lr",
+        "lr_range",
+        "--lr-range",
+        (1e-4, 3e-3),
+        log=True,
+        help="fine-tuning learning rate, log-uniform in [LOW, HIGH], > 0",
+    ),
+    Searched(
+        "pre-training learning rate",
+        "pretrain_lr",
+        "pretrain_lrs",
+        "--pretrain-lrs",
+        (1e-3,),
+        log=True,
+        categorical=True,
+        help="pre-training learning rates (> 0) Optuna chooses among (categorical: trials share pre-trainings)",
+    ),
 )
-SEARCHED: tuple[str, ...] = tuple(s.field for s in SEARCH)     # the TrainConfig fields, in sampling order
+SEARCHED: tuple[str, ...] = tuple(s.field for s in SEARCH)  # the TrainConfig fields, in sampling order
 
 
 def default(range_field: str) -> tuple[float, ...]:

@@ -16,18 +16,20 @@ from pneumo_ray.config.train import TrainConfig
 @dataclass(frozen=True)
 class Resources:
     """One trial's Ray Train job: its workers (DDP), their CPUs and GPUs in all, where they go."""
+
     workers: int = 1
-    cpus: float = 1.0                     # split evenly over the workers
-    gpus: float = 0.0                     # fractions share a GPU
-    placement_strategy: str = "PACK"      # PACK, SPREAD or STRICT_SPREAD (one worker per node)
+    cpus: float = 1.0  # split evenly over the workers
+    gpus: float = 0.0  # fractions share a GPU
+    placement_strategy: str = "PACK"  # PACK, SPREAD or STRICT_SPREAD (one worker per node)
     max_failures: int = 1
 
 
 @dataclass(frozen=True)
 class SweepConfig:
     """A sweep: fixed training settings, the search space and the resources of each trial."""
+
     models: tuple[str, ...] = ("cnn", "densenet")
-    num_samples: int = 2                  # trials per model
+    num_samples: int = 2  # trials per model
     image_size: int = 32
     epochs: int = 2
     pretrain_epochs: int = 1
@@ -38,14 +40,14 @@ class SweepConfig:
     aug_range: tuple[float, float] = default("aug_range")
     class_weight_scale_range: tuple[float, float] = default("class_weight_scale_range")  # × inverse-frequency
     lr_range: tuple[float, float] = default("lr_range")
-    pretrain_lrs: tuple[float, ...] = default("pretrain_lrs")   # categorical, so trials share pre-trainings
+    pretrain_lrs: tuple[float, ...] = default("pretrain_lrs")  # categorical, so trials share pre-trainings
     grace_period: int = 1
     reduction_factor: int = 2
     workers_per_trial: int = 1
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    placement_strategy: str = "PACK"      # of a job's workers: PACK, SPREAD or STRICT_SPREAD (one per node)
-    max_concurrent: int = 0               # 0 = as many as the cluster's resources allow
+    placement_strategy: str = "PACK"  # of a job's workers: PACK, SPREAD or STRICT_SPREAD (one per node)
+    max_concurrent: int = 0  # 0 = as many as the cluster's resources allow
     max_failures: int = 1
 
     def __post_init__(self) -> None:
@@ -57,9 +59,16 @@ class SweepConfig:
                 raise ValueError(f"{s.range_field} {values} ({s.flag}): {reason}")
 
     def base_config(self, model: str) -> TrainConfig:
-        return TrainConfig(model=model, image_size=self.image_size, epochs=self.epochs,
-                           pretrain_epochs=self.pretrain_epochs, batch_size=self.batch_size, seed=self.seed,
-                           val_fraction=self.val_fraction, pretrain_lr=self.pretrain_lrs[0])
+        return TrainConfig(
+            model=model,
+            image_size=self.image_size,
+            epochs=self.epochs,
+            pretrain_epochs=self.pretrain_epochs,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            val_fraction=self.val_fraction,
+            pretrain_lr=self.pretrain_lrs[0],
+        )
 
     def search_ranges(self) -> dict[str, list[float]]:
         """{range field: values} of the search space, as run.json records them."""
@@ -67,13 +76,22 @@ class SweepConfig:
 
     def data_spec(self, data: DataSpec) -> DataSpec:
         """`data` (where the images are) at this sweep's image size, split and pre-training choice."""
-        return data.replace(image_size=self.image_size, split_seed=self.seed, val_fraction=self.val_fraction,
-                            use_pretrain=self.pretrain_epochs > 0)
+        return data.replace(
+            image_size=self.image_size,
+            split_seed=self.seed,
+            val_fraction=self.val_fraction,
+            use_pretrain=self.pretrain_epochs > 0,
+        )
 
     @property
     def resources(self) -> Resources:
-        return Resources(workers=self.workers_per_trial, cpus=self.cpus_per_trial, gpus=self.gpus_per_trial,
-                         placement_strategy=self.placement_strategy, max_failures=self.max_failures)
+        return Resources(
+            workers=self.workers_per_trial,
+            cpus=self.cpus_per_trial,
+            gpus=self.gpus_per_trial,
+            placement_strategy=self.placement_strategy,
+            max_failures=self.max_failures,
+        )
 
     def replace(self, **changes: object) -> SweepConfig:
         return dataclasses.replace(self, **changes)
@@ -81,13 +99,37 @@ class SweepConfig:
 
 PRESETS: dict[str, dict] = {
     # synthetic data, tiny images: the whole Tune → Train path end to end in minutes on a laptop
-    "smoke": dict(models=("cnn", "densenet"), num_samples=2, image_size=32, epochs=2, pretrain_epochs=1,
-                  pretrain_lrs=(1e-3,), grace_period=1),
+    "smoke": dict(
+        models=("cnn", "densenet"),
+        num_samples=2,
+        image_size=32,
+        epochs=2,
+        pretrain_epochs=1,
+        pretrain_lrs=(1e-3,),
+        grace_period=1,
+    ),
     # real data within a 2-core CPU's means (shallow CNN at 64 px ≈ 150 img/s)
-    "cpu": dict(models=("cnn",), num_samples=4, image_size=64, epochs=6, pretrain_epochs=2,
-                pretrain_lrs=(1e-3,), lr_range=(3e-4, 3e-3), grace_period=2),
+    "cpu": dict(
+        models=("cnn",),
+        num_samples=4,
+        image_size=64,
+        epochs=6,
+        pretrain_epochs=2,
+        pretrain_lrs=(1e-3,),
+        lr_range=(3e-4, 3e-3),
+        grace_period=2,
+    ),
     # the seed's protocol at 224 px (50 pre-training epochs), sized for GPUs
-    "paper": dict(models=("cnn", "densenet"), num_samples=20, image_size=224, epochs=30, pretrain_epochs=50,
-                  pretrain_lrs=(3e-4, 1e-3, 3e-3), lr_range=(1e-5, 1e-3), grace_period=5, cpus_per_trial=4.0,
-                  gpus_per_trial=1.0),
+    "paper": dict(
+        models=("cnn", "densenet"),
+        num_samples=20,
+        image_size=224,
+        epochs=30,
+        pretrain_epochs=50,
+        pretrain_lrs=(3e-4, 1e-3, 3e-3),
+        lr_range=(1e-5, 1e-3),
+        grace_period=5,
+        cpus_per_trial=4.0,
+        gpus_per_trial=1.0,
+    ),
 }

@@ -15,20 +15,20 @@ MODELS = ("cnn", "densenet")
 class TrainConfig:
     model: str = "cnn"
     image_size: int = 64
-    epochs: int = 10                  # fine-tuning epochs on the target
-    pretrain_epochs: int = 5          # 0 = no pre-training (random initialisation)
-    lr: float = 1e-3                  # fine-tuning learning rate
+    epochs: int = 10  # fine-tuning epochs on the target
+    pretrain_epochs: int = 5  # 0 = no pre-training (random initialisation)
+    lr: float = 1e-3  # fine-tuning learning rate
     pretrain_lr: float = 1e-3
     batch_size: int = 32
-    aug_strength: float = 0.5         # fine-tuning augmentation: 0 = none, 1 = the full Keras-style set
+    aug_strength: float = 0.5  # fine-tuning augmentation: 0 = none, 1 = the full Keras-style set
     pretrain_aug_strength: float = 0.5  # kept apart so a fine-tuning search shares one pre-training
-    hflip: bool = False               # chest X-rays are not mirror-symmetric
+    hflip: bool = False  # chest X-rays are not mirror-symmetric
     class_weight: str | float = "auto"  # "auto" (from class frequencies) or NORMAL weight (PNEUMONIA = 1)
-    class_weight_scale: float = 1.0   # multiplies the NORMAL weight (what a sweep searches)
-    optimizer: str = "adamw"          # adamw | adam
+    class_weight_scale: float = 1.0  # multiplies the NORMAL weight (what a sweep searches)
+    optimizer: str = "adamw"  # adamw | adam
     weight_decay: float = 1e-4
-    schedule: str = "cosine"          # cosine | constant
-    freeze_backbone: bool = False     # fine-tune only the classifier head
+    schedule: str = "cosine"  # cosine | constant
+    freeze_backbone: bool = False  # fine-tune only the classifier head
     val_fraction: float = 0.2
     seed: int = 0
 
@@ -57,9 +57,23 @@ class TrainConfig:
 
     def pretrain_part(self) -> dict:
         """The fields that determine a pre-training run (its checkpoint can be shared by these)."""
-        return {k: getattr(self, k) for k in (
-            "model", "image_size", "pretrain_epochs", "pretrain_lr", "batch_size", "pretrain_aug_strength",
-            "hflip", "optimizer", "weight_decay", "schedule", "val_fraction", "seed")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "model",
+                "image_size",
+                "pretrain_epochs",
+                "pretrain_lr",
+                "batch_size",
+                "pretrain_aug_strength",
+                "hflip",
+                "optimizer",
+                "weight_decay",
+                "schedule",
+                "val_fraction",
+                "seed",
+            )
+        }
 
 
 def stable_id(obj: object, length: int = 12) -> str:

@@ -35,9 +35,10 @@ def default_cache_dir() -> Path:
 @dataclass
 class Decoded:
     """Images of the manifest rows that decoded, in manifest order."""
-    images: np.ndarray          # [N, size, size] uint8 (memory map for file-backed data)
-    manifest: pd.DataFrame      # the rows that decoded, index reset
-    problems: list[Problem]     # rows that did not, with the reason
+
+    images: np.ndarray  # [N, size, size] uint8 (memory map for file-backed data)
+    manifest: pd.DataFrame  # the rows that decoded, index reset
+    problems: list[Problem]  # rows that did not, with the reason
     key: str
     path: Path | None = None
 
@@ -76,8 +77,11 @@ def cache_key(manifest: pd.DataFrame, size: int) -> str:
             return [s.st_size, s.st_mtime_ns]
         except OSError:
             return None
-    return stable_id([CACHE_VERSION, int(size), [[p, int(label), stat(p)] for p, label in
-                      zip(manifest["path"], manifest["label"])]], 20)
+
+    return stable_id(
+        [CACHE_VERSION, int(size), [[p, int(label), stat(p)] for p, label in zip(manifest["path"], manifest["label"])]],
+        20,
+    )
 
 
 class _Progress:
@@ -99,8 +103,14 @@ class _Progress:
         sys.stderr.flush()
 
 
-def decoded(manifest: pd.DataFrame, size: int, cache_dir: str | os.PathLike | None = None,
-            workers: int | None = None, label: str = "images", quiet: bool = False) -> Decoded:
+def decoded(
+    manifest: pd.DataFrame,
+    size: int,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+    label: str = "images",
+    quiet: bool = False,
+) -> Decoded:
     """Decode (or reuse) the manifest's images at `size`; return the decodable rows + problems."""
     manifest = manifest.reset_index(drop=True)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -111,8 +121,11 @@ def decoded(manifest: pd.DataFrame, size: int, cache_dir: str | os.PathLike | No
         _build(manifest, size, data_path, meta_path, workers, label, quiet)
     meta = json.loads(meta_path.read_text())
     keep = np.asarray(meta["kept"], dtype=np.int64)
-    images = (np.memmap(data_path, np.uint8, "r", shape=(len(keep), size, size)) if len(keep)
-              else np.zeros((0, size, size), np.uint8))
+    images = (
+        np.memmap(data_path, np.uint8, "r", shape=(len(keep), size, size))
+        if len(keep)
+        else np.zeros((0, size, size), np.uint8)
+    )
     problems = [Problem(p, r) for p, r in meta["failed"]]
     return Decoded(images, manifest.iloc[keep].reset_index(drop=True), problems, key, data_path)
 
@@ -122,7 +135,7 @@ def _build(manifest, size, data_path, meta_path, workers, label, quiet) -> None:
     n = len(paths)
     workers = workers or min(os.cpu_count() or 1, 8)
     chunk = 64
-    jobs = [(paths[i:i + chunk], size) for i in range(0, n, chunk)]
+    jobs = [(paths[i : i + chunk], size) for i in range(0, n, chunk)]
     kept, failed = [], []
     progress, t0 = _Progress(label, n), time.time()
 
@@ -144,13 +157,16 @@ def _build(manifest, size, data_path, meta_path, workers, label, quiet) -> None:
                 pool.shutdown()
 
     atomic_write(data_path, stream)
-    meta = dict(version=CACHE_VERSION, size=size, n=n, kept=kept, failed=failed,
-                seconds=round(time.time() - t0, 2))
+    meta = dict(version=CACHE_VERSION, size=size, n=n, kept=kept, failed=failed, seconds=round(time.time() - t0, 2))
     atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta)))
 
 
-def cached_array(key: str, shape: tuple[int, ...], build: Callable[[], tuple[np.ndarray, dict]],
-                 cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, dict]:
+def cached_array(
+    key: str,
+    shape: tuple[int, ...],
+    build: Callable[[], tuple[np.ndarray, dict]],
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, dict]:
     """A generated uint8 array (and its JSON-able metadata) cached under `key`; `build()` returns
     (array, metadata) and runs only on a cache miss. Used for the synthetic phantoms."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()

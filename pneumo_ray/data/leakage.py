@@ -62,8 +62,10 @@ def _strided_sum(x: np.ndarray, axis: int) -> np.ndarray:
 
 def _linear_taps(size: int, out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Bilinear resampling along one axis (align_corners=False): source index pairs and their weights."""
-    src = np.maximum(np.float32(size) / np.float32(out) * (np.arange(out, dtype=np.float32) + np.float32(0.5))
-                     - np.float32(0.5), np.float32(0))
+    src = np.maximum(
+        np.float32(size) / np.float32(out) * (np.arange(out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5),
+        np.float32(0),
+    )
     i0 = src.astype(np.int64)
     w1 = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
     return i0, i0 + (i0 < size - 1), np.float32(1) - w1, w1
@@ -110,8 +112,9 @@ def set_hashes(images_set: ImageSetLike, chunk: int = 1024) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, HASH_BITS), bool)
 
 
-def nearest(a: np.ndarray, b: np.ndarray, exclude_self: bool = False,
-            chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def nearest(
+    a: np.ndarray, b: np.ndarray, exclude_self: bool = False, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
     """For each hash in `a`, the index of the nearest hash in `b` and its Hamming distance
     (exclude_self: a and b are the same set, an image is not its own match)."""
     if len(b) == 0 or len(a) == 0:
@@ -119,31 +122,41 @@ def nearest(a: np.ndarray, b: np.ndarray, exclude_self: bool = False,
     sa, sb = a.astype(np.float32) * 2 - 1, b.astype(np.float32) * 2 - 1
     idx, dist = np.empty(len(a), np.int64), np.empty(len(a), np.int64)
     for i in range(0, len(a), chunk):
-        d = np.rint((HASH_BITS - sa[i:i + chunk] @ sb.T) / 2)
+        d = np.rint((HASH_BITS - sa[i : i + chunk] @ sb.T) / 2)
         if exclude_self:
             rows = np.arange(i, min(i + chunk, len(a)))
             d[rows - i, rows] = HASH_BITS + 1
-        idx[i:i + chunk] = d.argmin(axis=1)
-        dist[i:i + chunk] = d[np.arange(len(d)), idx[i:i + chunk]]
+        idx[i : i + chunk] = d.argmin(axis=1)
+        dist[i : i + chunk] = d[np.arange(len(d)), idx[i : i + chunk]]
     return idx, dist
 
 
-def matches(a: ImageSetLike, b: ImageSetLike, hashes_a: np.ndarray | None = None, hashes_b: np.ndarray | None = None,
-            same: bool = False) -> pd.DataFrame:
+def matches(
+    a: ImageSetLike,
+    b: ImageSetLike,
+    hashes_a: np.ndarray | None = None,
+    hashes_b: np.ndarray | None = None,
+    same: bool = False,
+) -> pd.DataFrame:
     """One row per image of set `a`: does it occur in set `b` by name, by patient, by content?"""
     ha = set_hashes(a) if hashes_a is None else hashes_a
     hb = ha if same else (set_hashes(b) if hashes_b is None else hashes_b)
     ma, mb = a.manifest.reset_index(drop=True), b.manifest.reset_index(drop=True)
     idx, dist = nearest(ha, hb, exclude_self=same)
     found = idx >= 0
-    out = pd.DataFrame(dict(
-        name=ma["name"], patient=ma["patient"], label=ma["label"].astype(int),
-        by_name=False if same else ma["name"].isin(set(mb["name"])).to_numpy(),
-        by_patient=False if same else ma["patient"].isin(set(mb["patient"])).to_numpy(),
-        by_content=dist <= MATCH_DISTANCE,
-        content_match=np.where(found, mb["name"].to_numpy()[np.maximum(idx, 0)], None),
-        content_match_label=np.where(found, mb["label"].to_numpy()[np.maximum(idx, 0)], -1).astype(int),
-        content_distance=dist))
+    out = pd.DataFrame(
+        dict(
+            name=ma["name"],
+            patient=ma["patient"],
+            label=ma["label"].astype(int),
+            by_name=False if same else ma["name"].isin(set(mb["name"])).to_numpy(),
+            by_patient=False if same else ma["patient"].isin(set(mb["patient"])).to_numpy(),
+            by_content=dist <= MATCH_DISTANCE,
+            content_match=np.where(found, mb["name"].to_numpy()[np.maximum(idx, 0)], None),
+            content_match_label=np.where(found, mb["label"].to_numpy()[np.maximum(idx, 0)], -1).astype(int),
+            content_distance=dist,
+        )
+    )
     out.loc[~out["by_content"], ["content_match"]] = None
     out.loc[~out["by_content"], "content_match_label"] = -1
     return out
@@ -160,12 +173,20 @@ def audit(sets: dict[str, ImageSetLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
             same = a_name == b_name
             m = matches(a, b, hashes[a_name], hashes[b_name], same=same)
             any_ = m["by_name"] | m["by_patient"] | m["by_content"]
-            summary.append(dict(
-                a_set=a_name, b_set=b_name, a_images=len(m), by_name=int(m["by_name"].sum()),
-                by_patient=int(m["by_patient"].sum()), by_content=int(m["by_content"].sum()), any=int(any_.sum()),
-                a_patients=int(a.manifest["patient"].nunique()),
-                patients_shared=0 if same else len(set(a.manifest["patient"]) & set(b.manifest["patient"])),
-                content_label_conflicts=int((m["by_content"] & (m["content_match_label"] != m["label"])).sum())))
+            summary.append(
+                dict(
+                    a_set=a_name,
+                    b_set=b_name,
+                    a_images=len(m),
+                    by_name=int(m["by_name"].sum()),
+                    by_patient=int(m["by_patient"].sum()),
+                    by_content=int(m["by_content"].sum()),
+                    any=int(any_.sum()),
+                    a_patients=int(a.manifest["patient"].nunique()),
+                    patients_shared=0 if same else len(set(a.manifest["patient"]) & set(b.manifest["patient"])),
+                    content_label_conflicts=int((m["by_content"] & (m["content_match_label"] != m["label"])).sum()),
+                )
+            )
             hit = m[any_].copy()
             hit.insert(0, "b_set", b_name)
             hit.insert(0, "a_set", a_name)
@@ -187,23 +208,36 @@ def leakage_flags(source: ImageSetLike, held_out: list[ImageSetLike]) -> pd.Data
 
 def format_summary(summary: pd.DataFrame) -> str:
     s = summary[summary["a_set"] != summary["b_set"]]
-    cols = ["a_set", "b_set", "a_images", "by_name", "by_content", "by_patient", "any", "patients_shared",
-            "content_label_conflicts"]
+    cols = [
+        "a_set",
+        "b_set",
+        "a_images",
+        "by_name",
+        "by_content",
+        "by_patient",
+        "any",
+        "patients_shared",
+        "content_label_conflicts",
+    ]
     dup = summary[summary["a_set"] == summary["b_set"]][["a_set", "a_images", "by_content"]]
-    return (f"images of a_set found in b_set (content: Hamming distance ≤ {MATCH_DISTANCE} of {HASH_BITS} bits)\n"
-            + s[cols].to_string(index=False)
-            + "\n\nduplicate content inside one set (images with a near-identical other image)\n"
-            + dup.rename(columns={"by_content": "with_duplicate"}).to_string(index=False))
+    return (
+        f"images of a_set found in b_set (content: Hamming distance ≤ {MATCH_DISTANCE} of {HASH_BITS} bits)\n"
+        + s[cols].to_string(index=False)
+        + "\n\nduplicate content inside one set (images with a near-identical other image)\n"
+        + dup.rename(columns={"by_content": "with_duplicate"}).to_string(index=False)
+    )
 
 
 def format_split_overlap(summary: pd.DataFrame, train: str, test: str) -> str:
     """One line: what a target's own train and test sets share (patients, file names, content)."""
     s = summary.set_index(["a_set", "b_set"])
     tr, te = s.loc[(train, test)], s.loc[(test, train)]
-    return (f"{train} vs {test} (patient = person number + category; `--patients` shows why): "
-            f"{tr.patients_shared} patients shared ({tr.by_patient} {train} / {te.by_patient} {test} images of "
-            f"them), {te.by_name} file names shared, {te.by_content} {test} images with the content of a {train} "
-            f"image (Hamming distance ≤ {MATCH_DISTANCE})")
+    return (
+        f"{train} vs {test} (patient = person number + category; `--patients` shows why): "
+        f"{tr.patients_shared} patients shared ({tr.by_patient} {train} / {te.by_patient} {test} images of "
+        f"them), {te.by_name} file names shared, {te.by_content} {test} images with the content of a {train} "
+        f"image (Hamming distance ≤ {MATCH_DISTANCE})"
+    )
 
 
 # --- Which patient does a file name name? The evidence behind sources.patient_id -------------------------------
@@ -246,9 +280,13 @@ def _reading_rows(manifest: pd.DataFrame) -> list[tuple]:
         patients = manifest["name"].map(lambda n, r=reading: _patient_under(r, n))
         train, test = (patients[manifest["split"] == s] for s in ("train", "test"))
         shared = set(train) & set(test)
-        for item, value in (("patients train", train.nunique()), ("patients test", test.nunique()),
-                            ("shared train/test", len(shared)), ("train images of shared", train.isin(shared).sum()),
-                            ("test images of shared", test.isin(shared).sum())):
+        for item, value in (
+            ("patients train", train.nunique()),
+            ("patients test", test.nunique()),
+            ("shared train/test", len(shared)),
+            ("train images of shared", train.isin(shared).sum()),
+            ("test images of shared", test.isin(shared).sum()),
+        ):
             rows.append(("reading", reading, item, value))
     return rows
 
@@ -262,9 +300,13 @@ def _category_rows(names: pd.DataFrame) -> list[tuple]:
     """Person numbers used by both categories, against |B|·|V|/range for two independent numberings."""
     bac, vir = _numbers(names, series="bacteria"), _numbers(names, series="virus")
     span = (max(bac | vir) - min(bac | vir) + 1) if bac | vir else 0
-    facts = (("bacteria numbers |B|", len(bac)), ("virus numbers |V|", len(vir)), ("range of numbers", span),
-             ("used by both", len(bac & vir)),
-             ("expected by chance |B|·|V|/range", len(bac) * len(vir) / span if span else np.nan))
+    facts = (
+        ("bacteria numbers |B|", len(bac)),
+        ("virus numbers |V|", len(vir)),
+        ("range of numbers", span),
+        ("used by both", len(bac & vir)),
+        ("expected by chance |B|·|V|/range", len(bac) * len(vir) / span if span else np.nan),
+    )
     return [("both categories", "person numbers", item, value) for item, value in facts]
 
 
@@ -272,8 +314,14 @@ def _train_test_rows(names: pd.DataFrame) -> list[tuple]:
     """Numbers shared by a train series and a test series; for one series, train numbers inside the
     test's range (0: the test is a block cut out of the numbering)."""
     rows = []
-    for a, b in (("bacteria", "bacteria"), ("virus", "virus"), ("bacteria", "virus"), ("virus", "bacteria"),
-                 ("IM", "IM"), ("NORMAL2-IM", "NORMAL2-IM")):
+    for a, b in (
+        ("bacteria", "bacteria"),
+        ("virus", "virus"),
+        ("bacteria", "virus"),
+        ("virus", "bacteria"),
+        ("IM", "IM"),
+        ("NORMAL2-IM", "NORMAL2-IM"),
+    ):
         train, test = _numbers(names, "train", a), _numbers(names, "test", b)
         rows.append(("train vs test", f"train {a} × test {b}", "numbers shared", len(train & test)))
         if a == b:
@@ -287,8 +335,13 @@ def _series_rows(names: pd.DataFrame) -> list[tuple]:
     rows = []
     for (split, series), g in names.groupby(["split", "series"], sort=False):
         rho = _spearman(g["counter"], g["number"]) if series in ("bacteria", "virus") else np.nan
-        for item, value in (("images", len(g)), ("numbers", g["number"].nunique()), ("min number", g["number"].min()),
-                            ("max number", g["number"].max()), ("spearman(counter, number)", rho)):
+        for item, value in (
+            ("images", len(g)),
+            ("numbers", g["number"].nunique()),
+            ("min number", g["number"].min()),
+            ("max number", g["number"].max()),
+            ("spearman(counter, number)", rho),
+        ):
             rows.append(("series", f"{split} {series}", item, value))
     return rows
 
@@ -325,32 +378,50 @@ def _wide(ev: pd.DataFrame, section: str) -> str:
 
 
 def _chance_line(both: pd.Series) -> str:
-    return (f"person numbers used by both bacteria and virus: {_fmt(both['used by both'])}; expected by chance if "
-            f"each category is numbered on its own: {both['expected by chance |B|·|V|/range']:.0f} (|B| "
-            f"{_fmt(both['bacteria numbers |B|'])} · |V| {_fmt(both['virus numbers |V|'])} / range "
-            f"{_fmt(both['range of numbers'])})")
+    return (
+        f"person numbers used by both bacteria and virus: {_fmt(both['used by both'])}; expected by chance if "
+        f"each category is numbered on its own: {both['expected by chance |B|·|V|/range']:.0f} (|B| "
+        f"{_fmt(both['bacteria numbers |B|'])} · |V| {_fmt(both['virus numbers |V|'])} / range "
+        f"{_fmt(both['range of numbers'])})"
+    )
 
 
 def _decision_line(get: pd.Series) -> str:
     r, shared = get["reading"], get["train vs test"].xs("numbers shared", level="item")
     same = sum(shared[f"train {c} × test {c}"] for c in ("bacteria", "virus"))
     cross = shared["train bacteria × test virus"] + shared["train virus × test bacteria"]
-    return (f"decision: patient = (person number, category), e.g. person123-bacteria / person123-virus, with "
-            f"IM-NNNN and NORMAL2-IM-NNNN as series of their own: each category has its own image counter rising "
-            f"with N, the categories share about as many numbers as chance gives, and Kermany split train/test by "
-            f"patient, yet the joined reading would put {_fmt(r[READINGS[0], 'shared train/test'])} patients on "
-            f"both sides ({_fmt(cross)} of them bacteria on one side and virus on the other, {_fmt(same)} within "
-            f"one category) against {_fmt(r[READINGS[1], 'shared train/test'])} per category.")
+    return (
+        f"decision: patient = (person number, category), e.g. person123-bacteria / person123-virus, with "
+        f"IM-NNNN and NORMAL2-IM-NNNN as series of their own: each category has its own image counter rising "
+        f"with N, the categories share about as many numbers as chance gives, and Kermany split train/test by "
+        f"patient, yet the joined reading would put {_fmt(r[READINGS[0], 'shared train/test'])} patients on "
+        f"both sides ({_fmt(cross)} of them bacteria on one side and virus on the other, {_fmt(same)} within "
+        f"one category) against {_fmt(r[READINGS[1], 'shared train/test'])} per category."
+    )
 
 
 def format_patient_evidence(ev: pd.DataFrame) -> str:
     """The evidence table as text, ending with one line: the chosen definition and why."""
     get = ev.set_index(["section", "group", "item"])["value"].sort_index()
-    return "\n".join([
-        ("patients under each reading of `personN_<category>_M` (Kermany train vs test; IM/NORMAL2-IM: the same "
-         "under both)"), _wide(ev, "reading"), "",
-        _chance_line(get["both categories", "person numbers"]), "",
-        "person / IM numbers of train against those of test", _wide(ev, "train vs test"), "",
-        ("per split and series: images, numbers, range, Spearman correlation of the image counter M "
-         "(personN_<category>_M) with the person number N"), _wide(ev, "series"), "",
-        _decision_line(get)])
+    return "\n".join(
+        [
+            (
+                "patients under each reading of `personN_<category>_M` (Kermany train vs test; IM/NORMAL2-IM: the same "
+                "under both)"
+            ),
+            _wide(ev, "reading"),
+            "",
+            _chance_line(get["both categories", "person numbers"]),
+            "",
+            "person / IM numbers of train against those of test",
+            _wide(ev, "train vs test"),
+            "",
+            (
+                "per split and series: images, numbers, range, Spearman correlation of the image counter M "
+                "(personN_<category>_M) with the person number N"
+            ),
+            _wide(ev, "series"),
+            "",
+            _decision_line(get),
+        ]
+    )

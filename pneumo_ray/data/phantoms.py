@@ -20,6 +20,7 @@ far more than disease moves the mean brightness (mean-intensity AUC ~0.5).
 Speed (vectorised float32 numpy, one core; CPU time, best of 5, measured while other jobs
 loaded this 2-core VM): ~4600 img/s at 32 px, ~2200 at 64 px, ~690 at 128 px, ~290 at 224 px.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,34 +40,94 @@ _PIXELS_PER_CHUNK = 1 << 15  # pixels per batch: amortises numpy call overhead, 
 # lungs. Source = adult PA: broader body filling the frame, longer lungs, smaller heart.
 _ANATOMY = {
     "target": dict(
-        body_w=(0.78, 0.04), arm_w=(0.11, 0.02), body_top=(-0.50, 0.05), neck_w=(0.24, 0.02), tissue=(0.50, 0.04),
-        apex=(-0.62, 0.04), base=(0.40, 0.05), lat=(0.70, 0.03), med=(0.10, 0.015), ua=(0.30, 0.02),
-        dome=(0.14, 0.03), dome_asym=(0.04, 0.02), depth=(0.32, 0.03),
-        heart_top=(-0.10, 0.04), heart_r=(0.50, 0.03), heart_l=(0.26, 0.02), knob=(0.05, 0.015),
-        heart_d=(0.03, 0.01), med_w=(0.11, 0.012),
-        rib_top=(-0.74, 0.03), rib_sp=(0.115, 0.008), rib_curve=(0.95, 0.08), rib_amp=(0.06, 0.012),
-        clav_y=(-0.56, 0.03), spine_d=(0.04, 0.01),
+        body_w=(0.78, 0.04),
+        arm_w=(0.11, 0.02),
+        body_top=(-0.50, 0.05),
+        neck_w=(0.24, 0.02),
+        tissue=(0.50, 0.04),
+        apex=(-0.62, 0.04),
+        base=(0.40, 0.05),
+        lat=(0.70, 0.03),
+        med=(0.10, 0.015),
+        ua=(0.30, 0.02),
+        dome=(0.14, 0.03),
+        dome_asym=(0.04, 0.02),
+        depth=(0.32, 0.03),
+        heart_top=(-0.10, 0.04),
+        heart_r=(0.50, 0.03),
+        heart_l=(0.26, 0.02),
+        knob=(0.05, 0.015),
+        heart_d=(0.03, 0.01),
+        med_w=(0.11, 0.012),
+        rib_top=(-0.74, 0.03),
+        rib_sp=(0.115, 0.008),
+        rib_curve=(0.95, 0.08),
+        rib_amp=(0.06, 0.012),
+        clav_y=(-0.56, 0.03),
+        spine_d=(0.04, 0.01),
     ),
     "source": dict(
-        body_w=(0.92, 0.04), arm_w=(0.13, 0.02), body_top=(-0.62, 0.05), neck_w=(0.26, 0.02), tissue=(0.56, 0.05),
-        apex=(-0.74, 0.04), base=(0.58, 0.05), lat=(0.76, 0.03), med=(0.10, 0.015), ua=(0.33, 0.02),
-        dome=(0.12, 0.03), dome_asym=(0.04, 0.02), depth=(0.36, 0.03),
-        heart_top=(0.04, 0.04), heart_r=(0.42, 0.03), heart_l=(0.22, 0.02), knob=(0.06, 0.015),
-        heart_d=(0.03, 0.01), med_w=(0.10, 0.012),
-        rib_top=(-0.86, 0.03), rib_sp=(0.135, 0.008), rib_curve=(1.05, 0.08), rib_amp=(0.055, 0.012),
-        clav_y=(-0.68, 0.03), spine_d=(0.05, 0.01),
+        body_w=(0.92, 0.04),
+        arm_w=(0.13, 0.02),
+        body_top=(-0.62, 0.05),
+        neck_w=(0.26, 0.02),
+        tissue=(0.56, 0.05),
+        apex=(-0.74, 0.04),
+        base=(0.58, 0.05),
+        lat=(0.76, 0.03),
+        med=(0.10, 0.015),
+        ua=(0.33, 0.02),
+        dome=(0.12, 0.03),
+        dome_asym=(0.04, 0.02),
+        depth=(0.36, 0.03),
+        heart_top=(0.04, 0.04),
+        heart_r=(0.42, 0.03),
+        heart_l=(0.22, 0.02),
+        knob=(0.06, 0.015),
+        heart_d=(0.03, 0.01),
+        med_w=(0.10, 0.012),
+        rib_top=(-0.86, 0.03),
+        rib_sp=(0.135, 0.008),
+        rib_curve=(1.05, 0.08),
+        rib_amp=(0.055, 0.012),
+        clav_y=(-0.68, 0.03),
+        spine_d=(0.05, 0.01),
     ),
 }
 
 # Image-level pose and exposure. Exposure spread is deliberately larger than the mean-brightness
 # change caused by disease (checked by the mean-intensity AUC test).
 _IMAGE = {
-    "target": dict(rot=(0.0, 0.05), tx=(0.0, 0.04), ty=(0.02, 0.04), scale=(1.0, 0.05),
-                   offset=(0.10, 0.05), contrast=(1.0, 0.13), gamma=(1.0, 0.13), grain=(0.025, 0.006),
-                   gx=(0.0, 0.04), gy=(0.0, 0.04), qx=(0.0, 0.05), qy=(0.0, 0.05), sev_jit=(1.0, 0.08)),
-    "source": dict(rot=(0.0, 0.03), tx=(0.0, 0.03), ty=(0.0, 0.03), scale=(1.0, 0.04),
-                   offset=(0.04, 0.04), contrast=(1.15, 0.12), gamma=(0.85, 0.10), grain=(0.012, 0.004),
-                   gx=(0.0, 0.03), gy=(0.03, 0.03), qx=(0.0, 0.04), qy=(0.0, 0.04), sev_jit=(1.0, 0.08)),
+    "target": dict(
+        rot=(0.0, 0.05),
+        tx=(0.0, 0.04),
+        ty=(0.02, 0.04),
+        scale=(1.0, 0.05),
+        offset=(0.10, 0.05),
+        contrast=(1.0, 0.13),
+        gamma=(1.0, 0.13),
+        grain=(0.025, 0.006),
+        gx=(0.0, 0.04),
+        gy=(0.0, 0.04),
+        qx=(0.0, 0.05),
+        qy=(0.0, 0.05),
+        sev_jit=(1.0, 0.08),
+    ),
+    "source": dict(
+        rot=(0.0, 0.03),
+        tx=(0.0, 0.03),
+        ty=(0.0, 0.03),
+        scale=(1.0, 0.04),
+        offset=(0.04, 0.04),
+        contrast=(1.15, 0.12),
+        gamma=(0.85, 0.10),
+        grain=(0.012, 0.004),
+        gx=(0.0, 0.03),
+        gy=(0.03, 0.03),
+        qx=(0.0, 0.04),
+        qy=(0.0, 0.04),
+        sev_jit=(1.0, 0.08),
+    ),
 }
 _COARSE, _FINE = 8, 24  # knots of the smooth random fields (patchy disease; texture)
 _ROT_STEP, _ROT_MAX = math.radians(0.5), 12  # rotation quantised to 0.5 deg (cached warp tables), +-6 deg
@@ -93,7 +154,7 @@ def _upsampler(size, knots):
     h = (k[1] - k[0]) * 0.8
     w = np.exp(-(((c[:, None] - k[None, :]) / h) ** 2))
     w /= w.sum(1, keepdims=True)
-    w /= np.sqrt((w ** 2).sum(1).mean())
+    w /= np.sqrt((w**2).sum(1).mean())
     return w.astype(_F)
 
 
@@ -270,7 +331,7 @@ def _render(params, size):
     # blur, so at 32 px the ribs fade to a haze instead of aliasing into moire.
     tau = 2 * np.pi / A["rib_sp"]
     sv = 0.45 * (2.0 / size * isc) / A["rib_sp"]
-    d1, d2 = np.exp(-2 * np.pi ** 2 * sv ** 2), np.exp(-8 * np.pi ** 2 * sv ** 2)
+    d1, d2 = np.exp(-2 * np.pi**2 * sv**2), np.exp(-8 * np.pi**2 * sv**2)
     c1 = np.cos((y - A["rib_top"]) * tau + (0.15 * u - A["rib_curve"] * u * u) * tau)
     ribs = (0.3 * d2 * c1 + 0.6 * d1) * c1
     ribs += np.cos((y - A["rib_top"] - 0.25) * (tau / 1.1) + (0.45 * tau / 1.1) * u) * (0.2 * d1)
@@ -287,7 +348,7 @@ def _render(params, size):
     cy = (A["clav_y"] - 0.45 * dc + 0.2 * dc * dc) * ie
     D += np.clip((0.03 * ie + 0.5) - np.abs(ye - cy), 0, 1) * (0.07 * ramp(dc) * ramp(0.75 - u))
     sp = 0.095
-    dv = np.exp(-2 * np.pi ** 2 * (0.45 * 2.0 / size * isc / sp) ** 2)
+    dv = np.exp(-2 * np.pi**2 * (0.45 * 2.0 / size * isc / sp) ** 2)
     D += (A["spine_d"] * ramp(0.055 - u)) * (0.7 + 0.3 * dv * np.cos(2 * np.pi / sp * y))
     gx, gy = (x - 0.33) / 0.07, (y - (A["base"] + A["dome_asym"] + 0.08)) / 0.045
     D -= np.clip((0.5 + 0.03 * ie) - (0.03 * ie) * gx * gx - (0.03 * ie) * gy * gy, 0, 1) * (0.08 * A["bubble"])
@@ -317,8 +378,9 @@ def _render(params, size):
     return np.clip(img, 0, 255, out=img).astype(np.uint8)
 
 
-def phantom_images(n: int, size: int, *, domain: str = "target", seed: int = 0,
-                   pneumonia_fraction: float = 0.74) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def phantom_images(
+    n: int, size: int, *, domain: str = "target", seed: int = 0, pneumonia_fraction: float = 0.74
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (images uint8 [n, size, size], labels int64 [n] 0=NORMAL 1=PNEUMONIA, patients int64 [n]).
 
     Deterministic; image i depends only on (seed, domain, i, size, pneumonia_fraction), never on n.
@@ -341,12 +403,13 @@ def phantom_images(n: int, size: int, *, domain: str = "target", seed: int = 0,
                 label, queue = _patient(seed, dom, p, pneumonia_fraction, size)
             params.append(queue.pop(0))
             labels[i], patients[i] = label, p
-        images[start:start + len(params)] = _render(params, size)
+        images[start : start + len(params)] = _render(params, size)
     return images, labels, patients
 
 
-def save_preview(path: str | os.PathLike, n: int = 16, size: int = 128, domain: str = "target",
-                 seed: int = 0) -> str | os.PathLike:
+def save_preview(
+    path: str | os.PathLike, n: int = 16, size: int = 128, domain: str = "target", seed: int = 0
+) -> str | os.PathLike:
     """Write a PNG grid of n phantoms with label and patient captions, for eyeballing."""
     from PIL import Image, ImageDraw
 
@@ -359,7 +422,6 @@ def save_preview(path: str | os.PathLike, n: int = 16, size: int = 128, domain: 
     for k in range(n):
         r, c = divmod(k, cols)
         sheet.paste(Image.fromarray(imgs[k]), (c * size, r * (size + pad) + pad))
-        draw.text((c * size + 2, r * (size + pad) + 1),
-                  f"{'PNEU' if labels[k] else 'NORM'} p{patients[k]}", fill=0)
+        draw.text((c * size + 2, r * (size + pad) + 1), f"{'PNEU' if labels[k] else 'NORM'} p{patients[k]}", fill=0)
     sheet.save(path)
     return path

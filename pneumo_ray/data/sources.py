@@ -26,8 +26,7 @@ OS_CLUTTER = {".DS_Store", "Thumbs.db", "desktop.ini"}
 MANIFEST_COLUMNS = ["path", "name", "label", "patient", "split", "source", "orig_split", "category"]
 
 CORONAHACK_CSV = "Chest_xray_Corona_Metadata.csv"
-CORONAHACK_COLUMNS = ["X_ray_image_name", "Label", "Dataset_type",
-                      "Label_2_Virus_category", "Label_1_Virus_category"]
+CORONAHACK_COLUMNS = ["X_ray_image_name", "Label", "Dataset_type", "Label_2_Virus_category", "Label_1_Virus_category"]
 CORONAHACK_LABELS = {"normal": 0, "pnemonia": 1, "pneumonia": 1}  # the original misspells it
 
 
@@ -43,6 +42,7 @@ class Problem:
 @dataclass
 class Scan:
     """A manifest plus everything that could not be used, with reasons."""
+
     manifest: pd.DataFrame
     problems: list[Problem] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # OS clutter and duplicate copies, not problems
@@ -57,20 +57,23 @@ _TRAILING_VIEW = re.compile(r"([-_](day\d+|[a-d]\d?))+$", re.IGNORECASE)
 class KermanyName:
     """The fields of a Kermany file name: `person12_virus_44.jpeg` → ("person", 12, "virus", 44);
     `NORMAL2-IM-0115-0001.jpeg` → ("NORMAL2-IM", 115, "", 1)."""
-    series: str          # "person", "IM" or "NORMAL2-IM"
-    number: int          # the person / IM number
-    category: str        # "bacteria" or "virus" for the person series, else ""
+
+    series: str  # "person", "IM" or "NORMAL2-IM"
+    number: int  # the person / IM number
+    category: str  # "bacteria" or "virus" for the person series, else ""
     counter: int | None  # the number after it: a running image counter (person) or the view (IM)
 
 
 def parse_kermany_name(name: str) -> KermanyName | None:
     """KermanyName of a `personN_<category>_M` / `[NORMAL2-]IM-NNNN-MMMM` name, None for any other name."""
     if m := _PERSON.match(name):
-        return KermanyName("person", int(m.group(1)), (m.group(2) or "").lower(),
-                           int(m.group(3)) if m.group(3) else None)
+        return KermanyName(
+            "person", int(m.group(1)), (m.group(2) or "").lower(), int(m.group(3)) if m.group(3) else None
+        )
     if m := _IM.match(name):
-        return KermanyName("NORMAL2-IM" if m.group(1) else "IM", int(m.group(2)), "",
-                           int(m.group(3)) if m.group(3) else None)
+        return KermanyName(
+            "NORMAL2-IM" if m.group(1) else "IM", int(m.group(2)), "", int(m.group(3)) if m.group(3) else None
+        )
     return None
 
 
@@ -163,9 +166,20 @@ def kermany_manifest(root: str | os.PathLike) -> Scan:
                 if depth >= prev_depth:
                     continue
             found[key] = (depth, path, cls, parent)
-    rows = [dict(path=str(p), name=name, label=CLASSES[cls], patient=patient_id(name), split=split,
-                 source="kermany", orig_split=orig, category=_category(name))
-            for (split, name), (_, p, cls, orig) in sorted(found.items()) if cls != "CONFLICT"]
+    rows = [
+        dict(
+            path=str(p),
+            name=name,
+            label=CLASSES[cls],
+            patient=patient_id(name),
+            split=split,
+            source="kermany",
+            orig_split=orig,
+            category=_category(name),
+        )
+        for (split, name), (_, p, cls, orig) in sorted(found.items())
+        if cls != "CONFLICT"
+    ]
     if not rows:
         why = "no images found under <split>/<CLASS>/ (train|test|val / NORMAL|PNEUMONIA)"
         problems.append(Problem(str(root), why))
@@ -207,8 +221,9 @@ def coronahack_manifest(root: str | os.PathLike, subset: str = "all") -> Scan:
         raise ValueError(f"{csv}: cannot read CSV: {e}") from e
     missing = [c for c in CORONAHACK_COLUMNS if c not in meta.columns]
     if missing:
-        raise ValueError(f"{csv}: missing column(s) {missing}; found {list(meta.columns)}; "
-                         f"expected {CORONAHACK_COLUMNS}")
+        raise ValueError(
+            f"{csv}: missing column(s) {missing}; found {list(meta.columns)}; expected {CORONAHACK_COLUMNS}"
+        )
     dirs = _coronahack_image_dirs(csv.parent)
     problems, rows = [], []
     listed: dict[str, set[str]] = {}
@@ -234,9 +249,18 @@ def coronahack_manifest(root: str | os.PathLike, subset: str = "all") -> Scan:
         covid = r["Label_2_Virus_category"].strip()
         if subset == "covid" and label == 1 and covid != "COVID-19":
             continue
-        rows.append(dict(path=str(path), name=name, label=label, patient=patient_id(name),
-                         split=split.lower(), source="coronahack", orig_split=split.lower(),
-                         category="/".join(x for x in (r["Label_1_Virus_category"].strip(), covid) if x)))
+        rows.append(
+            dict(
+                path=str(path),
+                name=name,
+                label=label,
+                patient=patient_id(name),
+                split=split.lower(),
+                source="coronahack",
+                orig_split=split.lower(),
+                category="/".join(x for x in (r["Label_1_Virus_category"].strip(), covid) if x),
+            )
+        )
     for split, d in dirs.items():
         for p in sorted(d.iterdir()):
             if p.is_file() and not _is_clutter(p.name) and p.name not in listed.get(split, set()):

@@ -6,8 +6,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 
-def patient_grouped_split(labels: ArrayLike, patients: ArrayLike, val_fraction: float = 0.2,
-                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def patient_grouped_split(
+    labels: ArrayLike, patients: ArrayLike, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Return (train_index, val_index): no patient on both sides, each class ≈ val_fraction in val.
 
     Patients are stratified by their majority label; within each class, patients are visited in a

@@ -32,9 +32,9 @@ PathOrNone = str | os.PathLike | None
 
 @dataclass
 class ImageSet:
-    images: np.ndarray       # [N_all, S, S] uint8, shared
-    index: np.ndarray        # rows of `images` in this set
-    manifest: pd.DataFrame   # one row per element of `index`
+    images: np.ndarray  # [N_all, S, S] uint8, shared
+    index: np.ndarray  # rows of `images` in this set
+    manifest: pd.DataFrame  # one row per element of `index`
     name: str = ""
 
     def __post_init__(self):
@@ -78,7 +78,7 @@ class StudyData:
     val: ImageSet
     test: ImageSet
     source: ImageSet | None
-    info: dict = field(default_factory=dict)   # hashes, counts, problems: recorded with results
+    info: dict = field(default_factory=dict)  # hashes, counts, problems: recorded with results
 
 
 def manifest_hash(manifest: pd.DataFrame) -> str:
@@ -104,10 +104,18 @@ def synthetic_set(part: str, size: int, cache_dir: PathOrNone = None, n: int | N
     key = "phantom-" + stable_id([getattr(phantoms, "VERSION", 1), part, seed, n, size], 20)
     images, meta = cache.cached_array(key, (n, size, size), build, cache_dir)
     labels, patients = np.asarray(meta["labels"]), meta["patients"]
-    manifest = pd.DataFrame(dict(
-        path=[f"synthetic://{part}/{i:05d}" for i in range(n)], name=[f"{part}-{i:05d}.png" for i in range(n)],
-        label=labels.astype(np.int64), patient=[f"phantom-{part}-{p}" for p in patients], split=split,
-        source=f"synthetic-{domain}", orig_split=split, category=""))
+    manifest = pd.DataFrame(
+        dict(
+            path=[f"synthetic://{part}/{i:05d}" for i in range(n)],
+            name=[f"{part}-{i:05d}.png" for i in range(n)],
+            label=labels.astype(np.int64),
+            patient=[f"phantom-{part}-{p}" for p in patients],
+            split=split,
+            source=f"synthetic-{domain}",
+            orig_split=split,
+            category="",
+        )
+    )
     return ImageSet(images, np.arange(n), manifest, part)
 
 
@@ -145,13 +153,23 @@ def exclude_leakage(source: ImageSet, held_out: list[ImageSet], cache_dir: PathO
     else:
         flags = audit.leakage_flags(source, held_out)
     drop = (flags["by_name"] | flags["by_patient"] | flags["by_content"]).to_numpy()
-    counts = dict(excluded=int(drop.sum()), by_name=int(flags["by_name"].sum()),
-                  by_patient=int(flags["by_patient"].sum()), by_content=int(flags["by_content"].sum()))
+    counts = dict(
+        excluded=int(drop.sum()),
+        by_name=int(flags["by_name"].sum()),
+        by_patient=int(flags["by_patient"].sum()),
+        by_content=int(flags["by_content"].sum()),
+    )
     return source.subset(np.flatnonzero(~drop), source.name), counts
 
 
-def audit_sets(data_root: PathOrNone = None, pretrain_root: PathOrNone = None, *, size: int = 64,
-               cache_dir: PathOrNone = None, quiet: bool = False) -> tuple[dict[str, ImageSet], list[str]]:
+def audit_sets(
+    data_root: PathOrNone = None,
+    pretrain_root: PathOrNone = None,
+    *,
+    size: int = 64,
+    cache_dir: PathOrNone = None,
+    quiet: bool = False,
+) -> tuple[dict[str, ImageSet], list[str]]:
     """The sets a leakage audit compares: target train/test and source train/test (synthetic
     phantoms where a root is not given). Returns ({name: ImageSet}, problems)."""
     sets, problems = {}, []
@@ -200,8 +218,10 @@ def load_study_data(spec: DataSpec, *, quiet: bool = False, log: Callable[[str],
     full_train, counts = exclude_leakage(full_train, [test], cache_dir)
     info["train_excluded_overlap"], info["train_excluded_by"] = counts["excluded"], counts
     if counts["excluded"]:
-        log(f"target train/val pool: excluded {counts['excluded']} images sharing a file name ({counts['by_name']}), "
-            f"a patient ({counts['by_patient']}) or their content ({counts['by_content']}) with the test set")
+        log(
+            f"target train/val pool: excluded {counts['excluded']} images sharing a file name ({counts['by_name']}), "
+            f"a patient ({counts['by_patient']}) or their content ({counts['by_content']}) with the test set"
+        )
     tr, va = patient_grouped_split(full_train.labels, full_train.manifest["patient"], val_fraction, seed)
     train, val = full_train.subset(tr, "train"), full_train.subset(va, "val")
     test.name = "test"
@@ -221,9 +241,11 @@ def load_study_data(spec: DataSpec, *, quiet: bool = False, log: Callable[[str],
                 source, counts = exclude_leakage(source, [val, test], cache_dir)
                 info["source_excluded_overlap"] = counts["excluded"]
                 info["source_excluded_by"] = counts
-                log(f"pre-training source: excluded {counts['excluded']} images sharing a file name "
+                log(
+                    f"pre-training source: excluded {counts['excluded']} images sharing a file name "
                     f"({counts['by_name']}), a patient ({counts['by_patient']}) or their content "
-                    f"({counts['by_content']}) with the target's validation/test sets (allow_overlap keeps them)")
+                    f"({counts['by_content']}) with the target's validation/test sets (allow_overlap keeps them)"
+                )
             info["source"] = str(os.path.abspath(pretrain_root))
         source.name = "source"
     elif spec.use_pretrain and pretrain_root is None:

@@ -29,13 +29,28 @@ from pneumo_ray.distributed.trials import evaluate_trials, max_concurrent_trials
 from pneumo_ray.storage.atomic import atomic_write
 from pneumo_ray.storage.results import read_results, read_table, upsert_parquet, write_run_json
 
-KEYS = dict(ablations=["arm", "model", "seed"], ablation_predictions=["arm", "model", "seed", "path"],
-            audit_summary=["arm", "a_set", "b_set"], ablation_tuning=["arm", "model", "trial_id"],
-            ablation_tuning_epochs=["arm", "model", "trial_id", "epoch"])
+KEYS = dict(
+    ablations=["arm", "model", "seed"],
+    ablation_predictions=["arm", "model", "seed", "path"],
+    audit_summary=["arm", "a_set", "b_set"],
+    ablation_tuning=["arm", "model", "trial_id"],
+    ablation_tuning_epochs=["arm", "model", "trial_id", "epoch"],
+)
 # settings every arm in one results folder must share, or the arms would not be comparable (the
 # configuration protocol too: a tuned arm against an untuned one is not a fair comparison)
-SHARED = ("preset", "data_root", "pretrain_root", "image_size", "epochs", "pretrain_epochs", "batch_size", "split_seed",
-          "val_fraction", "config_protocol", "search_space")
+SHARED = (
+    "preset",
+    "data_root",
+    "pretrain_root",
+    "image_size",
+    "epochs",
+    "pretrain_epochs",
+    "batch_size",
+    "split_seed",
+    "val_fraction",
+    "config_protocol",
+    "search_space",
+)
 
 
 def check_compatible(out: Path, settings: dict) -> None:
@@ -43,14 +58,16 @@ def check_compatible(out: Path, settings: dict) -> None:
     if not run.exists():
         return
     before = json.loads(run.read_text()).get("settings", {})
-    for k in ("data_root", "pretrain_root"):   # recorded as given before they were made absolute
+    for k in ("data_root", "pretrain_root"):  # recorded as given before they were made absolute
         if before.get(k) is not None:
             before[k] = str(Path(before[k]).resolve())
     diff = {k: (before.get(k), settings.get(k)) for k in SHARED if k in before and before.get(k) != settings.get(k)}
     if diff:
         changes = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in diff.items())
-        raise ValueError(f"{out} holds arms run with other settings ({changes}); "
-                         f"arms are only comparable with the same settings: use another --name")
+        raise ValueError(
+            f"{out} holds arms run with other settings ({changes}); "
+            f"arms are only comparable with the same settings: use another --name"
+        )
 
 
 def best_from(path: str | None) -> tuple[pd.DataFrame | None, dict]:
@@ -62,8 +79,7 @@ def best_from(path: str | None) -> tuple[pd.DataFrame | None, dict]:
     return res.best_trials(), res.run.get("sweep", {})
 
 
-def known_configs(sweep: SweepConfig, ablation: AblationSpec,
-                  out: Path) -> tuple[dict[str, ArmConfig], list[str]]:
+def known_configs(sweep: SweepConfig, ablation: AblationSpec, out: Path) -> tuple[dict[str, ArmConfig], list[str]]:
     """The configurations known before any training ({model: ArmConfig}) and the models whose
     per-arm search still has to run (--tune without a finished search of this arm in `out`)."""
     arm = ablation.arm
@@ -78,13 +94,18 @@ def known_configs(sweep: SweepConfig, ablation: AblationSpec,
         return configs, to_tune
     best, from_sweep = best_from(ablation.from_)
     if from_sweep and from_sweep.get("image_size") != sweep.image_size:
-        print(f"warning: --from {ablation.from_} searched at {from_sweep.get('image_size')} px, this ablation runs "
-              f"at {sweep.image_size} px", file=sys.stderr)
+        print(
+            f"warning: --from {ablation.from_} searched at {from_sweep.get('image_size')} px, this ablation runs "
+            f"at {sweep.image_size} px",
+            file=sys.stderr,
+        )
     tuned_for = None
-    if from_sweep:   # the arm the sweep's configuration was searched for
-        tuned_for = ("transfer" if from_sweep.get("pretrain_epochs") else "no-pretrain")
-    configs = {m: ArmConfig(arm.apply(ac.config), ac.source, ac.tuned_for)
-               for m, ac in base_configs(sweep, best, ablation.from_, tuned_for).items()}
+    if from_sweep:  # the arm the sweep's configuration was searched for
+        tuned_for = "transfer" if from_sweep.get("pretrain_epochs") else "no-pretrain"
+    configs = {
+        m: ArmConfig(arm.apply(ac.config), ac.source, ac.tuned_for)
+        for m, ac in base_configs(sweep, best, ablation.from_, tuned_for).items()
+    }
     return configs, []
 
 
@@ -97,13 +118,26 @@ def check_recorded(done: pd.DataFrame, arm: Arm, model: str, ac: ArmConfig, out:
     recorded.pop("seed")
     wanted = {k: v for k, v in ac.config.to_dict().items() if k != "seed"}
     if recorded != wanted:
-        raise ValueError(f"arm {arm.name}/{model} in {out} was run with another configuration "
-                         f"({ {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v} }, "
-                         f"recorded from {mine.iloc[0]['config_source']}); use another --name")
+        raise ValueError(
+            f"arm {arm.name}/{model} in {out} was run with another configuration "
+            f"({ {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v} }, "
+            f"recorded from {mine.iloc[0]['config_source']}); use another --name"
+        )
 
 
-def tune_arm(model: str, arm: Arm, sweep: SweepConfig, out: OutputSpec, *, budget: int, source_hash: str | None,
-             data: DataSpec, storage: str, store: Path, concurrency: int) -> ArmConfig:
+def tune_arm(
+    model: str,
+    arm: Arm,
+    sweep: SweepConfig,
+    out: OutputSpec,
+    *,
+    budget: int,
+    source_hash: str | None,
+    data: DataSpec,
+    storage: str,
+    store: Path,
+    concurrency: int,
+) -> ArmConfig:
     """The arm's own Optuna search (same space minus what the arm fixes, `budget` trials, ASHA on
     validation AUC); its trials go to ablation_tuning*.parquet, its best configuration is returned."""
     import os
@@ -116,10 +150,23 @@ def tune_arm(model: str, arm: Arm, sweep: SweepConfig, out: OutputSpec, *, budge
     exp = f"tune-{arm.name}-{model}"
     if ray.tune.Tuner.can_restore(os.path.join(storage, exp)) and not out.resume:
         raise RuntimeError(f"an interrupted search of this arm is in {os.path.join(storage, exp)}: pass --resume")
-    print(f"\n=== arm {arm.name}, {model}: its own search, {budget} trial(s) over {', '.join(searched)} "
-          f"({concurrency} at a time; validation AUC only, ASHA)")
-    ms = run_model_sweep(model, tsweep, source_hash=source_hash, data=data, storage=storage, store=store,
-                         exp_name=exp, resume=out.resume, concurrency=concurrency, base=base, searched=searched)
+    print(
+        f"\n=== arm {arm.name}, {model}: its own search, {budget} trial(s) over {', '.join(searched)} "
+        f"({concurrency} at a time; validation AUC only, ASHA)"
+    )
+    ms = run_model_sweep(
+        model,
+        tsweep,
+        source_hash=source_hash,
+        data=data,
+        storage=storage,
+        store=store,
+        exp_name=exp,
+        resume=out.resume,
+        concurrency=concurrency,
+        base=base,
+        searched=searched,
+    )
     trials, epochs, _ = trial_rows(ms, tsweep, out.preset, source_hash, {}, base=base)
     folder = out.folder
     trials = pd.DataFrame(trials)
@@ -144,13 +191,22 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
     t_start = time.time()
     folder, name = out.folder, out.name
     folder.mkdir(parents=True, exist_ok=True)
-    settings = dict(preset=out.preset, data_root=data.data_root, pretrain_root=data.pretrain_root,
-                    image_size=sweep.image_size, epochs=sweep.epochs, pretrain_epochs=sweep.pretrain_epochs,
-                    batch_size=sweep.batch_size, split_seed=sweep.seed, val_fraction=sweep.val_fraction,
-                    config_protocol=ablation.protocol)
+    settings = dict(
+        preset=out.preset,
+        data_root=data.data_root,
+        pretrain_root=data.pretrain_root,
+        image_size=sweep.image_size,
+        epochs=sweep.epochs,
+        pretrain_epochs=sweep.pretrain_epochs,
+        batch_size=sweep.batch_size,
+        split_seed=sweep.seed,
+        val_fraction=sweep.val_fraction,
+        config_protocol=ablation.protocol,
+    )
     if ablation.tune:
-        settings["search_space"] = dict(sweep.search_ranges(), grace_period=sweep.grace_period,
-                                        reduction_factor=sweep.reduction_factor)
+        settings["search_space"] = dict(
+            sweep.search_ranges(), grace_period=sweep.grace_period, reduction_factor=sweep.reduction_factor
+        )
     check_compatible(folder, settings)
     configs, to_tune = known_configs(sweep, ablation, folder)
     done = read_table(folder, "ablations")
@@ -174,22 +230,40 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
     for problem in study.info["problems"]:
         print(f"warning: {problem}", file=sys.stderr)
     if study.source is not None:
-        sets = {"target-train": study.train, "target-val": study.val, "target-test": study.test,
-                "pretraining": study.source}
+        sets = {
+            "target-train": study.train,
+            "target-val": study.val,
+            "target-test": study.test,
+            "pretraining": study.source,
+        }
         _, summary = audit.audit(sets)
         summary.insert(0, "arm", arm.name)
         upsert_parquet(folder / "audit_summary.parquet", summary, KEYS["audit_summary"])
         leak = summary[(summary.a_set == "pretraining") & summary.b_set.isin(["target-val", "target-test"])]
-        print("leakage audit of the pre-training images against the target's validation and test sets:\n"
-              + leak[["b_set", "a_images", "by_name", "by_patient", "by_content"]].to_string(index=False))
+        print(
+            "leakage audit of the pre-training images against the target's validation and test sets:\n"
+            + leak[["b_set", "a_images", "by_name", "by_patient", "by_content"]].to_string(index=False)
+        )
     source_hash = study.info.get("source_manifest_hash") if data.use_pretrain else None
     previous = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
-    session = dict(arm=arm.name, seeds=todo, started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed=out.resume,
-                   configs={m: dict(config=c.config.to_dict(), source=c.source, tuned_for=c.tuned_for)
-                            for m, c in configs.items()},
-                   sweep=dataclasses.asdict(sweep), data={k: v for k, v in study.info.items() if k != "problems"})
-    info = dict(name=name, kind="ablation", settings=settings, sessions=previous.get("sessions", []) + [session],
-                args=run_record(data, out, storage))
+    session = dict(
+        arm=arm.name,
+        seeds=todo,
+        started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        resumed=out.resume,
+        configs={
+            m: dict(config=c.config.to_dict(), source=c.source, tuned_for=c.tuned_for) for m, c in configs.items()
+        },
+        sweep=dataclasses.asdict(sweep),
+        data={k: v for k, v in study.info.items() if k != "problems"},
+    )
+    info = dict(
+        name=name,
+        kind="ablation",
+        settings=settings,
+        sessions=previous.get("sessions", []) + [session],
+        args=run_record(data, out, storage),
+    )
     write_run_json(folder, **info)
 
     ray = init_ray(out.address)
@@ -199,28 +273,58 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
         for model, missing in todo.items():
             if model in to_tune:
                 t0 = time.time()
-                configs[model] = tune_arm(model, arm, sweep, out, budget=ablation.tune, source_hash=source_hash,
-                                          data=data, storage=storage, store=store, concurrency=concurrency)
+                configs[model] = tune_arm(
+                    model,
+                    arm,
+                    sweep,
+                    out,
+                    budget=ablation.tune,
+                    source_hash=source_hash,
+                    data=data,
+                    storage=storage,
+                    store=store,
+                    concurrency=concurrency,
+                )
                 check_recorded(done, arm, model, configs[model], folder)
                 session.setdefault("tuning_seconds", {})[model] = round(time.time() - t0, 1)
-                session["configs"][model] = dict(config=configs[model].config.to_dict(), source=configs[model].source,
-                                                 tuned_for=configs[model].tuned_for)
+                session["configs"][model] = dict(
+                    config=configs[model].config.to_dict(),
+                    source=configs[model].source,
+                    tuned_for=configs[model].tuned_for,
+                )
                 write_run_json(folder, **info)
             ac = configs[model]
             cfg = ac.config
-            print(f"\n=== arm {arm.name}, {model}: seeds {missing} ({concurrency} at a time); configuration "
-                  f"{ac.source}; {cfg.pretrain_epochs} pre-training + {cfg.epochs} fine-tuning epochs at "
-                  f"{cfg.image_size}px")
+            print(
+                f"\n=== arm {arm.name}, {model}: seeds {missing} ({concurrency} at a time); configuration "
+                f"{ac.source}; {cfg.pretrain_epochs} pre-training + {cfg.epochs} fine-tuning epochs at "
+                f"{cfg.image_size}px"
+            )
             exp = f"{arm.name}-{model}-seeds-{'_'.join(map(str, missing))}"
-            ms = run_seeds(model, cfg, missing, sweep, source_hash=source_hash, data=data, storage=storage,
-                           store=store, exp_name=exp, resume=out.resume, concurrency=concurrency)
+            ms = run_seeds(
+                model,
+                cfg,
+                missing,
+                sweep,
+                source_hash=source_hash,
+                data=data,
+                storage=storage,
+                store=store,
+                exp_name=exp,
+                resume=out.resume,
+                concurrency=concurrency,
+            )
             print("evaluating each seed's best-validation checkpoint on test")
-            rows, preds = seed_rows(ms, arm, ac, out.preset, sweep.seed, source_hash,
-                                    evaluate_trials(ms, sweep, data, storage))
+            rows, preds = seed_rows(
+                ms, arm, ac, out.preset, sweep.seed, source_hash, evaluate_trials(ms, sweep, data, storage)
+            )
             upsert_parquet(folder / "ablations.parquet", pd.DataFrame(rows), KEYS["ablations"])
             if preds:
-                upsert_parquet(folder / "ablation_predictions.parquet", pd.concat(preds, ignore_index=True),
-                               KEYS["ablation_predictions"])
+                upsert_parquet(
+                    folder / "ablation_predictions.parquet",
+                    pd.concat(preds, ignore_index=True),
+                    KEYS["ablation_predictions"],
+                )
             session.setdefault("seconds_per_model", {})[model] = round(ms.seconds, 1)
     finally:
         ray.shutdown()
@@ -236,8 +340,11 @@ def print_summary(out: Path) -> int:
         return 1
     failed = abl[abl["error"].notna()]
     if len(failed):
-        print(f"warning: {len(failed)} run(s) failed and are left out: "
-              + ", ".join(f"{r.arm}/{r.model}/seed {r.seed}" for r in failed.itertuples()), file=sys.stderr)
+        print(
+            f"warning: {len(failed)} run(s) failed and are left out: "
+            + ", ".join(f"{r.arm}/{r.model}/seed {r.seed}" for r in failed.itertuples()),
+            file=sys.stderr,
+        )
     summary = summarize(abl, preds)
     atomic_write(out / "ablation_summary.parquet", lambda p: summary.to_parquet(p, index=False))
     print("\n" + format_summary(summary))
@@ -245,7 +352,9 @@ def print_summary(out: Path) -> int:
     if audit_path.exists():
         a = pd.read_parquet(audit_path)
         a = a[(a.a_set == "pretraining") & a.b_set.isin(["target-val", "target-test"])]
-        print("\npre-training images also in the target's validation/test sets (name, patient or content):\n"
-              + a[["arm", "b_set", "a_images", "any"]].to_string(index=False))
+        print(
+            "\npre-training images also in the target's validation/test sets (name, patient or content):\n"
+            + a[["arm", "b_set", "a_images", "any"]].to_string(index=False)
+        )
     print(f"\nresults: {out}/ablations.parquet, ablation_predictions.parquet, ablation_summary.parquet")
     return 0

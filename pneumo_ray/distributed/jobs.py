@@ -63,8 +63,9 @@ def pretrain_worker(config: dict) -> None:
     def report(rec, model, result):
         ray.train.report({k: v for k, v in rec.items() if isinstance(v, (int, float, str))})
 
-    state, meta = pretrain(cfg, data, device, rank=rank, world=world, wrap=ray.train.torch.prepare_model,
-                           on_epoch=report, log=None)
+    state, meta = pretrain(
+        cfg, data, device, rank=rank, world=world, wrap=ray.train.torch.prepare_model, on_epoch=report, log=None
+    )
     if rank == 0:
         meta.update(_where())
         checkpoints.save_weights(Path(config["store"]) / f"{meta['key']}.safetensors", state, meta)
@@ -106,19 +107,36 @@ def finetune_worker(config: dict) -> None:
             ray.train.report(out)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoints.save_weights(Path(tmp) / "best.safetensors", result.best_state,
-                                     dict(config=cfg.to_dict(), pretrain_key=pre_meta.get("key"),
-                                          best_epoch=rec["epoch"], threshold=best["best_threshold"],
-                                          val_auc=rec["val_auc"],
-                                          normalize=dict(mean=result.normalize.mean, std=result.normalize.std)))
+            checkpoints.save_weights(
+                Path(tmp) / "best.safetensors",
+                result.best_state,
+                dict(
+                    config=cfg.to_dict(),
+                    pretrain_key=pre_meta.get("key"),
+                    best_epoch=rec["epoch"],
+                    threshold=best["best_threshold"],
+                    val_auc=rec["val_auc"],
+                    normalize=dict(mean=result.normalize.mean, std=result.normalize.std),
+                ),
+            )
             ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    finetune(cfg, data, device, init_state=init_state, rank=rank, world=world,
-             wrap=ray.train.torch.prepare_model, on_epoch=report, log=None)
+    finetune(
+        cfg,
+        data,
+        device,
+        init_state=init_state,
+        rank=rank,
+        world=world,
+        wrap=ray.train.torch.prepare_model,
+        on_epoch=report,
+        log=None,
+    )
 
 
-def evaluate_checkpoint(checkpoint_path: str, data_spec: DataSpec,
-                        storage_filesystem: pyarrow.fs.FileSystem | None = None) -> tuple[dict, pd.DataFrame]:
+def evaluate_checkpoint(
+    checkpoint_path: str, data_spec: DataSpec, storage_filesystem: pyarrow.fs.FileSystem | None = None
+) -> tuple[dict, pd.DataFrame]:
     """Apply a trial's best-validation checkpoint, with its decision threshold, to test.
     Returns (test_* metrics, per-image predictions). Runs as a Ray task with the trial's resources."""
     from ray.train import Checkpoint
@@ -150,8 +168,9 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_pretrained(cfg: TrainConfig, source_hash: str, store: Path,
-                      run_pretrain: Callable[[], object]) -> tuple[Path, bool]:
+def ensure_pretrained(
+    cfg: TrainConfig, source_hash: str, store: Path, run_pretrain: Callable[[], object]
+) -> tuple[Path, bool]:
     """Path of the pre-trained weights for `cfg` and whether they were computed now.
 
     Trials that share a key serialise on a lock: the first one runs `run_pretrain()`, the others
@@ -174,20 +193,32 @@ def scaling(res: Resources) -> ScalingConfig:
     per = {"CPU": res.cpus / res.workers}
     if res.gpus:
         per["GPU"] = res.gpus / res.workers
-    return ScalingConfig(num_workers=res.workers, use_gpu=bool(res.gpus), resources_per_worker=per,
-                         placement_strategy=res.placement_strategy)
+    return ScalingConfig(
+        num_workers=res.workers,
+        use_gpu=bool(res.gpus),
+        resources_per_worker=per,
+        placement_strategy=res.placement_strategy,
+    )
 
 
 def train_run_config(name: str, storage: str, callbacks: Iterable[Callback] = (), max_failures: int = 1) -> RunConfig:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    return RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=max_failures),
-                     checkpoint_config=CheckpointConfig(num_to_keep=1), callbacks=list(callbacks))
+    return RunConfig(
+        name=name,
+        storage_path=storage,
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=1),
+        callbacks=list(callbacks),
+    )
 
 
-def run_pretrain_job(cfg: TrainConfig, data: DataSpec, store: Path, res: Resources, *, name: str,
-                     storage: str) -> None:
+def run_pretrain_job(cfg: TrainConfig, data: DataSpec, store: Path, res: Resources, *, name: str, storage: str) -> None:
     from ray.train.torch import TorchTrainer
 
-    TorchTrainer(pretrain_worker, train_loop_config=dict(train_config=cfg, data=data, store=str(store)),
-                 scaling_config=scaling(res), run_config=train_run_config(name, storage)).fit()
+    TorchTrainer(
+        pretrain_worker,
+        train_loop_config=dict(train_config=cfg, data=data, store=str(store)),
+        scaling_config=scaling(res),
+        run_config=train_run_config(name, storage),
+    ).fit()

@@ -37,13 +37,15 @@ from pneumo_ray.train.protocol import pretrain_key
 class ArmConfig:
     """An arm's configuration for one model, where it came from, and which arm it was tuned for
     (None: the seed study's defaults, tuned for no arm)."""
+
     config: TrainConfig
     source: str
     tuned_for: str | None = None
 
 
-def base_configs(sweep: SweepConfig, best: pd.DataFrame | None, source: str | None,
-                 tuned_for: str | None = None) -> dict[str, ArmConfig]:
+def base_configs(
+    sweep: SweepConfig, best: pd.DataFrame | None, source: str | None, tuned_for: str | None = None
+) -> dict[str, ArmConfig]:
     """Per model: the configuration to ablate and where it came from — the best trial (by
     validation AUC) of a finished sweep, or the seed study's defaults — with the preset's lengths."""
     out = {}
@@ -69,12 +71,27 @@ def best_tuned(trials: pd.DataFrame, arm: Arm, base: TrainConfig, searched: list
         raise RuntimeError(f"arm {arm.name}: every tuning trial failed ({len(trials)} tried); see the Ray logs")
     row = ok.sort_values(["best_val_auc", "trial_id"], ascending=[False, True]).iloc[0]
     cfg = base.replace(**{k: float(row[k]) for k in searched})
-    return ArmConfig(cfg, f"tuned for {arm.name}: trial {row['trial_id']}, best of {len(trials)} by val AUC "
-                          f"({row['best_val_auc']:.4f})", arm.name)
+    return ArmConfig(
+        cfg,
+        f"tuned for {arm.name}: trial {row['trial_id']}, best of {len(trials)} by val AUC ({row['best_val_auc']:.4f})",
+        arm.name,
+    )
 
 
-def run_seeds(model: str, cfg: TrainConfig, seeds: list[int], sweep: SweepConfig, *, source_hash: str | None,
-              data: DataSpec, storage: str, store: Path, exp_name: str, resume: bool, concurrency: int) -> ModelSweep:
+def run_seeds(
+    model: str,
+    cfg: TrainConfig,
+    seeds: list[int],
+    sweep: SweepConfig,
+    *,
+    source_hash: str | None,
+    data: DataSpec,
+    storage: str,
+    store: Path,
+    exp_name: str,
+    resume: bool,
+    concurrency: int,
+) -> ModelSweep:
     """One Tune experiment: a grid over `seeds`, each trial (shared pre-training +) one fine-tuning
     Ray Train job run to the last epoch (no early stopping: every seed is a full replicate)."""
     import os
@@ -82,23 +99,36 @@ def run_seeds(model: str, cfg: TrainConfig, seeds: list[int], sweep: SweepConfig
     import ray.tune
 
     exp_path = os.path.join(storage, exp_name)
-    trainable = trial_trainable(TrialSpec(base=cfg, searched=("seed",), data=data, source_hash=source_hash,
-                                          store=store, storage=storage, resources=sweep.resources))
+    trainable = trial_trainable(
+        TrialSpec(
+            base=cfg,
+            searched=("seed",),
+            data=data,
+            source_hash=source_hash,
+            store=store,
+            storage=storage,
+            resources=sweep.resources,
+        )
+    )
     t0 = time.time()
     if ray.tune.Tuner.can_restore(exp_path):
         if not resume:
             raise RuntimeError(f"an interrupted run of this arm is in {exp_path}: pass --resume to complete it")
         tuner = ray.tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = ray.tune.Tuner(trainable, param_space={"seed": ray.tune.grid_search(list(seeds))},
-                               tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency),
-                               run_config=ray.tune.RunConfig(name=exp_name, storage_path=storage, verbose=1))
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space={"seed": ray.tune.grid_search(list(seeds))},
+            tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency),
+            run_config=ray.tune.RunConfig(name=exp_name, storage_path=storage, verbose=1),
+        )
     grid = tuner.fit()
     return ModelSweep(model, exp_path, grid, time.time() - t0)
 
 
-def seed_rows(ms: ModelSweep, arm: Arm, ac: ArmConfig, preset: str, split_seed: int,
-              source_hash: str | None, evaluated: dict) -> tuple[list[dict], list[pd.DataFrame]]:
+def seed_rows(
+    ms: ModelSweep, arm: Arm, ac: ArmConfig, preset: str, split_seed: int, source_hash: str | None, evaluated: dict
+) -> tuple[list[dict], list[pd.DataFrame]]:
     """(one row per seed, per-image test predictions) from one experiment + its test evaluations."""
     cfg, origin = ac.config, ac.source
     rows, preds = [], []
@@ -108,19 +138,34 @@ def seed_rows(ms: ModelSweep, arm: Arm, ac: ArmConfig, preset: str, split_seed: 
         c = cfg.replace(seed=seed)
         trial_id = m.get("trial_id") or Path(result.path).name
         metrics, p = evaluated.get(trial_id, ({}, None))
-        rows.append(dict(
-            arm=arm.name, model=ms.model, seed=seed, preset=preset, split_seed=split_seed,
-            config=json.dumps(c.to_dict(), sort_keys=True), config_source=origin, tuned_for=ac.tuned_for,
-            trial_id=trial_id,
-            pretrain_key=pretrain_key(c, source_hash) if source_hash and c.pretrain_epochs else None,
-            pretrain_computed=m.get("pretrain_computed"), allow_test_overlap=arm.allow_overlap,
-            epochs_run=m.get("epoch"), best_epoch=m.get("best_epoch"), val_auc=m.get("best_val_auc"),
-            val_accuracy=m.get("best_val_accuracy"), val_sensitivity=m.get("best_val_sensitivity"),
-            val_specificity=m.get("best_val_specificity"), test_threshold=m.get("best_threshold"),
-            **{f"test_{k}": metrics.get(f"test_{k}") for k in TEST_KEYS},
-            wall_s=m.get("time_total_s"), hostname=m.get("hostname"),
-            error=None if result.error is None else str(result.error)[:500],
-            checkpoint_path=best_checkpoint_path(result)))
+        rows.append(
+            dict(
+                arm=arm.name,
+                model=ms.model,
+                seed=seed,
+                preset=preset,
+                split_seed=split_seed,
+                config=json.dumps(c.to_dict(), sort_keys=True),
+                config_source=origin,
+                tuned_for=ac.tuned_for,
+                trial_id=trial_id,
+                pretrain_key=pretrain_key(c, source_hash) if source_hash and c.pretrain_epochs else None,
+                pretrain_computed=m.get("pretrain_computed"),
+                allow_test_overlap=arm.allow_overlap,
+                epochs_run=m.get("epoch"),
+                best_epoch=m.get("best_epoch"),
+                val_auc=m.get("best_val_auc"),
+                val_accuracy=m.get("best_val_accuracy"),
+                val_sensitivity=m.get("best_val_sensitivity"),
+                val_specificity=m.get("best_val_specificity"),
+                test_threshold=m.get("best_threshold"),
+                **{f"test_{k}": metrics.get(f"test_{k}") for k in TEST_KEYS},
+                wall_s=m.get("time_total_s"),
+                hostname=m.get("hostname"),
+                error=None if result.error is None else str(result.error)[:500],
+                checkpoint_path=best_checkpoint_path(result),
+            )
+        )
         if p is not None:
             p = p.copy()
             for col, val in (("seed", seed), ("model", ms.model), ("arm", arm.name)):

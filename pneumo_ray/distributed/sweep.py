@@ -55,8 +55,11 @@ def with_cache_dir(data: DataSpec) -> DataSpec:
 
 def check_data(data: DataSpec, expected: DataSpec) -> None:
     """The DataSpec must be the sweep's (or arm's): the same image size, split and source choice."""
-    diff = [f"{f.name}={getattr(data, f.name)!r} (expected {getattr(expected, f.name)!r})"
-            for f in dataclasses.fields(DataSpec) if getattr(data, f.name) != getattr(expected, f.name)]
+    diff = [
+        f"{f.name}={getattr(data, f.name)!r} (expected {getattr(expected, f.name)!r})"
+        for f in dataclasses.fields(DataSpec)
+        if getattr(data, f.name) != getattr(expected, f.name)
+    ]
     if diff:
         raise ValueError(f"the data settings disagree with the run's: {', '.join(diff)}")
 
@@ -64,9 +67,17 @@ def check_data(data: DataSpec, expected: DataSpec) -> None:
 def run_record(data: DataSpec, out: OutputSpec, storage: str) -> dict:
     """run.json's record of where the data and results are (`args`: the name earlier versions gave it),
     from which `specs_from_run` rebuilds the DataSpec and OutputSpec on --resume."""
-    return dict(data_root=data.data_root, pretrain_root=data.pretrain_root, allow_test_overlap=data.allow_overlap,
-                source_subset=data.source_subset, cache_dir=data.cache_dir, storage=storage, preset=out.preset,
-                address=out.address, results=out.results)
+    return dict(
+        data_root=data.data_root,
+        pretrain_root=data.pretrain_root,
+        allow_test_overlap=data.allow_overlap,
+        source_subset=data.source_subset,
+        cache_dir=data.cache_dir,
+        storage=storage,
+        preset=out.preset,
+        address=out.address,
+        results=out.results,
+    )
 
 
 def specs_from_run(run: dict, out: OutputSpec) -> tuple[SweepConfig, DataSpec, OutputSpec]:
@@ -74,9 +85,13 @@ def specs_from_run(run: dict, out: OutputSpec) -> tuple[SweepConfig, DataSpec, O
     its workers used and the OutputSpec `out` with the recorded storage and preset."""
     sweep = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in run["sweep"].items()})
     saved = run.get("args", {})
-    data = DataSpec(data_root=saved.get("data_root"), pretrain_root=saved.get("pretrain_root"),
-                    allow_overlap=bool(saved.get("allow_test_overlap")),
-                    source_subset=saved.get("source_subset", "all"), cache_dir=saved.get("cache_dir"))
+    data = DataSpec(
+        data_root=saved.get("data_root"),
+        pretrain_root=saved.get("pretrain_root"),
+        allow_overlap=bool(saved.get("allow_test_overlap")),
+        source_subset=saved.get("source_subset", "all"),
+        cache_dir=saved.get("cache_dir"),
+    )
     return sweep, sweep.data_spec(data), out.replace(storage=saved.get("storage"), preset=saved.get("preset"))
 
 
@@ -95,43 +110,74 @@ def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
     study = load_study_data(data)
     for problem in study.info["problems"]:
         print(f"warning: {problem}", file=sys.stderr)
-    print(f"  {study.train.describe()}\n  {study.val.describe()}\n  {study.test.describe()}"
-          + (f"\n  {study.source.describe()}" if study.source is not None else ""))
+    print(
+        f"  {study.train.describe()}\n  {study.val.describe()}\n  {study.test.describe()}"
+        + (f"\n  {study.source.describe()}" if study.source is not None else "")
+    )
     # every invocation (the first run and each --resume) is one session, so time spent is not lost
     run_json = folder / "run.json"
     previous = json.loads(run_json.read_text()).get("sessions", []) if run_json.exists() else []
     session = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed=out.resume)
-    run_info = dict(name=name, preset=out.preset, sweep=dataclasses.asdict(sweep), args=run_record(data, out, storage),
-                    data=study.info, status="running", sessions=previous + [session])
+    run_info = dict(
+        name=name,
+        preset=out.preset,
+        sweep=dataclasses.asdict(sweep),
+        args=run_record(data, out, storage),
+        data=study.info,
+        status="running",
+        sessions=previous + [session],
+    )
     write_run_json(folder, **run_info)
 
     ray = init_ray(out.address)
     try:
         resources = ray.cluster_resources()
         concurrency = max_concurrent_trials(resources, sweep.cpus_per_trial, sweep.gpus_per_trial, sweep.max_concurrent)
-        print(f"Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU on "
-              f"{len([n for n in ray.nodes() if n['Alive']])} node(s); {concurrency} concurrent trial(s) of "
-              f"{sweep.workers_per_trial} worker(s), {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU")
+        print(
+            f"Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU on "
+            f"{len([n for n in ray.nodes() if n['Alive']])} node(s); {concurrency} concurrent trial(s) of "
+            f"{sweep.workers_per_trial} worker(s), {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU"
+        )
         source_hash = study.info.get("source_manifest_hash") if data.use_pretrain else None
         per_model = {}
         for model in sweep.models:
-            print(f"\n=== {model}: {sweep.num_samples} trial(s), {sweep.pretrain_epochs} pre-training + "
-                  f"{sweep.epochs} fine-tuning epochs at {sweep.image_size}px")
-            ms = run_model_sweep(model, sweep, source_hash=study.info.get("source_manifest_hash"), data=data,
-                                 storage=storage, store=store, exp_name=f"{name}-{model}", resume=out.resume,
-                                 concurrency=concurrency)
+            print(
+                f"\n=== {model}: {sweep.num_samples} trial(s), {sweep.pretrain_epochs} pre-training + "
+                f"{sweep.epochs} fine-tuning epochs at {sweep.image_size}px"
+            )
+            ms = run_model_sweep(
+                model,
+                sweep,
+                source_hash=study.info.get("source_manifest_hash"),
+                data=data,
+                storage=storage,
+                store=store,
+                exp_name=f"{name}-{model}",
+                resume=out.resume,
+                concurrency=concurrency,
+            )
             print(f"evaluating the best-validation checkpoint of each {model} trial on test")
             evaluated = evaluate_trials(ms, sweep, data, storage)
             trials, epochs, preds = trial_rows(ms, sweep, out.preset, source_hash, evaluated)
             write_tables(folder, trials, epochs, preds)
             per_model[model] = round(ms.seconds, 1)
-        cluster = dict(resources={k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
-                       nodes=len([n for n in ray.nodes() if n["Alive"]]), concurrency=concurrency)
+        cluster = dict(
+            resources={k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
+            nodes=len([n for n in ray.nodes() if n["Alive"]]),
+            concurrency=concurrency,
+        )
     finally:
         ray.shutdown()
     session.update(seconds=round(time.time() - t_start, 1), seconds_per_model=per_model)
-    write_run_json(folder, **{**run_info, "status": "finished", "cluster": cluster,
-                              "seconds": round(sum(s.get("seconds", 0) for s in run_info["sessions"]), 1)})
+    write_run_json(
+        folder,
+        **{
+            **run_info,
+            "status": "finished",
+            "cluster": cluster,
+            "seconds": round(sum(s.get("seconds", 0) for s in run_info["sessions"]), 1),
+        },
+    )
     print_summary(folder)
     return 0
 
@@ -143,11 +189,24 @@ def print_summary(out: Path) -> None:
     print(t.groupby(["model", "stop_reason"]).size().to_string())
     if "pretrain_key" in t and t["pretrain_key"].notna().any():
         computed = int(t["pretrain_computed"].fillna(False).astype(bool).sum())
-        print(f"pre-trainings: {t.groupby('model')['pretrain_key'].nunique().to_dict()} distinct key(s) per model; "
-              f"computed by {computed} trial(s), reused by the rest")
+        print(
+            f"pre-trainings: {t.groupby('model')['pretrain_key'].nunique().to_dict()} distinct key(s) per model; "
+            f"computed by {computed} trial(s), reused by the rest"
+        )
     best = res.best_trials()
-    cols = ["model", "trial_id", "best_val_auc", "test_auc", "test_accuracy", "test_sensitivity", "test_specificity",
-            "test_f1", "test_threshold", *SEARCHED, "epochs_run"]
+    cols = [
+        "model",
+        "trial_id",
+        "best_val_auc",
+        "test_auc",
+        "test_accuracy",
+        "test_sensitivity",
+        "test_specificity",
+        "test_f1",
+        "test_threshold",
+        *SEARCHED,
+        "epochs_run",
+    ]
     if len(best):
         print("\nbest trial per model (chosen on validation AUC; test metrics of its best-validation checkpoint):")
         print(best[[c for c in cols if c in best]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -68,8 +68,10 @@ def max_concurrent_trials(cluster: dict, cpus_per_trial: float, gpus_per_trial: 
         fits.append(math.floor(cluster.get("GPU", 0) / gpus_per_trial + 1e-9))
     n = min(fits) if fits else 1
     if n < 1:
-        raise ValueError(f"one trial needs {cpus_per_trial} CPU and {gpus_per_trial} GPU, but the cluster has "
-                         f"{cluster.get('CPU', 0)} CPU and {cluster.get('GPU', 0)} GPU")
+        raise ValueError(
+            f"one trial needs {cpus_per_trial} CPU and {gpus_per_trial} GPU, but the cluster has "
+            f"{cluster.get('CPU', 0)} CPU and {cluster.get('GPU', 0)} GPU"
+        )
     return min(n, cap) if cap else n
 
 
@@ -77,12 +79,13 @@ def max_concurrent_trials(cluster: dict, cpus_per_trial: float, gpus_per_trial: 
 class TrialSpec:
     """What every trial of one experiment shares: the base configuration and which of its fields
     the trial's Tune config sets, the data, the pre-training store, the storage and the resources."""
+
     base: TrainConfig
-    searched: tuple[str, ...]           # TrainConfig fields set from Tune's config (searched values, or seed)
+    searched: tuple[str, ...]  # TrainConfig fields set from Tune's config (searched values, or seed)
     data: DataSpec
-    source_hash: str | None             # the pre-training source's manifest hash; None = no pre-training
-    store: Path                         # content-addressed pre-trained weights
-    storage: str                        # Ray Tune/Train storage
+    source_hash: str | None  # the pre-training source's manifest hash; None = no pre-training
+    store: Path  # content-addressed pre-trained weights
+    storage: str  # Ray Tune/Train storage
     resources: Resources
 
 
@@ -100,30 +103,52 @@ def trial_fn(config: dict, spec: TrialSpec) -> None:
     t0 = time.time()
     if cfg.pretrain_epochs > 0 and spec.source_hash:
         pretrain_path, computed = ensure_pretrained(
-            cfg, spec.source_hash, spec.store,
-            lambda: run_pretrain_job(cfg, spec.data, spec.store, spec.resources, name=f"pretrain-{trial_id}",
-                                     storage=spec.storage))
+            cfg,
+            spec.source_hash,
+            spec.store,
+            lambda: run_pretrain_job(
+                cfg, spec.data, spec.store, spec.resources, name=f"pretrain-{trial_id}", storage=spec.storage
+            ),
+        )
     extra = dict(pretrain_computed=computed, pretrain_wait_s=round(time.time() - t0, 2))
-    TorchTrainer(finetune_worker,
-                 train_loop_config=dict(train_config=cfg, data=spec.data, extra=extra,
-                                        pretrain_path=str(pretrain_path) if pretrain_path else None),
-                 scaling_config=scaling(spec.resources),
-                 run_config=train_run_config(f"finetune-{trial_id}", spec.storage, callbacks=[TuneReportCallback()],
-                                             max_failures=spec.resources.max_failures)).fit()
+    TorchTrainer(
+        finetune_worker,
+        train_loop_config=dict(
+            train_config=cfg, data=spec.data, extra=extra, pretrain_path=str(pretrain_path) if pretrain_path else None
+        ),
+        scaling_config=scaling(spec.resources),
+        run_config=train_run_config(
+            f"finetune-{trial_id}",
+            spec.storage,
+            callbacks=[TuneReportCallback()],
+            max_failures=spec.resources.max_failures,
+        ),
+    ).fit()
 
 
 @dataclass
 class ModelSweep:
     model: str
     experiment_path: str
-    results: object = None      # ray.tune.ResultGrid
+    results: object = None  # ray.tune.ResultGrid
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
-def run_model_sweep(model: str, sweep: SweepConfig, *, source_hash: str | None, data: DataSpec, storage: str,
-                    store: Path, exp_name: str, resume: bool, concurrency: int, base: TrainConfig | None = None,
-                    searched: list[str] | None = None) -> ModelSweep:
+def run_model_sweep(
+    model: str,
+    sweep: SweepConfig,
+    *,
+    source_hash: str | None,
+    data: DataSpec,
+    storage: str,
+    store: Path,
+    exp_name: str,
+    resume: bool,
+    concurrency: int,
+    base: TrainConfig | None = None,
+    searched: list[str] | None = None,
+) -> ModelSweep:
     """Run (or resume) one model's Tune experiment; returns its ResultGrid.
 
     `base` is the configuration the trials start from (default: the sweep's for `model`) and
@@ -137,23 +162,40 @@ def run_model_sweep(model: str, sweep: SweepConfig, *, source_hash: str | None, 
     exp_path = os.path.join(storage, exp_name)
     space = search_space(sweep)
     searched = list(space) if searched is None else list(searched)
-    spec = TrialSpec(base=base or sweep.base_config(model), searched=tuple(searched), data=data,
-                     source_hash=source_hash, store=store, storage=storage, resources=sweep.resources)
+    spec = TrialSpec(
+        base=base or sweep.base_config(model),
+        searched=tuple(searched),
+        data=data,
+        source_hash=source_hash,
+        store=store,
+        storage=storage,
+        resources=sweep.resources,
+    )
     trainable = trial_trainable(spec)
     t0 = time.time()
     if resume and ray.tune.Tuner.can_restore(exp_path):
-        tuner = ray.tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                       restart_errored=False)
+        tuner = ray.tune.Tuner.restore(
+            exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True, restart_errored=False
+        )
     else:
         tuner = ray.tune.Tuner(
             trainable,
             param_space={k: space[k] for k in searched},
             tune_config=ray.tune.TuneConfig(
-                search_alg=OptunaSearch(seed=sweep.seed), metric=METRIC, mode="max", num_samples=sweep.num_samples,
-                scheduler=ASHAScheduler(time_attr="epoch", max_t=sweep.epochs, grace_period=sweep.grace_period,
-                                        reduction_factor=sweep.reduction_factor),
-                max_concurrent_trials=concurrency),
-            run_config=ray.tune.RunConfig(name=exp_name, storage_path=storage, verbose=1))
+                search_alg=OptunaSearch(seed=sweep.seed),
+                metric=METRIC,
+                mode="max",
+                num_samples=sweep.num_samples,
+                scheduler=ASHAScheduler(
+                    time_attr="epoch",
+                    max_t=sweep.epochs,
+                    grace_period=sweep.grace_period,
+                    reduction_factor=sweep.reduction_factor,
+                ),
+                max_concurrent_trials=concurrency,
+            ),
+            run_config=ray.tune.RunConfig(name=exp_name, storage_path=storage, verbose=1),
+        )
     grid = tuner.fit()
     return ModelSweep(model, exp_path, grid, time.time() - t0)
 
@@ -164,11 +206,22 @@ def trial_trainable(spec: TrialSpec) -> Callable[[dict], None]:
     is set by the workers' resources alone."""
     import ray.tune
 
-    return ray.tune.with_resources(ray.tune.with_parameters(trial_fn, spec=spec), {"cpu": 0, "memory": 64 * 1024 ** 2})
+    return ray.tune.with_resources(ray.tune.with_parameters(trial_fn, spec=spec), {"cpu": 0, "memory": 64 * 1024**2})
 
 
-TEST_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "tn", "fp",
-             "fn", "tp")
+TEST_KEYS = (
+    "auc",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1",
+    "balanced_accuracy",
+    "tn",
+    "fp",
+    "fn",
+    "tp",
+)
 
 
 def _storage_filesystem(storage: str):
@@ -194,8 +247,9 @@ def evaluate_trials(ms: ModelSweep, sweep: SweepConfig, data: DataSpec, storage:
     with a trial's resources (the test set is applied once per trial, after the search)."""
     import ray
 
-    task = ray.remote(evaluate_checkpoint).options(num_cpus=sweep.cpus_per_trial,
-                                                  num_gpus=sweep.gpus_per_trial / sweep.workers_per_trial)
+    task = ray.remote(evaluate_checkpoint).options(
+        num_cpus=sweep.cpus_per_trial, num_gpus=sweep.gpus_per_trial / sweep.workers_per_trial
+    )
     fs, refs = _storage_filesystem(storage), {}
     for result in ms.results:
         path = best_checkpoint_path(result)
@@ -204,8 +258,14 @@ def evaluate_trials(ms: ModelSweep, sweep: SweepConfig, data: DataSpec, storage:
     return {tid: ray.get(ref) for tid, ref in refs.items()}
 
 
-def trial_rows(ms: ModelSweep, sweep: SweepConfig, preset: str, source_hash: str | None,
-               evaluated: dict, base: TrainConfig | None = None) -> tuple[list, list, list]:
+def trial_rows(
+    ms: ModelSweep,
+    sweep: SweepConfig,
+    preset: str,
+    source_hash: str | None,
+    evaluated: dict,
+    base: TrainConfig | None = None,
+) -> tuple[list, list, list]:
     """(trial rows, epoch rows, prediction frames) from one model's ResultGrid + test evaluations
     (`evaluated` may be empty: an ablation's per-arm tuning never looks at test)."""
     trials, epochs, preds = [], [], []
@@ -223,23 +283,51 @@ def trial_rows(ms: ModelSweep, sweep: SweepConfig, preset: str, source_hash: str
             stop = "early_stopped"
         start = base or sweep.base_config(ms.model)
         base_t = start.replace(**{k: cfg[k] for k in cfg if k in TrainConfig.__dataclass_fields__})
-        row = dict(trial_id=trial_id, model=ms.model, preset=preset, seed=sweep.seed, **cfg,
-                   image_size=base_t.image_size, epochs=sweep.epochs, pretrain_epochs=base_t.pretrain_epochs,
-                   batch_size=base_t.batch_size,
-                   pretrain_key=pretrain_key(base_t, source_hash) if source_hash and base_t.pretrain_epochs else None,
-                   pretrain_computed=m.get("pretrain_computed"), epochs_run=epochs_run, stop_reason=stop,
-                   best_epoch=m.get("best_epoch"), best_val_auc=m.get("best_val_auc"),
-                   best_val_loss=m.get("best_val_loss"),
-                   test_threshold=m.get("best_threshold"),
-                   **{f"test_{k}": evaluated.get(trial_id, ({}, None))[0].get(f"test_{k}") for k in TEST_KEYS},
-                   wall_s=m.get("time_total_s"), workers=sweep.workers_per_trial, cpus=sweep.cpus_per_trial,
-                   gpus=sweep.gpus_per_trial, hostname=m.get("hostname"), node_id=m.get("node_id"),
-                   error=None if result.error is None else str(result.error)[:500],
-                   checkpoint_path=best_checkpoint_path(result))
+        row = dict(
+            trial_id=trial_id,
+            model=ms.model,
+            preset=preset,
+            seed=sweep.seed,
+            **cfg,
+            image_size=base_t.image_size,
+            epochs=sweep.epochs,
+            pretrain_epochs=base_t.pretrain_epochs,
+            batch_size=base_t.batch_size,
+            pretrain_key=pretrain_key(base_t, source_hash) if source_hash and base_t.pretrain_epochs else None,
+            pretrain_computed=m.get("pretrain_computed"),
+            epochs_run=epochs_run,
+            stop_reason=stop,
+            best_epoch=m.get("best_epoch"),
+            best_val_auc=m.get("best_val_auc"),
+            best_val_loss=m.get("best_val_loss"),
+            test_threshold=m.get("best_threshold"),
+            **{f"test_{k}": evaluated.get(trial_id, ({}, None))[0].get(f"test_{k}") for k in TEST_KEYS},
+            wall_s=m.get("time_total_s"),
+            workers=sweep.workers_per_trial,
+            cpus=sweep.cpus_per_trial,
+            gpus=sweep.gpus_per_trial,
+            hostname=m.get("hostname"),
+            node_id=m.get("node_id"),
+            error=None if result.error is None else str(result.error)[:500],
+            checkpoint_path=best_checkpoint_path(result),
+        )
         trials.append(row)
         if len(hist):
-            cols = [c for c in ("epoch", "train_loss", "val_loss", "val_auc", "best_val_auc", "lr", "epoch_seconds",
-                                "train_images_per_s", "hostname") if c in hist]
+            cols = [
+                c
+                for c in (
+                    "epoch",
+                    "train_loss",
+                    "val_loss",
+                    "val_auc",
+                    "best_val_auc",
+                    "lr",
+                    "epoch_seconds",
+                    "train_images_per_s",
+                    "hostname",
+                )
+                if c in hist
+            ]
             e = hist[cols].copy()
             e.insert(0, "model", ms.model)
             e.insert(0, "trial_id", trial_id)

@@ -22,7 +22,7 @@ from pneumo_ray.config.search import SEARCH, SEARCHED  # noqa: E402
 from pneumo_ray.report.inputs import Candidate  # noqa: E402
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-LOG_PARAMS = {s.field for s in SEARCH if s.log}   # drawn on a log axis, as they are searched
+LOG_PARAMS = {s.field for s in SEARCH if s.log}  # drawn on a log axis, as they are searched
 
 
 def color(i: int) -> str:
@@ -33,7 +33,7 @@ def save(fig: Figure, folder: Path, name: str, formats: Sequence[str] = ("png", 
     """name.png (for the page) and name.svg (vector, for papers)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.{ext}" for ext in formats]
-    for path in paths:   # every figure is laid out (tight_layout) when drawn: no bbox_inches="tight" re-draw
+    for path in paths:  # every figure is laid out (tight_layout) when drawn: no bbox_inches="tight" re-draw
         fig.savefig(path, dpi=110)
     return paths
 
@@ -49,14 +49,25 @@ def roc_figure(cands: list[Candidate], bands: dict, aucs: dict) -> Figure:
         grid, lo, hi = bands[c.label]
         ax.fill_between(grid, lo, hi, step="post", color=color(i), alpha=0.15, lw=0)
         a, alo, ahi = aucs[c.label]
-        line, = ax.plot(fpr, tpr, color=color(i), lw=1.8, label=f"{c.label}: AUC {a:.3f} [{alo:.3f}, {ahi:.3f}]")
+        (line,) = ax.plot(fpr, tpr, color=color(i), lw=1.8, label=f"{c.label}: AUC {a:.3f} [{alo:.3f}, {ahi:.3f}]")
         line.set_gid(f"roc:{c.label}")
         pred = c.probs >= c.threshold
         y = c.labels.astype(bool)
-        ax.plot([(pred & ~y).sum() / max((~y).sum(), 1)], [(pred & y).sum() / max(y.sum(), 1)], "o",
-                color=color(i), mec="k", ms=6)
-    ax.set(xlabel="false-positive rate (1 − specificity)", ylabel="true-positive rate (sensitivity)",
-           xlim=(0, 1), ylim=(0, 1.01), title="ROC on the test set (band: 95% bootstrap; ● threshold)")
+        ax.plot(
+            [(pred & ~y).sum() / max((~y).sum(), 1)],
+            [(pred & y).sum() / max(y.sum(), 1)],
+            "o",
+            color=color(i),
+            mec="k",
+            ms=6,
+        )
+    ax.set(
+        xlabel="false-positive rate (1 − specificity)",
+        ylabel="true-positive rate (sensitivity)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title="ROC on the test set (band: 95% bootstrap; ● threshold)",
+    )
     ax.legend(loc="lower right", fontsize=8)
     ax.set_aspect("equal")
     fig.tight_layout()
@@ -68,13 +79,18 @@ def pr_figure(cands: list[Candidate]) -> Figure:
     ax = fig.add_subplot()
     for i, c in enumerate(cands):
         recall, precision, ap = precision_recall(c.labels, c.probs)
-        line, = ax.plot(recall, precision, color=color(i), lw=1.8, label=f"{c.label}: AP {ap:.3f}")
+        (line,) = ax.plot(recall, precision, color=color(i), lw=1.8, label=f"{c.label}: AP {ap:.3f}")
         line.set_gid(f"pr:{c.label}")
     if cands:
         prev = cands[0].labels.mean()
         ax.axhline(prev, color="0.7", ls=":", lw=1, label=f"prevalence {prev:.2f}")
-    ax.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
-           title="Precision–recall on the test set")
+    ax.set(
+        xlabel="recall (sensitivity)",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title="Precision–recall on the test set",
+    )
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     return fig
@@ -90,8 +106,15 @@ def confusion_figure(cands: list[Candidate]) -> Figure:
         for (r, k), v in np.ndenumerate(cm):
             share = v / max(cm[r].sum(), 1)
             ax.text(k, r, f"{v}\n{share:.0%}", ha="center", va="center", color="white" if share > 0.6 else "black")
-        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["NORMAL", "PNEUMONIA"], yticklabels=["NORMAL", "PNEUMONIA"],
-               xlabel="predicted", ylabel="true", title=f"{c.label}\nthreshold {c.threshold:.3f} (loss rule)")
+        ax.set(
+            xticks=[0, 1],
+            yticks=[0, 1],
+            xticklabels=["NORMAL", "PNEUMONIA"],
+            yticklabels=["NORMAL", "PNEUMONIA"],
+            xlabel="predicted",
+            ylabel="true",
+            title=f"{c.label}\nthreshold {c.threshold:.3f} (loss rule)",
+        )
         ax.images[0].set_gid(f"confusion:{c.label}")
     fig.tight_layout()
     return fig
@@ -103,11 +126,12 @@ def calibration_figure(cands: list[Candidate], bins: int = 10) -> Figure:
     top.plot([0, 1], [0, 1], color="0.7", ls=":", lw=1, label="perfectly calibrated")
     for i, c in enumerate(cands):
         mean_p, frac, _, brier = calibration(c.labels, c.probs, bins)
-        line, = top.plot(mean_p, frac, "o-", color=color(i), ms=4, label=f"{c.label}: Brier {brier:.3f}")
+        (line,) = top.plot(mean_p, frac, "o-", color=color(i), ms=4, label=f"{c.label}: Brier {brier:.3f}")
         line.set_gid(f"calibration:{c.label}")
         bottom.hist(c.probs, bins=bins, range=(0, 1), histtype="step", color=color(i), lw=1.5)
-    top.set(ylabel="observed fraction PNEUMONIA", xlim=(0, 1), ylim=(-0.02, 1.02),
-            title="Calibration (reliability) on test")
+    top.set(
+        ylabel="observed fraction PNEUMONIA", xlim=(0, 1), ylim=(-0.02, 1.02), title="Calibration (reliability) on test"
+    )
     top.legend(loc="upper left", fontsize=8)
     bottom.set(xlabel="predicted probability of PNEUMONIA", ylabel="images")
     fig.tight_layout()
@@ -124,18 +148,22 @@ def learning_curves_figure(trials: pd.DataFrame, epochs: pd.DataFrame, top: int 
         t = trials[trials["model"] == model].sort_values("best_val_auc", ascending=False)
         best = list(t["trial_id"][:top])
         stopped = set(t.loc[t["stop_reason"] == "early_stopped", "trial_id"])
-        for tid in list(t["trial_id"][top:]) + best:            # grey first, colours on top
+        for tid in list(t["trial_id"][top:]) + best:  # grey first, colours on top
             e = epochs[epochs["trial_id"] == tid].sort_values("epoch")
             if e.empty:
                 continue
             shown = tid in best
-            kw = dict(color=color(best.index(tid)) if shown else "0.75", lw=1.8 if shown else 1,
-                      ls="--" if tid in stopped else "-", zorder=3 if shown else 1)
+            kw = dict(
+                color=color(best.index(tid)) if shown else "0.75",
+                lw=1.8 if shown else 1,
+                ls="--" if tid in stopped else "-",
+                zorder=3 if shown else 1,
+            )
             label = f"{tid}{' (ASHA-stopped)' if tid in stopped else ''}" if shown else None
             for ax, col in zip(axes[r], ("train_loss", "val_loss", "val_auc")):
                 if col not in e:
                     continue
-                line, = ax.plot(e["epoch"], e[col], marker="o", ms=3, label=label, **kw)
+                (line,) = ax.plot(e["epoch"], e[col], marker="o", ms=3, label=label, **kw)
                 line.set_gid(f"learning:{model}:{tid}:{col}")
                 if tid in stopped:
                     ax.plot(e["epoch"].iloc[-1:], e[col].iloc[-1:], "x", color=kw["color"], ms=9, mew=2, zorder=4)
@@ -158,7 +186,7 @@ def history_figure(trials: pd.DataFrame) -> Figure:
         stopped = (t["stop_reason"] == "early_stopped").to_numpy()
         for m, marker, c, label in ((~stopped, "o", "C0", "completed"), (stopped, "x", "C3", "early stopped (ASHA)")):
             ax.plot(n[m], t["best_val_auc"][m], marker, ls="none", color=c, label=label)
-        line, = ax.step(n, t["best_val_auc"].cummax(), where="post", color="k", lw=1.2, label="best so far")
+        (line,) = ax.step(n, t["best_val_auc"].cummax(), where="post", color="k", lw=1.2, label="best so far")
         line.set_gid(f"history:{model}")
         ax.set(title=f"{model}: optimisation history", xlabel="trial (in recorded order)", ylabel="validation AUC")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -180,8 +208,11 @@ def importance_figure(imp: pd.DataFrame) -> Figure:
             bar.set_gid(f"importance:{model}:{param}")
         ax.set_yticks(y, [f"{p} (fixed)" if f else p for p, f in zip(g.index, g["fixed"])])
         ax.invert_yaxis()
-        ax.set(xlim=(0, 1), xlabel="importance (share of variance)",
-               title=f"{model}: {g['method'].iloc[0]}, {int(g['n_trials'].iloc[0])} trials")
+        ax.set(
+            xlim=(0, 1),
+            xlabel="importance (share of variance)",
+            title=f"{model}: {g['method'].iloc[0]}, {int(g['n_trials'].iloc[0])} trials",
+        )
         ax.title.set_fontsize(9)
     fig.tight_layout()
     return fig
@@ -198,7 +229,7 @@ def params_figure(trials: pd.DataFrame) -> Figure:
             ax.plot(g.loc[~stopped, p], g.loc[~stopped, "best_val_auc"], "o", ls="none", color=color(i), label=model)
             ax.plot(g.loc[stopped, p], g.loc[stopped, "best_val_auc"], "x", ls="none", color=color(i))
         values = trials[p].dropna()
-        if values.nunique() <= 1:                     # not searched: one tick, said so
+        if values.nunique() <= 1:  # not searched: one tick, said so
             ax.set_xticks(values.unique()[:1], [f"{v:.3g}" for v in values.unique()[:1]])
             ax.set_title(f"{p} (fixed)")
         else:
@@ -233,8 +264,10 @@ def forest_figure(summary: pd.DataFrame) -> Figure:
     ax.set_yticks(y, [f"{m}: {a}" for m, a in zip(vs["model"], vs["arm"])])
     for yi, p in zip(y, vs["p_holm"] if "p_holm" in vs else [math.nan] * len(vs)):
         ax.annotate(f"p_holm={p:.3f}", (1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
-    ax.set(xlabel="ΔAUC vs transfer (95% CI: seeds + test images)  ← transfer better | arm better →",
-           title="Ablations: test AUC difference to the transfer arm")
+    ax.set(
+        xlabel="ΔAUC vs transfer (95% CI: seeds + test images)  ← transfer better | arm better →",
+        title="Ablations: test AUC difference to the transfer arm",
+    )
     ax.set_ylim(-0.7, len(vs) - 0.3)
     fig.tight_layout()
     return fig
@@ -257,8 +290,16 @@ def arm_bars_figure(summary: pd.DataFrame, ablations: pd.DataFrame | None = None
             hi = np.clip([r[f"test_{m}_ci_high"] for m in metrics], 0, 1)
             yerr = np.nan_to_num(np.abs(np.stack([mean - lo, hi - mean])))
             xs = x - 0.4 + width * (i + 0.5)
-            bars = ax.bar(xs, mean, width * 0.9, yerr=yerr, capsize=3, color=color(i), alpha=0.8,
-                          label=f"{r['arm']} (n={int(r['n_seeds'])})")
+            bars = ax.bar(
+                xs,
+                mean,
+                width * 0.9,
+                yerr=yerr,
+                capsize=3,
+                color=color(i),
+                alpha=0.8,
+                label=f"{r['arm']} (n={int(r['n_seeds'])})",
+            )
             for bar, m in zip(bars, metrics):
                 bar.set_gid(f"arm:{model}:{r['arm']}:{m}")
             if ablations is not None and len(ablations):

@@ -29,8 +29,11 @@ def layer_candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
         return [(f"features.{i}.2 (ReLU after conv {i + 1})", model.features[i][2]) for i in reversed(range(n))]
     if isinstance(model, DenseNet121):
         f = model.features
-        return [("features.norm5", f.norm5), ("features.denseblock3", f.denseblock3),
-                ("features.denseblock2", f.denseblock2)]
+        return [
+            ("features.norm5", f.norm5),
+            ("features.denseblock3", f.denseblock3),
+            ("features.denseblock2", f.denseblock2),
+        ]
     return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)][::-1]
 
 
@@ -51,7 +54,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, min_size: int = 2) -> tuple[np.n
     side (at 32 px DenseNet's last map is 1×1, which cannot say *where*). Puts the model in eval
     mode and makes its ReLUs out-of-place."""
     model.eval()
-    for m in model.modules():            # in-place ReLUs would overwrite the captured activations
+    for m in model.modules():  # in-place ReLUs would overwrite the captured activations
         if isinstance(m, nn.ReLU):
             m.inplace = False
     names, layers = zip(*layer_candidates(model))
@@ -59,7 +62,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, min_size: int = 2) -> tuple[np.n
     k = next((i for i, a in enumerate(acts) if min(a.shape[-2:]) >= min_size), 0)
     a = acts[k]
     score = torch.where(logits >= 0, logits, -logits)
-    grads, = torch.autograd.grad(score.sum(), a)
+    (grads,) = torch.autograd.grad(score.sum(), a)
     cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     lo = cam.amin(dim=(1, 2), keepdim=True)
@@ -95,8 +98,9 @@ def load_model(path: str | os.PathLike, model_name: str | None = None) -> tuple[
     return model.eval(), meta
 
 
-def explain(path: str | os.PathLike, images_u8: np.ndarray,
-            model_name: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+def explain(
+    path: str | os.PathLike, images_u8: np.ndarray, model_name: str | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Grad-CAM maps for uint8 images [B, S, S] with a checkpoint's own normalization:
     (maps [B, S, S], probabilities [B], layer name)."""
     model, meta = load_model(path, model_name)

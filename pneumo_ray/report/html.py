@@ -59,16 +59,18 @@ def _block(b) -> str:
         links = " · ".join(f'<a href="figures/{name}.{ext}">{ext.upper()}</a>' for ext in formats)
         cls = ' class="wide"' if name in WIDE else ""
         img = f'<img src="figures/{name}.png" alt="{html.escape(name)}">'
-        return (f'<figure{cls}><a href="figures/{name}.{big}">{img}</a>'
-                f'<figcaption>{html.escape(caption)} {links}</figcaption></figure>')
+        return (
+            f'<figure{cls}><a href="figures/{name}.{big}">{img}</a>'
+            f"<figcaption>{html.escape(caption)} {links}</figcaption></figure>"
+        )
     if kind == "table":
         return _table(b[1], b[2])
     if kind == "list":
         items = "".join(f"<li>{html.escape(i)}</li>" for i in b[2])
         return (f"<h3>{html.escape(b[1])}</h3>" if b[1] else "") + f'<ul class="verdicts">{items}</ul>'
-    if kind == "row":      # side by side (wrapping on narrow screens)
+    if kind == "row":  # side by side (wrapping on narrow screens)
         return '<div class="row">' + "".join(f"<div>{_block(x)}</div>" for x in b[1]) + "</div>"
-    if kind == "stack":    # one below the other (e.g. a row's second column)
+    if kind == "stack":  # one below the other (e.g. a row's second column)
         return "".join(_block(x) for x in b[1])
     raise ValueError(kind)
 

@@ -29,8 +29,9 @@ def _resolve(root: str) -> Path:
     raise Unavailable(f"the run's data_root {root!r} is not on this machine")
 
 
-def load_test_images(c: Candidate, picked: dict[str, np.ndarray],
-                     cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+def load_test_images(
+    c: Candidate, picked: dict[str, np.ndarray], cache_dir: str | os.PathLike | None = None
+) -> dict[str, np.ndarray]:
     """{outcome: uint8 [len(rows), S, S]}: the test images behind the candidate's predictions at
     `picked` rows, at the run's image size, matched by path (else by file name)."""
     from pneumo_ray.data.study_data import synthetic_set
@@ -38,8 +39,9 @@ def load_test_images(c: Candidate, picked: dict[str, np.ndarray],
     s = data_settings(c.run, c.row)
     if not s["image_size"]:
         raise Unavailable("the image size is not recorded (no run.json)")
-    cache = cache_dir or (s["cache_dir"] if s["cache_dir"] and os.access(Path(s["cache_dir"]).parent, os.W_OK)
-                          else None)
+    cache = cache_dir or (
+        s["cache_dir"] if s["cache_dir"] and os.access(Path(s["cache_dir"]).parent, os.W_OK) else None
+    )
     if s["data_root"] is None:
         if not s["known"]:
             raise Unavailable("no run.json: the data the model was tested on is unknown")
@@ -50,16 +52,19 @@ def load_test_images(c: Candidate, picked: dict[str, np.ndarray],
         from pneumo_ray.data.study_data import ImageSet
 
         scan = sources.kermany_manifest(_resolve(s["data_root"]))
-        dec = decode.decoded(scan.manifest[scan.manifest.split == "test"], s["image_size"], cache,
-                             label="target-test", quiet=True)
+        dec = decode.decoded(
+            scan.manifest[scan.manifest.split == "test"], s["image_size"], cache, label="target-test", quiet=True
+        )
         test = ImageSet(dec.images, np.arange(len(dec.manifest)), dec.manifest, "test")
     for key, values in (("path", c.paths), ("name", c.names)):
         pos = {v: i for i, v in enumerate(test.manifest[key].astype(str))}
         hits = {o: [pos.get(v) for v in values[rows]] for o, rows in picked.items()}
         if all(h is not None for found in hits.values() for h in found):
             return {o: test.batch(np.asarray(found, dtype=np.int64)) for o, found in hits.items()}
-    raise Unavailable(f"the predicted images are not in the test set at {s['data_root'] or 'synthetic'} "
-                      "(the data changed since the run)")
+    raise Unavailable(
+        f"the predicted images are not in the test set at {s['data_root'] or 'synthetic'} "
+        "(the data changed since the run)"
+    )
 
 
 def pick_examples(c: Candidate, per_outcome: int = 4) -> dict[str, np.ndarray]:
@@ -102,8 +107,9 @@ def grid_figure(c: Candidate, picked: dict[str, np.ndarray], images: dict[str, n
     return fig
 
 
-def gradcam_figure(c: Candidate, rows: list[int], images: np.ndarray, maps: np.ndarray, layer: str,
-                   kinds: list[str]) -> Figure:
+def gradcam_figure(
+    c: Candidate, rows: list[int], images: np.ndarray, maps: np.ndarray, layer: str, kinds: list[str]
+) -> Figure:
     """Top: the images; bottom: the Grad-CAM heat-map over each."""
     n = len(rows)
     fig = Figure(figsize=(2.2 * n + 0.5, 4.8))

@@ -19,7 +19,7 @@ def search_space(trials: pd.DataFrame, sweep: dict | None = None) -> dict:
 
     sweep = sweep or {}
     space = {}
-    for s in SEARCH:   # run.json's sweep holds each range under its SweepConfig field
+    for s in SEARCH:  # run.json's sweep holds each range under its SweepConfig field
         p = s.field
         if p not in trials:
             continue
@@ -28,7 +28,7 @@ def search_space(trials: pd.DataFrame, sweep: dict | None = None) -> dict:
             choices = sorted(set(map(float, sweep.get(s.range_field) or [])) | set(values))
             space[p] = CategoricalDistribution(choices or [math.nan])
             continue
-        lo, hi = (sweep.get(s.range_field) or (values.min(), values.max()))
+        lo, hi = sweep.get(s.range_field) or (values.min(), values.max())
         lo, hi = min(float(lo), values.min()), max(float(hi), values.max())
         if hi <= lo:
             hi = lo * 1.001 + 1e-12
@@ -52,8 +52,16 @@ def importance(trials: pd.DataFrame, sweep: dict | None = None, seed: int = 0) -
                 method = f"|Spearman ρ| (fANOVA failed: {type(e).__name__})"
                 scores = _spearman(g, varied)
         for p in params:
-            rows.append(dict(model=model, param=p, importance=float(scores.get(p, 0.0)), fixed=p not in varied,
-                             method=method if varied else "none (nothing varied)", n_trials=len(g)))
+            rows.append(
+                dict(
+                    model=model,
+                    param=p,
+                    importance=float(scores.get(p, 0.0)),
+                    fixed=p not in varied,
+                    method=method if varied else "none (nothing varied)",
+                    n_trials=len(g),
+                )
+            )
     return pd.DataFrame(rows, columns=["model", "param", "importance", "fixed", "method", "n_trials"])
 
 
@@ -65,8 +73,11 @@ def _fanova(g: pd.DataFrame, space: dict, varied: list[str], seed: int) -> dict:
     study = optuna.create_study(direction="maximize")
     dists = {p: space[p] for p in varied}
     for row in g.to_dict("records"):
-        study.add_trial(optuna.trial.create_trial(
-            params={p: float(row[p]) for p in varied}, distributions=dists, value=float(row["best_val_auc"])))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={p: float(row[p]) for p in varied}, distributions=dists, value=float(row["best_val_auc"])
+            )
+        )
     scores = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
     return {k: float(v) for k, v in scores.items()}
 

@@ -21,9 +21,9 @@ ABLATION_TABLES = ("ablations", "ablation_predictions", "ablation_summary", "aud
 @dataclass
 class ReportData:
     folders: list[Path]
-    sweep: Results | None                 # all sweep folders together (trial ids are unique)
-    sweep_runs: dict[str, dict]           # folder name -> run.json
-    ablation: dict[str, pd.DataFrame]     # ABLATION_TABLES (empty frames where absent)
+    sweep: Results | None  # all sweep folders together (trial ids are unique)
+    sweep_runs: dict[str, dict]  # folder name -> run.json
+    ablation: dict[str, pd.DataFrame]  # ABLATION_TABLES (empty frames where absent)
     ablation_runs: dict[str, dict]
     notes: list[str] = field(default_factory=list)
 
@@ -40,6 +40,7 @@ class ReportData:
 class Candidate:
     """One model's test predictions at its decision threshold (a sweep's best trial, or an
     ablation arm's best-validation seed)."""
+
     label: str
     model: str
     labels: np.ndarray
@@ -48,8 +49,8 @@ class Candidate:
     names: np.ndarray
     threshold: float
     checkpoint: str | None
-    run: dict                             # run.json of its folder: where the data and settings are
-    row: dict                             # its trials / ablations row
+    run: dict  # run.json of its folder: where the data and settings are
+    row: dict  # its trials / ablations row
 
 
 def load_report_data(folders: Iterable[str | os.PathLike]) -> ReportData:
@@ -86,12 +87,17 @@ def load_report_data(folders: Iterable[str | os.PathLike]) -> ReportData:
             notes.append(f"{f}: no run.json (the run's settings and data location are unknown)")
         if not is_sweep and not is_ablation:
             what = "only run.json" if has_run else "no run.json and no result tables"
-            notes.append(f"{f}: {what} (neither trials.parquet nor ablations.parquet: "
-                         "not a finished sweep or ablation)")
+            notes.append(
+                f"{f}: {what} (neither trials.parquet nor ablations.parquet: not a finished sweep or ablation)"
+            )
     sweep = _combine_sweeps(sweeps) if sweeps else None
-    ablation = {t: pd.concat([x for x in frames if len(x)], ignore_index=True) if any(len(x) for x in frames)
-                else pd.DataFrame() for t, frames in abl.items()}
-    if len(abl_runs) > 1:   # arms of different studies must stay apart: prefix them with the study
+    ablation = {
+        t: pd.concat([x for x in frames if len(x)], ignore_index=True)
+        if any(len(x) for x in frames)
+        else pd.DataFrame()
+        for t, frames in abl.items()
+    }
+    if len(abl_runs) > 1:  # arms of different studies must stay apart: prefix them with the study
         for frame in ablation.values():
             if "arm" in frame:
                 frame["arm"] = frame["study"] + ": " + frame["arm"]
@@ -129,9 +135,18 @@ def run_of(data: ReportData, row: dict, kind: str) -> dict:
 
 def _candidate(label, model, preds: pd.DataFrame, threshold, row, run) -> Candidate:
     p = preds.sort_values("path")
-    return Candidate(label, model, p["label"].to_numpy(int), p["probability"].to_numpy(float),
-                     p["path"].to_numpy(str), p["name"].to_numpy(str) if "name" in p else p["path"].to_numpy(str),
-                     float(threshold), row.get("checkpoint_path"), run, row)
+    return Candidate(
+        label,
+        model,
+        p["label"].to_numpy(int),
+        p["probability"].to_numpy(float),
+        p["path"].to_numpy(str),
+        p["name"].to_numpy(str) if "name" in p else p["path"].to_numpy(str),
+        float(threshold),
+        row.get("checkpoint_path"),
+        run,
+        row,
+    )
 
 
 def candidates(data: ReportData, notes: list[str]) -> list[Candidate]:
@@ -144,8 +159,10 @@ def candidates(data: ReportData, notes: list[str]) -> list[Candidate]:
         for row in best.to_dict("records"):
             p = preds[preds["trial_id"] == row["trial_id"]] if len(preds) else preds
             if p.empty:
-                notes.append(f"{row['model']}: best trial {row['trial_id']} has no rows in predictions.parquet "
-                             "(its test evaluation did not finish): left out of the model comparison")
+                notes.append(
+                    f"{row['model']}: best trial {row['trial_id']} has no rows in predictions.parquet "
+                    "(its test evaluation did not finish): left out of the model comparison"
+                )
                 continue
             out.append(_candidate(row["model"], row["model"], p, _threshold(row, p), row, run_of(data, row, "sweep")))
         if best.empty:
@@ -161,8 +178,16 @@ def candidates(data: ReportData, notes: list[str]) -> list[Candidate]:
         if p.empty:
             notes.append(f"{model}/{arm} seed {row['seed']}: no test predictions")
             continue
-        out.append(_candidate(f"{model} · {arm} (seed {row['seed']})", model, p, _threshold(row, p), row,
-                              run_of(data, row, "ablation")))
+        out.append(
+            _candidate(
+                f"{model} · {arm} (seed {row['seed']})",
+                model,
+                p,
+                _threshold(row, p),
+                row,
+                run_of(data, row, "ablation"),
+            )
+        )
     return out
 
 
@@ -183,5 +208,6 @@ def data_settings(run: dict, row: dict) -> dict:
     if size is None and isinstance(row.get("config"), str):
         size = json.loads(row["config"]).get("image_size")
     root = where.get("data_root", settings.get("data_root"))
-    return dict(data_root=root, image_size=int(size) if size else None, cache_dir=where.get("cache_dir"),
-                known=bool(run))
+    return dict(
+        data_root=root, image_size=int(size) if size else None, cache_dir=where.get("cache_dir"), known=bool(run)
+    )

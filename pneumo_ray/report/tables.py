@@ -47,12 +47,18 @@ def best_config_table(rows: list[dict], labels: list[str]) -> pd.DataFrame:
     out = []
     for label, r in zip(labels, rows):
         cfg = json.loads(r["config"]) if isinstance(r.get("config"), str) else r
-        out.append({"model": label, "trial / seed": f"seed {r.get('seed')}" if "arm" in r else r.get("trial_id"),
-                    "stop reason": r.get("stop_reason", "–"), "epochs run": r.get("epochs_run"),
-                    "best epoch": r.get("best_epoch"),
-                    **{p: _sci(cfg.get(p)) for p in SEARCHED},
-                    "val AUC": num(r.get("best_val_auc", r.get("val_auc"))),
-                    "threshold (loss rule)": num(r.get("test_threshold"))})
+        out.append(
+            {
+                "model": label,
+                "trial / seed": f"seed {r.get('seed')}" if "arm" in r else r.get("trial_id"),
+                "stop reason": r.get("stop_reason", "–"),
+                "epochs run": r.get("epochs_run"),
+                "best epoch": r.get("best_epoch"),
+                **{p: _sci(cfg.get(p)) for p in SEARCHED},
+                "val AUC": num(r.get("best_val_auc", r.get("val_auc"))),
+                "threshold (loss rule)": num(r.get("test_threshold")),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -63,8 +69,14 @@ def test_metric_table(cands: list[Candidate], n_boot: int = 2000, seed: int = 0)
     for c in cands:
         m = bootstrap_metrics(c.labels, c.probs, c.threshold, bootstrap_counts(c.labels, n_boot, seed))
         raw[c.label] = m
-        rows.append({"model": c.label, **{k: ci(*m[k]) for k in CI_METRICS},
-                     "test images": len(c.labels), "PNEUMONIA": int(c.labels.sum())})
+        rows.append(
+            {
+                "model": c.label,
+                **{k: ci(*m[k]) for k in CI_METRICS},
+                "test images": len(c.labels),
+                "PNEUMONIA": int(c.labels.sum()),
+            }
+        )
     table = pd.DataFrame(rows).rename(columns={"auc": "test AUC"})
     return table, raw
 
@@ -109,8 +121,22 @@ def audit_table(audit: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     pre = audit[audit["a_set"] == "pretraining"]
     pre = pre[pre["b_set"] != "pretraining"]
-    cols = [c for c in ("study", "arm", "b_set", "a_images", "by_name", "by_patient", "by_content", "any",
-                        "patients_shared", "content_label_conflicts") if c in pre]
+    cols = [
+        c
+        for c in (
+            "study",
+            "arm",
+            "b_set",
+            "a_images",
+            "by_name",
+            "by_patient",
+            "by_content",
+            "any",
+            "patients_shared",
+            "content_label_conflicts",
+        )
+        if c in pre
+    ]
     out = pre[cols].rename(columns={"b_set": "against", "a_images": "pre-training images"})
     if "study" in out and out["study"].nunique() < 2:
         out = out.drop(columns="study")
@@ -128,6 +154,8 @@ def audit_sentences(audit: pd.DataFrame) -> list[str]:
         n = int(g["pre-training images"].iloc[0])
         leaked = int(held["any"].sum()) if len(held) else 0
         sets = "/".join(s.replace("target-", "") for s in held["against"]) or "held-out"
-        out.append(f"{arm}: pre-trained on {n} images; {leaked} share a file name, patient or content "
-                   f"with the target's {sets} set{'s' if len(held) > 1 else ''}")
+        out.append(
+            f"{arm}: pre-trained on {n} images; {leaked} share a file name, patient or content "
+            f"with the target's {sets} set{'s' if len(held) > 1 else ''}"
+        )
     return out

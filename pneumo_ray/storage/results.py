@@ -42,9 +42,11 @@ def read_table(out: Path, name: str) -> pd.DataFrame:
 
 
 def write_tables(out: Path, trials: list[dict], epochs: list[pd.DataFrame], preds: list[pd.DataFrame]) -> None:
-    frames = dict(trials=pd.DataFrame(trials),
-                  epochs=pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(),
-                  predictions=pd.concat(preds, ignore_index=True) if preds else pd.DataFrame())
+    frames = dict(
+        trials=pd.DataFrame(trials),
+        epochs=pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(),
+        predictions=pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(),
+    )
     for name, frame in frames.items():
         if len(frame):
             upsert_parquet(out / f"{name}.parquet", frame, TABLES[name])
@@ -54,8 +56,13 @@ def git_commit(cwd: Path | None = None) -> str | None:
     try:
         where = cwd or Path(__file__).parent
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -71,8 +78,9 @@ def environment() -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    hw = dict(platform=platform.platform(), machine=platform.machine(), cpus=os.cpu_count(),
-              python=sys.version.split()[0])
+    hw = dict(
+        platform=platform.platform(), machine=platform.machine(), cpus=os.cpu_count(), python=sys.version.split()[0]
+    )
     try:
         import torch
 

@@ -54,8 +54,9 @@ class Augment:
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"augmentation strength must be in [0, 1], got {self.strength}")
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                 normalize: Normalize | None = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, normalize: Normalize | None = None
+    ) -> torch.Tensor:
         """x: [B, 1, H, W] float in [0, 1] → augmented (and, if given, normalized) batch.
 
         At strength 0 without flips the images are untouched (x itself, or normalize(x)). The
@@ -74,8 +75,9 @@ class Augment:
         tx, ty = u(FULL["shift"] * 2 * s), u(FULL["shift"] * 2 * s)  # grid units span 2
         cos, sin = torch.cos(angle), torch.sin(angle)
         # output→input sampling: rotation · shear, divided by zoom (zoom > 1 magnifies), then shift
-        theta = torch.stack([torch.stack([cos, -sin + shear * cos, tx], 1),
-                             torch.stack([sin, cos + shear * sin, ty], 1)], 1)
+        theta = torch.stack(
+            [torch.stack([cos, -sin + shear * cos, tx], 1), torch.stack([sin, cos + shear * sin, ty], 1)], 1
+        )
         theta[:, :, :2] /= zoom.view(b, 1, 1)
         if self.hflip:  # a mirror is a sign flip of the x input coordinate: free inside the warp
             flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
@@ -87,8 +89,9 @@ class Augment:
             out = fastwarp.augment(x, theta, contrast, brightness, mu, sd)
             if out is not None:
                 return out
-        out = F.grid_sample(x, affine_grid(theta, x.shape[2], x.shape[3]), mode="bilinear",
-                            padding_mode="border", align_corners=False)
+        out = F.grid_sample(
+            x, affine_grid(theta, x.shape[2], x.shape[3]), mode="bilinear", padding_mode="border", align_corners=False
+        )
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         # contrast around the image mean, plus brightness: y = out·c + (mean·(1−c) + b), clipped to [0, 1]
         scale, shift = contrast / sd, (mean * (1 - contrast) + brightness - mu) / sd
@@ -98,6 +101,7 @@ class Augment:
 @dataclass(frozen=True)
 class Normalize:
     """(x - mean) / std with the training set's statistics (stored with every checkpoint)."""
+
     mean: float = 0.5
     std: float = 0.25
 

@@ -18,8 +18,9 @@ def save_weights(path: str | os.PathLike, state: dict, meta: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
-    atomic_write(path.with_suffix(".json"),
-                 lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str)))
+    atomic_write(
+        path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    )
     return path
 
 

@@ -80,12 +80,18 @@ def kernel() -> ctypes.CDLL | None:
 
 def usable(x: torch.Tensor) -> bool:
     """Whether `x` can take the C kernel: a [B, 1, H, W] float32 batch on the CPU, H and W at least 2."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.shape[1] == 1
-            and min(x.shape[2:]) >= 2)
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and x.shape[1] == 1
+        and min(x.shape[2:]) >= 2
+    )
 
 
-def augment(x: torch.Tensor, theta: torch.Tensor, contrast: torch.Tensor, brightness: torch.Tensor,
-            mu: float, sd: float) -> torch.Tensor | None:
+def augment(
+    x: torch.Tensor, theta: torch.Tensor, contrast: torch.Tensor, brightness: torch.Tensor, mu: float, sd: float
+) -> torch.Tensor | None:
     """The kernel's result for `x` [B, 1, H, W], `theta` [B, 2, 3] and per-image contrast and
     brightness [B]; None when the kernel is unavailable."""
     lib = kernel()
@@ -95,8 +101,19 @@ def augment(x: torch.Tensor, theta: torch.Tensor, contrast: torch.Tensor, bright
     x = x.contiguous()
     theta, contrast, brightness = (t.to(torch.float32).contiguous() for t in (theta, contrast, brightness))
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    rc = lib.augment_f32(x.data_ptr(), out.data_ptr(), b, h, w, theta.data_ptr(), contrast.data_ptr(),
-                         brightness.data_ptr(), float(mu), float(sd), torch.get_num_threads())
+    rc = lib.augment_f32(
+        x.data_ptr(),
+        out.data_ptr(),
+        b,
+        h,
+        w,
+        theta.data_ptr(),
+        contrast.data_ptr(),
+        brightness.data_ptr(),
+        float(mu),
+        float(sd),
+        torch.get_num_threads(),
+    )
     if rc != 0:
         raise MemoryError("fast augmentation kernel: out of memory")
     return out

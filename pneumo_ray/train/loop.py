@@ -25,6 +25,7 @@ from pneumo_ray.train.models import train_mode
 class Phase:
     """Hyper-parameters of one training phase (pre-training or fine-tuning). Keyword-only: a dozen
     positional values of the same types would train silently with two of them swapped."""
+
     name: str
     epochs: int
     lr: float
@@ -42,13 +43,13 @@ class Phase:
 @dataclass
 class FitResult:
     history: list[dict]
-    best_state: dict | None      # state dict (CPU) of the best-validation epoch (last epoch without val)
+    best_state: dict | None  # state dict (CPU) of the best-validation epoch (last epoch without val)
     best_epoch: int
     best_val_auc: float
     normalize: Normalize
     weights: tuple[float, float]
-    best_val_probs: np.ndarray | None = None   # validation probabilities of the best epoch
-    threshold: float = 0.5       # the decision rule of this phase's loss (metrics.decision_threshold)
+    best_val_probs: np.ndarray | None = None  # validation probabilities of the best epoch
+    threshold: float = 0.5  # the decision rule of this phase's loss (metrics.decision_threshold)
 
 
 def seed_everything(seed: int) -> None:
@@ -77,8 +78,9 @@ def class_weights(labels: ArrayLike, spec: str | float = "auto", scale: float = 
     n0, n1 = int((labels == 0).sum()), int((labels == 1).sum())
     if spec == "auto":
         if n0 == 0 or n1 == 0:
-            raise ValueError(f"class_weight 'auto' needs both classes in the training set "
-                             f"(NORMAL {n0}, PNEUMONIA {n1})")
+            raise ValueError(
+                f"class_weight 'auto' needs both classes in the training set (NORMAL {n0}, PNEUMONIA {n1})"
+            )
         return scale * n1 / n0, 1.0
     return scale * float(spec), 1.0
 
@@ -98,8 +100,8 @@ def epoch_order(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, w
     """Seeded shuffle, sharded across `world` workers with equal batch counts (DDP needs them equal)."""
     perm = np.random.default_rng(_sub_seed(seed, epoch)).permutation(n)
     per_worker = n // world
-    mine = perm[rank * per_worker:(rank + 1) * per_worker] if world > 1 else perm
-    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    mine = perm[rank * per_worker : (rank + 1) * per_worker] if world > 1 else perm
+    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
 def _inputs(data: ImageSet, rows, device, channels_last: bool) -> torch.Tensor:
@@ -137,10 +139,23 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def train_one_epoch(model: torch.nn.Module, data: ImageSet, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, *, augment: Augment, normalize: Normalize,
-                    weights: tuple[float, float], device: torch.device, batch_size: int, seed: int, epoch: int,
-                    rank: int = 0, world: int = 1, progress: str | None = None) -> dict:
+def train_one_epoch(
+    model: torch.nn.Module,
+    data: ImageSet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    *,
+    augment: Augment,
+    normalize: Normalize,
+    weights: tuple[float, float],
+    device: torch.device,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    progress: str | None = None,
+) -> dict:
     model.train()
     train_mode(unwrap(model))
     cuda = device.type == "cuda"
@@ -165,13 +180,18 @@ def train_one_epoch(model: torch.nn.Module, data: ImageSet, optimizer: torch.opt
         bar.update(seen, total / seen)
     bar.close()
     seconds = time.time() - t0
-    return dict(train_loss=total / max(seen, 1), train_images=seen, train_seconds=seconds,
-                train_images_per_s=seen / max(seconds, 1e-9))
+    return dict(
+        train_loss=total / max(seen, 1),
+        train_images=seen,
+        train_seconds=seconds,
+        train_images_per_s=seen / max(seconds, 1e-9),
+    )
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: ImageSet, *, normalize: Normalize, device: torch.device,
-            batch_size: int = 128) -> np.ndarray:
+def predict(
+    model: torch.nn.Module, data: ImageSet, *, normalize: Normalize, device: torch.device, batch_size: int = 128
+) -> np.ndarray:
     """P(PNEUMONIA) for every image of `data`, in order (no augmentation)."""
     net = unwrap(model)
     was_training = net.training
@@ -186,8 +206,15 @@ def predict(model: torch.nn.Module, data: ImageSet, *, normalize: Normalize, dev
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
-def evaluate(model: torch.nn.Module, data: ImageSet, *, normalize: Normalize, weights: tuple[float, float],
-             device: torch.device, batch_size: int = 128) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    data: ImageSet,
+    *,
+    normalize: Normalize,
+    weights: tuple[float, float],
+    device: torch.device,
+    batch_size: int = 128,
+) -> dict:
     """Loss (class-weighted, as in training), AUC and the probabilities on a labelled set."""
     probs = predict(model, data, normalize=normalize, device=device, batch_size=batch_size)
     p = torch.from_numpy(probs).clamp(1e-7, 1 - 1e-7)
@@ -197,23 +224,35 @@ def evaluate(model: torch.nn.Module, data: ImageSet, *, normalize: Normalize, we
     return dict(loss=loss, auc=roc_auc(data.labels, probs), probs=probs)
 
 
-def make_optimizer(model: torch.nn.Module, phase: Phase,
-                   steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+def make_optimizer(
+    model: torch.nn.Module, phase: Phase, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
     params = [p for p in model.parameters() if p.requires_grad]
     cls = torch.optim.AdamW if phase.optimizer == "adamw" else torch.optim.Adam
     opt = cls(params, lr=phase.lr, weight_decay=phase.weight_decay)
     if phase.schedule == "cosine":
         # cosine decay to 1% of the peak over the whole phase, stepped per batch
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s / max(steps, 1), 1.0))))
+            opt, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s / max(steps, 1), 1.0)))
+        )
     else:
         sched = None
     return opt, sched
 
 
-def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet | None, phase: Phase, *, device: torch.device,
-        rank: int = 0, world: int = 1, on_epoch: Callable[[dict, torch.nn.Module, FitResult], object] | None = None,
-        progress: bool = True, log: Callable[[str], object] | None = print) -> FitResult:
+def fit(
+    model: torch.nn.Module,
+    train: ImageSet,
+    val: ImageSet | None,
+    phase: Phase,
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    on_epoch: Callable[[dict, torch.nn.Module, FitResult], object] | None = None,
+    progress: bool = True,
+    log: Callable[[str], object] | None = print,
+) -> FitResult:
     """Train `model` for `phase.epochs`; keep the epoch with the best validation AUC.
 
     `on_epoch(record, model, result)` is called after every epoch with the FitResult so far (Ray reports
@@ -229,17 +268,32 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet | None, phase: Ph
     augment = Augment(phase.aug_strength, phase.hflip)
     steps_per_epoch = math.ceil((len(train) // world) / phase.batch_size)
     optimizer, scheduler = make_optimizer(model, phase, steps_per_epoch * phase.epochs)
-    result = FitResult([], None, 0, -math.inf, normalize, weights,
-                       threshold=decision_threshold(weights, train.class_counts()))
+    result = FitResult(
+        [], None, 0, -math.inf, normalize, weights, threshold=decision_threshold(weights, train.class_counts())
+    )
     show = progress and rank == 0
     for epoch in range(1, phase.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.time()
         rec = dict(phase=phase.name, epoch=epoch, lr=lr)
-        rec.update(train_one_epoch(model, train, optimizer, scheduler, augment=augment, normalize=normalize,
-                                   weights=weights, device=device, batch_size=phase.batch_size, seed=phase.seed,
-                                   epoch=epoch, rank=rank, world=world,
-                                   progress=f"{phase.name} epoch {epoch}/{phase.epochs}" if show else None))
+        rec.update(
+            train_one_epoch(
+                model,
+                train,
+                optimizer,
+                scheduler,
+                augment=augment,
+                normalize=normalize,
+                weights=weights,
+                device=device,
+                batch_size=phase.batch_size,
+                seed=phase.seed,
+                epoch=epoch,
+                rank=rank,
+                world=world,
+                progress=f"{phase.name} epoch {epoch}/{phase.epochs}" if show else None,
+            )
+        )
         if val is not None and len(val):
             ev = evaluate(model, val, normalize=normalize, weights=weights, device=device)
             rec.update(val_loss=ev["loss"], val_auc=ev["auc"])
@@ -257,8 +311,10 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet | None, phase: Ph
         result.history.append(rec)
         if show and log:
             val_txt = f"  val_loss {rec['val_loss']:.4f}  val_auc {rec['val_auc']:.4f}" if "val_auc" in rec else ""
-            log(f"{phase.name} epoch {epoch}/{phase.epochs}  train_loss {rec['train_loss']:.4f}{val_txt}"
-                f"  lr {lr:.2e}  {rec['train_images_per_s']:.0f} img/s  {rec['epoch_seconds']:.1f}s")
+            log(
+                f"{phase.name} epoch {epoch}/{phase.epochs}  train_loss {rec['train_loss']:.4f}{val_txt}"
+                f"  lr {lr:.2e}  {rec['train_images_per_s']:.0f} img/s  {rec['epoch_seconds']:.1f}s"
+            )
         if on_epoch is not None:
             on_epoch(rec, model, result)
     return result

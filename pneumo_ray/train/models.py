@@ -13,7 +13,9 @@ from torch import nn
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
     """conv3x3 → BN → ReLU → 2×2 max-pool: halves the resolution."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
 
@@ -27,7 +29,8 @@ class ShallowCNN(nn.Module):
         self.features = nn.Sequential(*[conv_block(a, b) for a, b in zip(chans, chans[1:])])
         # global pooling makes the head independent of the image size (64 px on CPU, 224 px on GPU)
         self.classifier = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], 1))
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x)).squeeze(1)
@@ -44,8 +47,7 @@ class DenseNet121(nn.Module):
         net.features.conv0 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(net.features.conv0.weight)
         self.features = net.features
-        self.classifier = nn.Sequential(nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                        net.classifier)
+        self.classifier = nn.Sequential(nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), net.classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x)).squeeze(1)

@@ -26,24 +26,45 @@ from pneumo_ray.train.augment import Normalize
 from pneumo_ray.train.loop import FitResult, Phase, evaluate, fit, predict, seed_everything
 from pneumo_ray.train.models import build_model, freeze_backbone
 
-Wrap = Callable[[torch.nn.Module], torch.nn.Module]                 # e.g. ray.train.torch.prepare_model (DDP)
-OnEpoch = Callable[[dict, torch.nn.Module, FitResult], object]       # after every epoch (Ray reports from it)
+Wrap = Callable[[torch.nn.Module], torch.nn.Module]  # e.g. ray.train.torch.prepare_model (DDP)
+OnEpoch = Callable[[dict, torch.nn.Module, FitResult], object]  # after every epoch (Ray reports from it)
 Log = Callable[[str], object]
 
 
 def pretrain_phase(cfg: TrainConfig) -> Phase:
     """Pre-training: its own epochs, learning rate and augmentation; inverse-frequency class weights."""
-    return Phase(name="pretrain", epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, batch_size=cfg.batch_size,
-                 aug_strength=cfg.pretrain_aug_strength, hflip=cfg.hflip, class_weight="auto", class_weight_scale=1.0,
-                 optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, schedule=cfg.schedule, seed=cfg.seed)
+    return Phase(
+        name="pretrain",
+        epochs=cfg.pretrain_epochs,
+        lr=cfg.pretrain_lr,
+        batch_size=cfg.batch_size,
+        aug_strength=cfg.pretrain_aug_strength,
+        hflip=cfg.hflip,
+        class_weight="auto",
+        class_weight_scale=1.0,
+        optimizer=cfg.optimizer,
+        weight_decay=cfg.weight_decay,
+        schedule=cfg.schedule,
+        seed=cfg.seed,
+    )
 
 
 def finetune_phase(cfg: TrainConfig) -> Phase:
     """Fine-tuning: the searched learning rate, augmentation strength and class weight."""
-    return Phase(name="finetune", epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                 aug_strength=cfg.aug_strength, hflip=cfg.hflip, class_weight=cfg.class_weight,
-                 class_weight_scale=cfg.class_weight_scale, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
-                 schedule=cfg.schedule, seed=cfg.seed)
+    return Phase(
+        name="finetune",
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        aug_strength=cfg.aug_strength,
+        hflip=cfg.hflip,
+        class_weight=cfg.class_weight,
+        class_weight_scale=cfg.class_weight_scale,
+        optimizer=cfg.optimizer,
+        weight_decay=cfg.weight_decay,
+        schedule=cfg.schedule,
+        seed=cfg.seed,
+    )
 
 
 def pretrain_key(cfg: TrainConfig, source_hash: str) -> str:
@@ -52,8 +73,17 @@ def pretrain_key(cfg: TrainConfig, source_hash: str) -> str:
     return stable_id(dict(cfg.pretrain_part(), source=source_hash), 16)
 
 
-def pretrain(cfg: TrainConfig, data: StudyData, device: torch.device, *, rank: int = 0, world: int = 1,
-             wrap: Wrap | None = None, on_epoch: OnEpoch | None = None, log: Log | None = print) -> tuple[dict, dict]:
+def pretrain(
+    cfg: TrainConfig,
+    data: StudyData,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    wrap: Wrap | None = None,
+    on_epoch: OnEpoch | None = None,
+    log: Log | None = print,
+) -> tuple[dict, dict]:
     """Train a fresh model on the source data; returns (final state dict, metadata).
 
     As the seed, the weights after the last epoch are kept; a patient-grouped hold-out of the source
@@ -65,19 +95,43 @@ def pretrain(cfg: TrainConfig, data: StudyData, device: torch.device, *, rank: i
     model = build_model(cfg.model).to(device)
     if wrap is not None:
         model = wrap(model)
-    result = fit(model, data.source.subset(tr, "source-train"), data.source.subset(va, "source-val"),
-                 pretrain_phase(cfg), device=device, rank=rank, world=world, on_epoch=on_epoch, log=log)
+    result = fit(
+        model,
+        data.source.subset(tr, "source-train"),
+        data.source.subset(va, "source-val"),
+        pretrain_phase(cfg),
+        device=device,
+        rank=rank,
+        world=world,
+        on_epoch=on_epoch,
+        log=log,
+    )
     state = {k: v.detach().cpu() for k, v in getattr(model, "module", model).state_dict().items()}
-    meta = dict(kind="pretrain", config=cfg.pretrain_part(), key=pretrain_key(cfg, data.info["source_manifest_hash"]),
-                source=data.info.get("source"), source_manifest_hash=data.info["source_manifest_hash"],
-                normalize=dict(mean=result.normalize.mean, std=result.normalize.std),
-                final_source_val_auc=result.history[-1].get("val_auc"), history=result.history)
+    meta = dict(
+        kind="pretrain",
+        config=cfg.pretrain_part(),
+        key=pretrain_key(cfg, data.info["source_manifest_hash"]),
+        source=data.info.get("source"),
+        source_manifest_hash=data.info["source_manifest_hash"],
+        normalize=dict(mean=result.normalize.mean, std=result.normalize.std),
+        final_source_val_auc=result.history[-1].get("val_auc"),
+        history=result.history,
+    )
     return state, meta
 
 
-def finetune(cfg: TrainConfig, data: StudyData, device: torch.device, *, init_state: dict | None = None,
-             rank: int = 0, world: int = 1, wrap: Wrap | None = None, on_epoch: OnEpoch | None = None,
-             log: Log | None = print) -> tuple[torch.nn.Module, FitResult]:
+def finetune(
+    cfg: TrainConfig,
+    data: StudyData,
+    device: torch.device,
+    *,
+    init_state: dict | None = None,
+    rank: int = 0,
+    world: int = 1,
+    wrap: Wrap | None = None,
+    on_epoch: OnEpoch | None = None,
+    log: Log | None = print,
+) -> tuple[torch.nn.Module, FitResult]:
     """Fresh model ← pre-trained weights (if any) → fine-tune on target train, validate every epoch."""
     seed_everything(cfg.seed + 1)
     model = build_model(cfg.model)
@@ -88,8 +142,17 @@ def finetune(cfg: TrainConfig, data: StudyData, device: torch.device, *, init_st
     model = model.to(device)
     if wrap is not None:
         model = wrap(model)
-    result = fit(model, data.train, data.val, finetune_phase(cfg), device=device, rank=rank, world=world,
-                 on_epoch=on_epoch, log=log)
+    result = fit(
+        model,
+        data.train,
+        data.val,
+        finetune_phase(cfg),
+        device=device,
+        rank=rank,
+        world=world,
+        on_epoch=on_epoch,
+        log=log,
+    )
     return model, result
 
 
@@ -101,19 +164,27 @@ def validation_summary(data: StudyData, val_probs: np.ndarray, threshold: float)
     return metrics
 
 
-def test_evaluation(model: torch.nn.Module, data: StudyData, normalize: Normalize, threshold: float,
-                    device: torch.device) -> tuple[dict, pd.DataFrame]:
+def test_evaluation(
+    model: torch.nn.Module, data: StudyData, normalize: Normalize, threshold: float, device: torch.device
+) -> tuple[dict, pd.DataFrame]:
     """Apply a model and its decision threshold (fixed by the training loss) to the test set."""
     test_probs = predict(model, data.test, normalize=normalize, device=device)
     metrics = {f"test_{k}": v for k, v in binary_metrics(data.test.labels, test_probs, threshold).items()}
-    preds = pd.DataFrame(dict(path=data.test.manifest["path"], name=data.test.manifest["name"],
-                              label=data.test.labels, probability=test_probs,
-                              prediction=(test_probs >= threshold).astype(int)))
+    preds = pd.DataFrame(
+        dict(
+            path=data.test.manifest["path"],
+            name=data.test.manifest["name"],
+            label=data.test.labels,
+            probability=test_probs,
+            prediction=(test_probs >= threshold).astype(int),
+        )
+    )
     return metrics, preds
 
 
-def final_evaluation(cfg: TrainConfig, data: StudyData, result: FitResult,
-                     device: torch.device) -> tuple[dict, pd.DataFrame]:
+def final_evaluation(
+    cfg: TrainConfig, data: StudyData, result: FitResult, device: torch.device
+) -> tuple[dict, pd.DataFrame]:
     """Best-validation weights → the loss's decision threshold → applied to validation and test.
 
     Returns (metrics with val_* and test_* keys, per-test-image predictions)."""
@@ -121,16 +192,18 @@ def final_evaluation(cfg: TrainConfig, data: StudyData, result: FitResult,
     model.load_state_dict(result.best_state)
     val_probs = result.best_val_probs
     if val_probs is None:
-        val_probs = evaluate(model, data.val, normalize=result.normalize, weights=result.weights,
-                             device=device)["probs"]
+        val_probs = evaluate(model, data.val, normalize=result.normalize, weights=result.weights, device=device)[
+            "probs"
+        ]
     metrics = validation_summary(data, val_probs, result.threshold)
     test_metrics, preds = test_evaluation(model, data, result.normalize, metrics["threshold"], device)
     metrics.update(test_metrics, best_epoch=result.best_epoch)
     return metrics, preds
 
 
-def run_study(cfg: TrainConfig, data: StudyData, out_dir: str | os.PathLike, device: torch.device,
-              log: Log = print) -> dict:
+def run_study(
+    cfg: TrainConfig, data: StudyData, out_dir: str | os.PathLike, device: torch.device, log: Log = print
+) -> dict:
     """One pretrain → finetune run without Ray; writes metrics.json, predictions.parquet,
     history.parquet and the weights (safetensors + JSON) under out_dir."""
     out = Path(out_dir)
@@ -148,13 +221,27 @@ def run_study(cfg: TrainConfig, data: StudyData, out_dir: str | os.PathLike, dev
     log(f"fine-tuning {cfg.model} on {data.train.describe()}; validating on {data.val.describe()}")
     _, result = finetune(cfg, data, device, init_state=init_state, log=log)
     metrics, preds = final_evaluation(cfg, data, result, device)
-    metrics.update(model=cfg.model, pretrained=init_state is not None, seconds=round(time.time() - t0, 1),
-                   pretrain_key=pre_meta["key"] if pre_meta else None, config=cfg.to_dict(), data=data.info,
-                   device=str(device))
-    checkpoints.save_weights(out / "finetune.safetensors", result.best_state,
-                             dict(kind="finetune", config=cfg.to_dict(), best_epoch=result.best_epoch,
-                                  normalize=dict(mean=result.normalize.mean, std=result.normalize.std),
-                                  threshold=metrics["threshold"], pretrain_key=metrics["pretrain_key"]))
+    metrics.update(
+        model=cfg.model,
+        pretrained=init_state is not None,
+        seconds=round(time.time() - t0, 1),
+        pretrain_key=pre_meta["key"] if pre_meta else None,
+        config=cfg.to_dict(),
+        data=data.info,
+        device=str(device),
+    )
+    checkpoints.save_weights(
+        out / "finetune.safetensors",
+        result.best_state,
+        dict(
+            kind="finetune",
+            config=cfg.to_dict(),
+            best_epoch=result.best_epoch,
+            normalize=dict(mean=result.normalize.mean, std=result.normalize.std),
+            threshold=metrics["threshold"],
+            pretrain_key=metrics["pretrain_key"],
+        ),
+    )
     history = [*(pre_meta["history"] if pre_meta else []), *result.history]
     atomic_write(out / "history.parquet", lambda p: pd.DataFrame(history).to_parquet(p, index=False))
     atomic_write(out / "predictions.parquet", lambda p: preds.to_parquet(p, index=False))
