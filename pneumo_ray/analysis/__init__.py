@@ -1,2 +1,2 @@
 """Analysis: metrics, statistics and the ablation verdicts on numbers and arrays. May import: config.
-numpy/scipy/pandas only: no torch, no Ray, no data/ or train/."""
+numpy/scipy/pandas/scikit-learn only: no torch, no Ray, no data/ or train/."""

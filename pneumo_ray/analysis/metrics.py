@@ -3,45 +3,33 @@
 The decision threshold is fixed by the training loss, before any score is seen (`decision_threshold`),
 and applied unchanged to validation and test: no data set chooses it, the test set least of all.
 Threshold-free ROC-AUC is the primary metric; accuracy, sensitivity and specificity are reported
-at this rule."""
+at this rule. ROC-AUC, the ROC curve and the confusion counts come from scikit-learn; the statistics
+it does not offer (DeLong, the two-level paired test) live in stats.py."""
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike
+from sklearn.metrics import confusion_matrix, roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc_curve
 
 
 def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
-    """Area under the ROC curve = P(score of a random positive > a random negative), ties count ½.
-    NaN when only one class is present."""
+    """Area under the ROC curve = P(score of a random positive > a random negative), ties count ½
+    (scikit-learn's `roc_auc_score`). NaN when only one class is present."""
     y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), np.float64)
-    sorted_s = s[order]
-    # average ranks over ties (Mann–Whitney U)
-    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
-    ends = np.r_[starts[1:], len(s)]
-    avg = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
 
 def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(false-positive rate, true-positive rate, thresholds), thresholds descending, one per distinct score."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
-    tp = np.cumsum(y)[last]
-    fp = (last + 1) - tp
-    tpr = np.r_[0.0, tp / max(y.sum(), 1)]
-    fpr = np.r_[0.0, fp / max((~y).sum(), 1)]
-    return fpr, tpr, np.r_[np.inf, s[last]]
+    """(false-positive rate, true-positive rate, thresholds): scikit-learn's curve with every
+    distinct score kept, thresholds descending from +inf (the point that calls nothing positive)."""
+    fpr, tpr, thr = sk_roc_curve(
+        np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64), drop_intermediate=False
+    )
+    return fpr, tpr, thr
 
 
 def decision_threshold(weights: tuple[float, float], class_counts: tuple[int, int]) -> float:
@@ -72,9 +60,7 @@ def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> di
     """AUC and the threshold-dependent metrics; prediction = PNEUMONIA when score ≥ threshold."""
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
-    pred = s >= threshold
-    tp, fn = int((pred & y).sum()), int((~pred & y).sum())
-    tn, fp = int((~pred & ~y).sum()), int((pred & ~y).sum())
+    tn, fp, fn, tp = (int(c) for c in confusion_matrix(y, s >= threshold, labels=[False, True]).ravel())
 
     def div(a, b):
         return a / b if b else float("nan")

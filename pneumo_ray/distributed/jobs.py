@@ -9,16 +9,15 @@ content-addressed store, so every trial with the same key reuses them.
 
 from __future__ import annotations
 
-import fcntl
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+from filelock import FileLock
 
 from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.sweep import Resources
@@ -156,18 +155,6 @@ def evaluate_checkpoint(
     return metrics, preds
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on a file (works across processes on one machine and on NFS/EFS)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def ensure_pretrained(
     cfg: TrainConfig, source_hash: str, store: Path, run_pretrain: Callable[[], object]
 ) -> tuple[Path, bool]:
@@ -177,7 +164,9 @@ def ensure_pretrained(
     wait and reuse its weights, so a sweep pays one pre-training per distinct key."""
     key = pretrain_key(cfg, source_hash)
     path = store / f"{key}.safetensors"
-    with file_lock(store / f"{key}.lock"):
+    store.mkdir(parents=True, exist_ok=True)
+    # filelock: an exclusive lock across processes and nodes (fcntl on POSIX, also on NFS/EFS)
+    with FileLock(str(store / f"{key}.lock")):
         if path.exists():
             return path, False
         run_pretrain()
