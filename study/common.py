@@ -14,6 +14,7 @@ import argparse
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.output import OutputSpec
@@ -138,7 +139,14 @@ def add_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 
 def data_spec(args: argparse.Namespace, *, allow_overlap: bool = False) -> DataSpec:
-    """Where the data are (the image size, split and pre-training choice come from the run's settings)."""
+    """Where the data are (the image size, split and pre-training choice come from the run's settings).
+    A data folder that does not exist is a one-line error here, before any decoding or Ray."""
+    for flag, root, what in (
+        ("--data-root", args.data_root, "the Kaggle chest_xray/ folder (with train/ and test/)"),
+        ("--pretrain-root", args.pretrain_root, "the Kaggle CoronaHack folder (with Chest_xray_Corona_Metadata.csv)"),
+    ):
+        if root is not None and not Path(root).expanduser().is_dir():
+            raise ValueError(f"{flag} {root}: no such folder; give {what}, or leave it out for the synthetic data")
     return DataSpec(
         data_root=args.data_root,
         pretrain_root=args.pretrain_root,

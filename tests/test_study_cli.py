@@ -142,3 +142,24 @@ def test_download_without_token_says_what_to_do(tmp_path):
 def test_every_command_has_help(command, expected):
     r = subprocess.run([sys.executable, "-m", command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and expected in r.stdout and f"python -m {command}" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("command", ["study.train", "study.sweep", "study.ablate"])
+@pytest.mark.parametrize("flag", ["--data-root", "--pretrain-root"])
+def test_missing_data_folder_is_one_line_before_any_work(command, flag, tmp_path):
+    r = (
+        run(command, flag, str(tmp_path / "nope"), "--name", "x")
+        if command != "study.train"
+        else run(command, flag, str(tmp_path / "nope"))
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"error: {flag} {tmp_path / 'nope'}: no such folder; give "
+        + (
+            "the Kaggle chest_xray/ folder (with train/ and test/)"
+            if flag == "--data-root"
+            else "the Kaggle CoronaHack folder (with Chest_xray_Corona_Metadata.csv)"
+        )
+        + ", or leave it out for the synthetic data"
+    ]
+    assert not (tmp_path / "results").exists()
