@@ -111,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.summarize).is_dir():
             print(f"error: --summarize {args.summarize}: no such folder", file=sys.stderr)
             return 2
-        return print_summary(Path(args.summarize))
+        try:
+            return print_summary(Path(args.summarize))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     from pneumo_ray.config.arms import AblationSpec, Arm
 
     try:

@@ -225,3 +225,11 @@ def test_summary_holm_over_arms_and_fairness_warning():
     assert "no-pretrain runs at a configuration tuned for transfer" in vs.loc["no-pretrain", "warning"]
     assert "warning: no-pretrain runs at a configuration tuned for transfer" in vs.loc["no-pretrain", "verdict"]
     assert pd.isna(vs.loc["no-augment", "warning"])
+
+
+def test_summarize_names_a_damaged_table(tmp_path):
+    (tmp_path / "ablations.parquet").write_bytes(b"PAR1 truncated")
+    r = _ablate("--summarize", str(tmp_path), cache_dir=tmp_path / "c")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {tmp_path / 'ablations.parquet'}: damaged or not a Parquet table")

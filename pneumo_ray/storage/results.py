@@ -38,7 +38,15 @@ def upsert_parquet(path: Path, rows: pd.DataFrame, key: list[str]) -> pd.DataFra
 def read_table(out: Path, name: str) -> pd.DataFrame:
     """`<out>/<name>.parquet`, or an empty frame where it does not exist (yet)."""
     path = Path(out) / f"{name}.parquet"
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+    if not path.exists():
+        return pd.DataFrame()
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(
+            f"{path}: damaged or not a Parquet table ({str(e).splitlines()[0][:120]}); "
+            "move it away and re-run the step that writes it"
+        ) from e
 
 
 def write_tables(out: Path, trials: list[dict], epochs: list[pd.DataFrame], preds: list[pd.DataFrame]) -> None:
