@@ -11,12 +11,15 @@ each trial's resources. Only study/ parses arguments: the library takes the data
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.errors import UserError
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.search import SEARCH
 from pneumo_ray.config.sweep import PRESETS, SweepConfig
@@ -174,3 +177,27 @@ def output_spec(args: argparse.Namespace, name: str) -> OutputSpec:
         resume=args.resume,
         preset=args.preset,
     )
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a command's `main`: a user's mistake (UserError, or the ValueError of a config check) is one
+    line `error: …` on stderr and exit status 2; `--debug` (or PNEUMO_RAY_DEBUG=1) keeps the traceback.
+    Anything else is a bug and keeps its traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("PNEUMO_RAY_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return main(argv)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def add_debug_flag(p: argparse.ArgumentParser) -> None:
+    """--debug: documented here, consumed by run_main before argparse sees it."""
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error (for bug reports)")
