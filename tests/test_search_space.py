@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pneumo_ray.config.arms import Arm
+from pneumo_ray.config.errors import UserError
 from pneumo_ray.config.search import SEARCH, SEARCHED
 from pneumo_ray.config.sweep import PRESETS, SweepConfig
 from pneumo_ray.config.train import TrainConfig
@@ -46,9 +47,9 @@ def test_tune_space_and_arms_read_the_table():
 
 
 def test_sweep_config_rejects_a_bad_range_before_ray():
-    with pytest.raises(ValueError, match=r"aug_range \(0.0, 1.5\) \(--aug-range\): augmentation strength must lie"):
+    with pytest.raises(UserError, match=r"--aug-range 0,1.5: augmentation strength must lie"):
         SweepConfig(aug_range=(0.0, 1.5))
-    with pytest.raises(ValueError, match="LOW must be below HIGH"):
+    with pytest.raises(UserError, match="--lr-range 0.003,0.0001: LOW must be below HIGH"):
         SweepConfig(lr_range=(3e-3, 1e-4))
     assert SweepConfig(aug_range=(0.5, 0.5)).aug_range == (0.5, 0.5)  # a pinned value (bench/ray_overhead.py)
 
@@ -84,8 +85,8 @@ def test_bad_range_fails_at_the_command_line_in_one_line(args, message, tmp_path
 
 def test_ablate_checks_the_same_ranges_without_importing_ray(tmp_path):
     code = (
-        "import sys\nfrom study import ablate\n"
-        f"rc = ablate.main(['--lr-range', '0,1e-3', '--results', {str(tmp_path)!r}])\n"
+        "import sys\nfrom study import ablate, common\n"
+        f"rc = common.run_main(ablate.main, ['--lr-range', '0,1e-3', '--results', {str(tmp_path)!r}])\n"
         "assert 'ray' not in sys.modules and 'torch' not in sys.modules\nsys.exit(rc)"
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

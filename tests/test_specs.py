@@ -10,6 +10,7 @@ import pytest
 
 from pneumo_ray.config.arms import AblationSpec, Arm
 from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.errors import UserError
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.sweep import SweepConfig
 
@@ -54,9 +55,13 @@ def test_ablation_spec_checks():
     assert AblationSpec(from_="results/s").protocol == f"from {Path('results/s').resolve()}"
     with pytest.raises(ValueError, match="--tune and --from"):
         AblationSpec(tune=2, from_="results/s")
-    with pytest.raises(ValueError, match="--seeds must be at least 1"):
+    with pytest.raises(UserError, match="--seeds: give at least 1 seed"):
         AblationSpec(seeds=())
-    with pytest.raises(ValueError, match="at least 1 trial"):
+    with pytest.raises(UserError, match="--seeds 0,0: each seed once"):
+        AblationSpec(seeds=(0, 0))
+    with pytest.raises(UserError, match="--seeds -1: the seed must be a whole number from 0"):
+        AblationSpec(seeds=(-1,))
+    with pytest.raises(UserError, match="--tune 0: the search budget must be a whole number, at least 1"):
         AblationSpec(tune=0)
 
 

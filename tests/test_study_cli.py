@@ -78,7 +78,9 @@ def test_train_synthetic_pretrain_finetune_writes_everything(tmp_path):
 
 def test_train_rejects_bad_flags():
     r = run("study.train", "--aug-strength", "3")
-    assert r.returncode == 2 and "aug_strength must be in [0, 1]" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith(
+        "error: --aug-strength 3: the augmentation strength must be in [0, 1]"
+    )
 
 
 def test_inspect_real_folders(kermany_root, coronahack_root):

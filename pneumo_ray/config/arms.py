@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.data import DataSpec, check_seed
+from pneumo_ray.config.errors import FieldError, UserError, at_least
 from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.config.train import TrainConfig
@@ -37,9 +38,14 @@ class Arm:
     def __post_init__(self) -> None:
         unknown = [c for c in self.changes if c not in CHANGES]
         if unknown:
-            raise ValueError(f"unknown arm change(s) {unknown}; known: {sorted(CHANGES)}")
+            raise UserError(f"unknown arm change(s) {unknown}; known: {sorted(CHANGES)}")
         if self.allow_overlap and "no_pretrain" in self.changes:
-            raise ValueError("--allow-test-overlap changes the pre-training data; with --no-pretrain there is none")
+            raise UserError("--allow-test-overlap changes the pre-training data; with --no-pretrain there is none")
+        if "no_pretrain" in self.changes and "freeze_backbone" in self.changes:
+            raise UserError(
+                "--freeze-backbone with --no-pretrain would fine-tune a head on a random, frozen backbone: "
+                "run them as two arms"
+            )
 
     @property
     def name(self) -> str:
@@ -85,11 +91,15 @@ class AblationSpec:
 
     def __post_init__(self) -> None:
         if not self.seeds:
-            raise ValueError("--seeds must be at least 1")
+            raise FieldError("seeds", None, "give at least 1 seed")
+        for seed in self.seeds:
+            check_seed(seed, "seeds")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise FieldError("seeds", self.seeds, "each seed once: a repeated seed is the same run twice")
         if self.tune is not None and self.from_:
-            raise ValueError("--tune and --from are two ways to choose the configuration: give one")
-        if self.tune is not None and self.tune < 1:
-            raise ValueError(f"--tune {self.tune}: the search needs at least 1 trial")
+            raise UserError("--tune and --from are two ways to choose the configuration: give one")
+        if self.tune is not None:
+            at_least("tune", self.tune, 1, "search budget", why=" trial per model")
 
     @property
     def protocol(self) -> str:

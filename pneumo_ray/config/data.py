@@ -9,6 +9,33 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pneumo_ray.config.errors import at_least, require
+
+# Each image is decoded once to SIZE² bytes and kept on disk: 1024 px is already 1 MiB per image,
+# 12 GiB for Kermany + CoronaHack (the seed study used 224). Before this bound a typo of a few more
+# digits asked numpy for hundreds of GiB; below 16 px the shallow CNN has nothing left after its
+# poolings (DenseNet needs 32: config/train.py).
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024
+SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit
+
+
+def check_image_size(value: int, field: str = "image_size", low: int = MIN_IMAGE_SIZE, why: str = "") -> None:
+    """FieldError unless `value` is a decode size from `low` to MAX_IMAGE_SIZE pixels per side."""
+    if isinstance(value, int) and value > MAX_IMAGE_SIZE:
+        why = "; each image is decoded to SIZE² bytes (1 MiB at 1024, 12 GiB for both data sets; the seed used 224)"
+    at_least(field, value, low, "image size", upper=MAX_IMAGE_SIZE, why=" pixels per side" + why)
+
+
+def check_fraction(value: float, field: str = "val_fraction") -> None:
+    ok = isinstance(value, (int, float)) and 0.0 < value < 1.0
+    require(
+        ok, field, value, "the validation fraction must lie strictly between 0 and 1 (0.2: a fifth of the patients)"
+    )
+
+
+def check_seed(value: int, field: str = "seed") -> None:
+    at_least(field, value, 0, "seed", upper=SEED_MAX, why=" (numpy and Optuna take 32-bit seeds)")
+
 
 def _absolute(path: str | os.PathLike | None) -> str | None:
     return None if path is None else str(Path(path).resolve())
@@ -31,10 +58,18 @@ class DataSpec:
     def __post_init__(self) -> None:
         for name in ("data_root", "pretrain_root", "cache_dir"):
             object.__setattr__(self, name, _absolute(getattr(self, name)))
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.source_subset not in ("all", "covid"):
-            raise ValueError(f"source_subset must be all or covid, got {self.source_subset!r}")
+        check_image_size(self.image_size)
+        check_seed(self.split_seed, "split_seed")
+        check_fraction(self.val_fraction)
+        require(self.source_subset in ("all", "covid"), "source_subset", self.source_subset, "choose all or covid")
+        require(
+            self.use_pretrain or not self.allow_overlap,
+            "allow_overlap",
+            None,
+            "it changes which source images pre-train, and this run does not pre-train "
+            "(--no-pretrain or --pretrain-epochs 0): drop one of them",
+            flag="--allow-test-overlap",
+        )
 
     def replace(self, **changes: object) -> DataSpec:
         return dataclasses.replace(self, **changes)

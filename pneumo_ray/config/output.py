@@ -4,8 +4,11 @@ line (or rebuilt from run.json on --resume) and read by the drivers in distribut
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from pneumo_ray.config.errors import require
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,22 @@ class OutputSpec:
     address: str | None = None  # Ray cluster; None = $RAY_ADDRESS, else a local Ray
     resume: bool = False  # continue the interrupted run in <folder>
     preset: str = "smoke"  # the preset the settings started from (recorded with every row)
+
+    def __post_init__(self) -> None:
+        name, seps = self.name, {"/", os.sep, os.altsep} - {None}
+        require(
+            isinstance(name, str) and name.strip() != "" and name not in (".", "..") and "\0" not in name,
+            "name",
+            name,
+            "give a name for the folder <results>/<name> (letters, digits, - and _ read best)",
+        )
+        require(
+            not any(sep in name for sep in seps),
+            "name",
+            name,
+            "a name, not a path: it becomes the folder <results>/<name>; give the parent folder with --results",
+        )
+        require(str(self.results).strip() != "", "results", self.results, "give the folder that holds <name>/")
 
     @property
     def folder(self) -> Path:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pneumo_ray.config.errors import UserError
+
 
 @dataclass(frozen=True)
 class Searched:
@@ -53,14 +55,14 @@ class Searched:
         return None
 
     def parse(self, text: str) -> tuple[float, ...]:
-        """The flag's value ("1e-4,3e-3") as numbers; ValueError naming the flag if it is not valid."""
+        """The flag's value ("1e-4,3e-3") as numbers; UserError naming the flag if it is not valid."""
         try:
             values = tuple(float(x) for x in text.split(",") if x.strip())
         except ValueError:
             values = None
         reason = f"expected {self.metavar} (numbers)" if values is None else self.problem(values)
         if reason:
-            raise ValueError(f"{self.flag} {text}: {reason}")
+            raise UserError(f"{self.flag} {text}: {reason}")
         return values
 
 
@@ -91,7 +93,8 @@ SEARCH: tuple[Searched, ...] = (
         "--lr-range",
         (1e-4, 3e-3),
         log=True,
-        help="fine-tuning learning rate, log-uniform in [LOW, HIGH], > 0",
+        bounds=(0.0, 1.0),  # TrainConfig's (config/train.py MAX_LR): every sampled value must be valid
+        help="fine-tuning learning rate, log-uniform in [LOW, HIGH], > 0 and at most 1",
     ),
     Searched(
         "pre-training learning rate",
@@ -101,7 +104,9 @@ SEARCH: tuple[Searched, ...] = (
         (1e-3,),
         log=True,
         categorical=True,
-        help="pre-training learning rates (> 0) Optuna chooses among (categorical: trials share pre-trainings)",
+        bounds=(0.0, 1.0),
+        help="pre-training learning rates (> 0, at most 1) Optuna chooses among (categorical: trials share "
+        "pre-trainings)",
     ),
 )
 SEARCHED: tuple[str, ...] = tuple(s.field for s in SEARCH)  # the TrainConfig fields, in sampling order

@@ -6,11 +6,15 @@ The search ranges' defaults, scales and valid values come from the table in conf
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.errors import FieldError, at_least, positive, require
 from pneumo_ray.config.search import SEARCH, default
-from pneumo_ray.config.train import TrainConfig
+from pneumo_ray.config.train import MODELS, TrainConfig
+
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,52 @@ class SweepConfig:
     max_failures: int = 1
 
     def __post_init__(self) -> None:
-        # a bad range fails here, before Ray starts, not inside every trial; LOW == HIGH pins a value
-        for s in SEARCH:
+        # Everything is checked here, before Ray starts, not inside every trial on the cluster; the
+        # FieldError names the flag (--epochs), or the field where no command has one (reduction_factor).
+        models = tuple(self.models)
+        ok = models and all(m in MODELS for m in models) and len(set(models)) == len(models)
+        require(ok, "models", models, f"name {' and/or '.join(MODELS)}, comma-separated, each once")
+        for s in SEARCH:  # LOW == HIGH pins a value
             values = tuple(getattr(self, s.range_field))
             reason = s.problem(values, allow_fixed=True)
             if reason:
-                raise ValueError(f"{s.range_field} {values} ({s.flag}): {reason}")
+                raise FieldError(s.range_field, values, reason, flag=s.flag)
+        at_least("num_samples", self.num_samples, 1, "number of trials per model")
+        for model in models:  # the lengths, batch size, seed and split, checked as each trial's TrainConfig
+            self.base_config(model)
+        at_least(
+            "grace_period",
+            self.grace_period,
+            1,
+            "ASHA grace period",
+            upper=max(self.epochs, 1),
+            why=f" epochs (no trial is stopped before it; --epochs is {self.epochs})",
+        )
+        at_least("reduction_factor", self.reduction_factor, 2, "ASHA reduction factor", flag="reduction_factor")
+        self._check_resources()
+
+    def _check_resources(self) -> None:
+        at_least("workers_per_trial", self.workers_per_trial, 1, "number of Ray Train workers per trial")
+        positive("cpus_per_trial", self.cpus_per_trial, "CPUs per trial", why=" (split over its workers)")
+        gpus = self.gpus_per_trial
+        ok = isinstance(gpus, (int, float)) and math.isfinite(gpus) and gpus >= 0
+        require(ok, "gpus_per_trial", gpus, "the GPUs per trial must be 0 or more (fractions share a GPU)")
+        per_worker = gpus / self.workers_per_trial
+        require(
+            per_worker <= 1 or per_worker == int(per_worker),
+            "gpus_per_trial",
+            gpus,
+            f"each of the {self.workers_per_trial} workers would get {per_worker:g} GPUs, and Ray takes a "
+            "fraction of one GPU or a whole number: change --gpus-per-trial or --workers-per-trial",
+        )
+        require(
+            self.placement_strategy in PLACEMENTS,
+            "placement_strategy",
+            self.placement_strategy,
+            f"choose {', '.join(PLACEMENTS)}",
+        )
+        at_least("max_concurrent", self.max_concurrent, 0, "cap on concurrent trials", why=" (0: no cap)")
+        at_least("max_failures", self.max_failures, 0, "number of retries of a failed trial", flag="max_failures")
 
     def base_config(self, model: str) -> TrainConfig:
         return TrainConfig(

@@ -6,9 +6,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
+from pneumo_ray.config.data import check_fraction, check_image_size, check_seed
+from pneumo_ray.config.errors import at_least, positive, require
+
 MODELS = ("cnn", "densenet")
+# the smallest image each model's poolings leave something of (measured: cnn fails at 15, densenet at 24)
+MIN_IMAGE_SIZE = {"cnn": 16, "densenet": 32}
+MAX_LR = 1.0  # Adam(W) moves each weight by about lr per step: above 1 a step exceeds the weights' scale
 
 
 @dataclass(frozen=True)
@@ -33,21 +40,41 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        # FieldError names each field by its flag (--image-size): study.train has one per field
+        require(self.model in MODELS, "model", self.model, f"unknown model; choose {' or '.join(MODELS)}")
+        low = MIN_IMAGE_SIZE[self.model]
+        check_image_size(self.image_size, low=low, why=f" ({self.model} needs at least {low})")
+        at_least("epochs", self.epochs, 1, "number of fine-tuning epochs")
+        at_least("pretrain_epochs", self.pretrain_epochs, 0, "number of pre-training epochs", why=" (0: none)")
+        at_least("batch_size", self.batch_size, 1, "batch size")
+        for name, what in (("lr", "fine-tuning learning rate"), ("pretrain_lr", "pre-training learning rate")):
+            positive(name, getattr(self, name), what, upper=MAX_LR, why=" (Adam's step is about lr per weight)")
         for name in ("aug_strength", "pretrain_aug_strength"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.class_weight != "auto" and not float(self.class_weight) > 0:
-            raise ValueError(f"class_weight must be 'auto' or a positive number, got {self.class_weight!r}")
-        if not self.class_weight_scale > 0:
-            raise ValueError(f"class_weight_scale must be positive, got {self.class_weight_scale}")
-        if self.optimizer not in ("adamw", "adam"):
-            raise ValueError(f"optimizer must be adamw or adam, got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+            value = getattr(self, name)
+            require(
+                isinstance(value, (int, float)) and 0.0 <= value <= 1.0,
+                name,
+                value,
+                "the augmentation strength must be in [0, 1] (0: none, 1: the full Keras-style set)",
+            )
+        cw = self.class_weight
+        ok = cw == "auto" or (isinstance(cw, (int, float)) and math.isfinite(cw) and cw > 0)
+        require(ok, "class_weight", cw, "give 'auto' (inverse class frequency) or the NORMAL weight, a number above 0")
+        positive("class_weight_scale", self.class_weight_scale, "class-weight scale")
+        require(self.optimizer in ("adamw", "adam"), "optimizer", self.optimizer, "choose adamw or adam")
+        wd = self.weight_decay
+        ok = isinstance(wd, (int, float)) and math.isfinite(wd) and wd >= 0
+        require(ok, "weight_decay", wd, "the weight decay must be a finite number, 0 or more")
+        require(self.schedule in ("cosine", "constant"), "schedule", self.schedule, "choose cosine or constant")
+        check_fraction(self.val_fraction)
+        check_seed(self.seed)
+        require(
+            not (self.freeze_backbone and self.pretrain_epochs == 0),
+            "freeze_backbone",
+            None,
+            "without pre-training the frozen backbone stays at its random initialisation: drop --freeze-backbone "
+            "or pre-train (--pretrain-epochs above 0, no --no-pretrain)",
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
