@@ -33,7 +33,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from pneumo_ray.config.arms import CHANGES
+from pneumo_ray.config.arms import CHANGES, AblationSpec, Arm
+from pneumo_ray.config.errors import FieldError, UserError
+from pneumo_ray.config.output import OutputSpec
+from pneumo_ray.config.sweep import SweepConfig
 from study import common
 
 # the arm flags, one per ingredient switched off (config/arms.py CHANGES)
@@ -44,7 +47,7 @@ SWEEP_FLAGS = [*common.LENGTHS, *common.SEARCH_FLAGS, *common.RESOURCES]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = common.ArgumentParser(
         prog="python -m study.ablate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -99,41 +102,67 @@ def get_args_parser() -> argparse.ArgumentParser:
         "ablation name: run every arm under the same one (default: ablate-<preset>)",
         "complete this arm's interrupted run",
     )
+    common.add_debug_flag(p)
     return p
+
+
+def summarize(args: argparse.Namespace) -> int:
+    """--summarize FOLDER: the statistics of the arms already there; nothing runs."""
+    given = [f for f in (*FLAGS, "--allow-test-overlap") if getattr(args, f[2:].replace("-", "_"))]
+    given += [f for f, v in (("--tune", args.tune), ("--from", args.from_)) if v is not None]
+    if given:
+        raise UserError(f"--summarize only reads {args.summarize}, so {', '.join(given)} would be ignored: drop them")
+    if not Path(args.summarize).is_dir():
+        raise UserError(f"--summarize {args.summarize}: no such folder; give a study.ablate results folder")
+    from pneumo_ray.distributed.ablation import print_summary
+
+    try:
+        return print_summary(Path(args.summarize))
+    except UserError:
+        raise
+    except ValueError as e:  # a damaged table, named with its path (storage/results.py)
+        raise UserError(str(e)) from None
+
+
+def specs(args: argparse.Namespace) -> tuple[SweepConfig, AblationSpec, OutputSpec]:
+    """The arm's settings from the flags; UserError, naming the flag, for any that is not valid."""
+    split = {} if args.split_seed is None else {"seed": args.split_seed}
+    sweep = common.sweep_config(args.preset, args, SWEEP_FLAGS, flag_names={"seed": "--split-seed"}, **split)
+    if args.seeds < 1:
+        raise FieldError("seeds", args.seeds, "give the number of seeds per model (seeds 0..K-1), at least 1")
+    arm = Arm(tuple(change for change in CHANGES if getattr(args, change)), allow_overlap=args.allow_test_overlap)
+    ablation = AblationSpec(arm=arm, seeds=tuple(range(args.seeds)), tune=args.tune, from_=args.from_)
+    if arm.pretrains and sweep.pretrain_epochs == 0:
+        raise UserError(f"arm {arm.name} pre-trains, but --pretrain-epochs is 0: use --no-pretrain for that arm")
+    if ablation.from_ and not Path(ablation.from_).is_dir():
+        raise UserError(f"--from {ablation.from_}: no such folder; give a finished study.sweep results folder")
+    if ablation.from_ and not (Path(ablation.from_) / "trials.parquet").is_file():
+        raise UserError(f"--from {ablation.from_}: no trials.parquet (is it a finished study.sweep folder?)")
+    out = common.output_spec(args, name=f"ablate-{args.preset}" if args.name is None else args.name)
+    run = common.read_run_json(out.folder, "--name")  # arms are added to it: a damaged one stops here
+    if args.resume and run is None:
+        raise UserError(f"--resume: {out.folder / 'run.json'} not found (which --name was interrupted?)")
+    common.check_local_gpus(sweep, out, typed=args.gpus_per_trial is not None)
+    return sweep, ablation, out
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = get_args_parser().parse_args(common.attach_negative_values(argv, SWEEP_FLAGS))
+    parser = get_args_parser()
+    args = parser.parse_args(common.attach_negative_values(argv, parser))
     if args.summarize:
-        from pneumo_ray.distributed.ablation import print_summary
-
-        if not Path(args.summarize).is_dir():
-            print(f"error: --summarize {args.summarize}: no such folder", file=sys.stderr)
-            return 2
-        try:
-            return print_summary(Path(args.summarize))
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    from pneumo_ray.config.arms import AblationSpec, Arm
+        return summarize(args)
+    sweep, ablation, out = specs(args)
+    data = ablation.arm.data_spec(sweep, common.data_spec(args))
+    from pneumo_ray.distributed.ablation import run_ablation
 
     try:
-        split = {} if args.split_seed is None else {"seed": args.split_seed}
-        sweep = common.sweep_config(args.preset, args, SWEEP_FLAGS, **split)
-        arm = Arm(tuple(change for change in CHANGES if getattr(args, change)), allow_overlap=args.allow_test_overlap)
-        ablation = AblationSpec(arm=arm, seeds=tuple(range(args.seeds)), tune=args.tune, from_=args.from_)
-        if ablation.from_ and not Path(ablation.from_).is_dir():
-            raise ValueError(f"--from {ablation.from_}: no such folder")
-        data = arm.data_spec(sweep, common.data_spec(args))
-        out = common.output_spec(args, name=args.name or f"ablate-{args.preset}")
-        from pneumo_ray.distributed.ablation import run_ablation
-
         return run_ablation(sweep, ablation, data, out)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError:
+        raise
+    except ValueError as e:  # distributed/ablation.py: a results folder whose arms ran with other settings
+        raise UserError(str(e)) from e
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run_main(main))

@@ -24,11 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+from pneumo_ray.config.data import check_image_size
+from pneumo_ray.config.errors import UserError
 from study import common
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = common.ArgumentParser(
         prog="python -m study.audit",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -44,21 +46,22 @@ def get_args_parser() -> argparse.ArgumentParser:
         "or two?) from --data-root's file names, then exit; no decoding, no --pretrain-root needed",
     )
     p.add_argument("--out", default="results/audit", help="folder for audit.parquet and audit_summary.parquet")
+    common.add_debug_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(common.attach_negative_values(sys.argv[1:] if argv is None else argv, parser))
+    common.check_data_folders(args)
+    if args.patients:
+        return patient_evidence(args.data_root)
+    check_image_size(args.image_size)
+    common.check_writable_folder("--out", args.out)
     from pneumo_ray.data.leakage import audit, format_split_overlap, format_summary
     from pneumo_ray.data.study_data import audit_sets
     from pneumo_ray.storage.results import write_audit
 
-    for flag, root in (("--data-root", args.data_root), ("--pretrain-root", args.pretrain_root)):
-        if root is not None and not Path(root).is_dir():
-            print(f"error: {flag} {root}: no such folder", file=sys.stderr)
-            return 2
-    if args.patients:
-        return patient_evidence(args.data_root)
     t0 = time.time()
     sets, problems = audit_sets(args.data_root, args.pretrain_root, size=args.image_size, cache_dir=args.cache_dir)
     for problem in problems:
@@ -83,8 +86,7 @@ def patient_evidence(data_root: str | None) -> int:
     from pneumo_ray.data.sources import kermany_manifest
 
     if data_root is None:
-        print("error: --patients needs --data-root (a Kaggle chest_xray/ folder)", file=sys.stderr)
-        return 2
+        raise UserError("--patients needs --data-root (a Kaggle chest_xray/ folder): it reads its file names")
     scan = kermany_manifest(data_root)
     for problem in scan.problems:
         print(f"warning: {problem}", file=sys.stderr)
@@ -94,4 +96,4 @@ def patient_evidence(data_root: str | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run_main(main))

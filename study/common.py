@@ -2,30 +2,40 @@
 
 One module for every flag that more than one command takes: the data (`--data-root`, …), the
 output and cluster (`--results`, `--name`, …), the preset, the training lengths, the search ranges
-(generated from the table in pneumo_ray/config/search.py, and checked here, at the command line, so
-that a bad range fails in a second with one line instead of inside every trial on the cluster) and
-each trial's resources. Only study/ parses arguments: the library takes the dataclasses built here
-(SweepConfig, DataSpec, OutputSpec).
+(generated from the table in pneumo_ray/config/search.py) and each trial's resources. Only study/
+parses arguments: the library takes the dataclasses built here (SweepConfig, DataSpec, OutputSpec).
+
+A user's mistake fails here, in a second, with one line (`run_main`), before any decoding or Ray:
+the values are checked by the dataclasses as they are built (config/), the places on disk by the
+helpers below (a folder to write in that is a file or cannot be written, a data folder that is not
+there), and argparse's own errors (an unknown flag, `--epochs x`) come out as the same one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pneumo_ray.config.data import DataSpec
-from pneumo_ray.config.errors import UserError
+from pneumo_ray.config.errors import FieldError, UserError
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.search import SEARCH
 from pneumo_ray.config.sweep import PRESETS, SweepConfig
-from pneumo_ray.config.train import MODELS
 
-PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors (an unknown flag, `--epochs x`, a missing value) raised as the one
+    line of `run_main` instead of the usage block and exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} ({self.prog} --help lists the flags)")
 
 
 @dataclass(frozen=True)
@@ -88,31 +98,39 @@ def add_sweep_flags(p: argparse.ArgumentParser, *, preset_help: str, extra: Sequ
     return [*LENGTHS, *extra, *SEARCH_FLAGS, *RESOURCES]
 
 
-def sweep_config(preset: str, args: argparse.Namespace, flags: Sequence[Flag], **fixed) -> SweepConfig:
-    """The preset's SweepConfig with every given flag of `flags` and then `fixed` applied; ValueError
-    (one line, naming the flag) for a value that is not valid."""
+def sweep_config(
+    preset: str,
+    args: argparse.Namespace,
+    flags: Sequence[Flag],
+    *,
+    flag_names: Mapping[str, str] | None = None,
+    **fixed: object,
+) -> SweepConfig:
+    """The preset's SweepConfig with every given flag of `flags` and then `fixed` applied; UserError
+    (one line, naming the flag) for a value that is not valid. `flag_names` renames a field's flag
+    where the command spells it otherwise ({"seed": "--split-seed"})."""
     values = {}
     for f in flags:
         raw = getattr(args, f.dest)
         if raw is not None:
             values[f.field] = f.parse(raw) if f.parse else raw
-    sweep = SweepConfig(**{**PRESETS[preset], **values, **fixed})
-    bad = [m for m in sweep.models if m not in MODELS]
-    if bad or not sweep.models:
-        raise ValueError(f"--models must name cnn and/or densenet, got {','.join(sweep.models) or 'nothing'}")
-    if sweep.placement_strategy not in PLACEMENTS:
-        raise ValueError(
-            f"--placement-strategy must be PACK, SPREAD, STRICT_SPREAD or STRICT_PACK, got {sweep.placement_strategy}"
-        )
-    if sweep.num_samples < 1 or sweep.epochs < 1:
-        raise ValueError("--num-samples and --epochs must be at least 1")
-    return sweep
+    settings = {**PRESETS[preset], **values, **fixed}
+    # a preset's grace period longer than the --epochs asked for: ASHA then stops nothing early, as
+    # it would at the preset's length; a --grace-period typed above --epochs is a mistake (checked)
+    if "grace_period" not in values and isinstance(settings.get("epochs"), int) and settings["epochs"] >= 1:
+        settings["grace_period"] = min(settings.get("grace_period", 1), settings["epochs"])
+    try:
+        return SweepConfig(**settings)
+    except FieldError as e:
+        raise e.with_flag(flag_names[e.field]) if flag_names and e.field in flag_names else e from None
 
 
-def attach_negative_values(argv: Sequence[str], flags: Sequence[Flag]) -> list[str]:
-    """argparse reads "-1,2" as an option, not as the value of `--class-weight-range`: join such a
-    value to its flag ("--class-weight-range=-1,2"), so that the range check can name the problem."""
-    names, out, argv = {f.flag for f in flags}, [], list(argv)
+def attach_negative_values(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """argparse reads "-1,2" or "-1e-3" as an option, not as the value of the flag before it: join
+    such a value to its flag ("--class-weight-range=-1,2"), so that the check can name the problem.
+    Applies to every flag of `parser` that takes one value."""
+    takes_one = parser._option_string_actions.items()
+    names, out, argv = {name for name, action in takes_one if action.nargs is None}, [], list(argv)
     i = 0
     while i < len(argv):
         if argv[i] in names and i + 1 < len(argv) and re.match(r"-[\d.]", argv[i + 1]):
@@ -141,15 +159,22 @@ def add_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return d
 
 
-def data_spec(args: argparse.Namespace, *, allow_overlap: bool = False) -> DataSpec:
-    """Where the data are (the image size, split and pre-training choice come from the run's settings).
-    A data folder that does not exist is a one-line error here, before any decoding or Ray."""
+def check_data_folders(args: argparse.Namespace) -> None:
+    """--data-root and --pretrain-root name folders that exist; --cache-dir one that can be written."""
     for flag, root, what in (
         ("--data-root", args.data_root, "the Kaggle chest_xray/ folder (with train/ and test/)"),
         ("--pretrain-root", args.pretrain_root, "the Kaggle CoronaHack folder (with Chest_xray_Corona_Metadata.csv)"),
     ):
         if root is not None and not Path(root).expanduser().is_dir():
-            raise ValueError(f"{flag} {root}: no such folder; give {what}, or leave it out for the synthetic data")
+            raise UserError(f"{flag} {root}: no such folder; give {what}, or leave it out for the synthetic data")
+    if args.cache_dir is not None:
+        check_writable_folder("--cache-dir", args.cache_dir)
+
+
+def data_spec(args: argparse.Namespace, *, allow_overlap: bool = False) -> DataSpec:
+    """Where the data are (the image size, split and pre-training choice come from the run's settings).
+    A data folder that does not exist is a one-line error here, before any decoding or Ray."""
+    check_data_folders(args)
     return DataSpec(
         data_root=args.data_root,
         pretrain_root=args.pretrain_root,
@@ -169,7 +194,9 @@ def add_output_args(p: argparse.ArgumentParser, name_help: str, resume_help: str
 
 
 def output_spec(args: argparse.Namespace, name: str) -> OutputSpec:
-    return OutputSpec(
+    """The run's OutputSpec; UserError if --name is not a plain name, or --results, <results>/<name> or
+    a local --storage cannot be a folder to write in. Creates nothing."""
+    out = OutputSpec(
         name=name,
         results=args.results,
         storage=args.storage,
@@ -177,12 +204,80 @@ def output_spec(args: argparse.Namespace, name: str) -> OutputSpec:
         resume=args.resume,
         preset=args.preset,
     )
+    check_writable_folder("--results", out.results)
+    check_writable_folder("--name", out.folder)
+    if out.storage is not None and "://" not in out.storage:  # s3://… and the like: the cluster's to check
+        check_writable_folder("--storage", out.storage)
+    return out
+
+
+def check_writable_folder(flag: str, path: str | os.PathLike) -> None:
+    """`path` can be a folder this process writes in: it is one, or can be created. UserError naming
+    `flag` if it is a file, lies under a file, or its nearest existing folder refuses writing (tried
+    with a temporary folder, removed at once, since os.access says yes to root on a read-only place).
+    Creates nothing that stays."""
+    target = Path(path).expanduser().absolute()
+    existing = target
+    while not os.path.exists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == target else f"lies under {existing}, a file"
+        raise UserError(f"{flag} {path}: {where}, not a folder; give a folder (it is created if missing)")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".pneumo-ray-write-check-", dir=existing))
+    except OSError as e:
+        raise UserError(
+            f"{flag} {path}: cannot write in {existing} ({e.strerror or e}); give a folder you can write to"
+        ) from None
+
+
+def read_run_json(folder: Path, flag: str) -> dict | None:
+    """<folder>/run.json as a dict; None if there is none; UserError naming `flag` if it is damaged."""
+    path = folder / "run.json"
+    if not path.exists():
+        return None
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(
+            f"{flag}: {path} is damaged ({type(e).__name__}: {e}); restore it or start anew under another --name"
+        ) from None
+    if not isinstance(run, dict):
+        raise UserError(f"{flag}: {path} is damaged (not a JSON object); restore it or start anew under another --name")
+    return run
+
+
+def local_gpu_count() -> int | None:
+    """GPUs a local Ray would find on this machine, as Ray counts them ($CUDA_VISIBLE_DEVICES, else
+    the NVIDIA driver's list); None where that cannot be known cheaply (not Linux, or AMD's driver)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if not sys.platform.startswith("linux") or os.path.exists("/dev/kfd"):
+        return None
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
+def check_local_gpus(sweep: SweepConfig, out: OutputSpec, typed: bool) -> None:
+    """A local Ray (no --address, no $RAY_ADDRESS) with fewer GPUs than one trial asks for would keep
+    every trial pending forever: say so now. `typed`: --gpus-per-trial was given (else the preset's)."""
+    if out.address or os.environ.get("RAY_ADDRESS") or not sweep.gpus_per_trial:
+        return
+    have = local_gpu_count()
+    if have is not None and sweep.gpus_per_trial > have:
+        source = "" if typed else f" (the {out.preset} preset's)"
+        raise UserError(
+            f"--gpus-per-trial {sweep.gpus_per_trial:g}{source}: this machine has {have} GPU(s) and no --address "
+            "or $RAY_ADDRESS names a cluster, so every trial would wait for a GPU forever; give "
+            "--gpus-per-trial 0 or the --address of a cluster with GPUs"
+        )
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a command's `main`: a user's mistake (UserError, or the ValueError of a config check) is one
-    line `error: …` on stderr and exit status 2; `--debug` (or PNEUMO_RAY_DEBUG=1) keeps the traceback.
-    Anything else is a bug and keeps its traceback."""
+    """Run a command's `main`: a user's mistake (UserError) is one line `error: …` on stderr and exit
+    status 2; `--debug` (or PNEUMO_RAY_DEBUG=1) keeps the traceback. Anything else is a bug and keeps
+    its traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("PNEUMO_RAY_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 
+from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.errors import UserError
+from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.sweep import PRESETS, SweepConfig
 from study import common
 
@@ -35,7 +37,7 @@ def _preset_table() -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = common.ArgumentParser(
         prog="python -m study.sweep",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -56,43 +58,74 @@ def get_args_parser() -> argparse.ArgumentParser:
         "target's validation/test sets (the seed's leaky protocol)",
     )
     common.add_output_args(p, "sweep name (default: sweep-YYYYmmdd-HHMMSS)", "continue the interrupted sweep --name")
+    common.add_debug_flag(p)
     return p
 
 
 FLAGS = [*common.LENGTHS, *SWEEP_ONLY, *common.SEARCH_FLAGS, *common.RESOURCES]
 
 
+def ignored_on_resume(args: argparse.Namespace, argv: list[str]) -> list[str]:
+    """The flags given with --resume that would change nothing: a sweep resumes with its recorded settings."""
+    given = [f.flag for f in FLAGS if getattr(args, f.dest) is not None]
+    given += [
+        f
+        for f in ("--data-root", "--pretrain-root", "--cache-dir", "--storage")
+        if getattr(args, f[2:].replace("-", "_"))
+    ]
+    given += [f for f in ("--no-pretrain", "--allow-test-overlap") if getattr(args, f[2:].replace("-", "_"))]
+    return given + [a.split("=")[0] for a in argv if a == "--preset" or a.startswith("--preset=")]
+
+
+def resumed(args: argparse.Namespace, argv: list[str], out: OutputSpec) -> tuple[SweepConfig, DataSpec, OutputSpec]:
+    """The settings recorded in <results>/<name>/run.json; UserError if there is none or it is damaged."""
+    ignored = ignored_on_resume(args, argv)
+    if ignored:
+        raise UserError(
+            f"--resume continues {out.folder} with its recorded settings, so {', '.join(ignored)} would be "
+            "ignored: drop them, or start a new sweep under another --name"
+        )
+    run = common.read_run_json(out.folder, "--resume")
+    if run is None:
+        raise UserError(f"--resume: {out.folder / 'run.json'} not found (which --name was interrupted?)")
+    from pneumo_ray.distributed.sweep import specs_from_run
+
+    try:
+        return specs_from_run(run, out)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise UserError(
+            f"--resume: {out.folder / 'run.json'} is damaged ({type(e).__name__}: {e}); restore it or start "
+            "anew under another --name"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = get_args_parser().parse_args(common.attach_negative_values(argv, FLAGS))
-    out = common.output_spec(args, name=args.name or time.strftime("sweep-%Y%m%d-%H%M%S"))
-    run_json = out.folder / "run.json"
+    parser = get_args_parser()
+    args = parser.parse_args(common.attach_negative_values(argv, parser))
+    if args.resume and args.name is None:
+        raise UserError("--resume needs the --name of the interrupted sweep (a folder under --results)")
+    out = common.output_spec(args, name=time.strftime("sweep-%Y%m%d-%H%M%S") if args.name is None else args.name)
     if args.resume:
-        if not run_json.exists():
-            print(f"error: --resume: {run_json} not found (which --name was interrupted?)", file=sys.stderr)
-            return 2
-        from pneumo_ray.distributed.sweep import specs_from_run
-
-        sweep, data, out = specs_from_run(json.loads(run_json.read_text()), out)
+        sweep, data, out = resumed(args, argv, out)
         print(f"resuming sweep {out.name} with its recorded settings")
     else:
         if (out.folder / "trials.parquet").exists():
-            print(
-                f"error: {out.folder} already holds a sweep; pass --resume to continue it or choose another --name",
-                file=sys.stderr,
+            raise UserError(
+                f"{out.folder} already holds a sweep; pass --resume to continue it or choose another --name"
             )
-            return 2
-        try:
-            fixed = {"pretrain_epochs": 0} if args.no_pretrain else {}
-            sweep = common.sweep_config(args.preset, args, FLAGS, **fixed)
-            data = sweep.data_spec(common.data_spec(args, allow_overlap=args.allow_test_overlap))
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        if args.no_pretrain and args.pretrain_epochs:
+            raise UserError(
+                f"--no-pretrain and --pretrain-epochs {args.pretrain_epochs} contradict each other: give one"
+            )
+        fixed = {"pretrain_epochs": 0} if args.no_pretrain else {}
+        sweep = common.sweep_config(args.preset, args, FLAGS, **fixed)
+        data = sweep.data_spec(common.data_spec(args, allow_overlap=args.allow_test_overlap))
+    common.check_local_gpus(sweep, out, typed=args.gpus_per_trial is not None)
     from pneumo_ray.distributed.sweep import run_sweep
 
     return run_sweep(sweep, data, out)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run_main(main))

@@ -11,13 +11,14 @@ import json
 import sys
 
 from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.errors import FieldError, UserError
 from pneumo_ray.config.train import TrainConfig
 from study import common
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(
+    p = common.ArgumentParser(
         prog="python -m study.train",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Pre-train on CoronaHack (or the synthetic source), fine-tune on Kermany (or the synthetic "
@@ -53,11 +54,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", default="results/train", help="output folder")
+    common.add_debug_flag(p)
     return p
 
 
+def class_weight(text: str) -> str | float:
+    """--class-weight: 'auto' or a number (TrainConfig checks that it is above 0)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise FieldError(
+            "class_weight", text, "give 'auto' (inverse class frequency) or the NORMAL weight, a number above 0"
+        ) from None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    cw = args.class_weight if args.class_weight == "auto" else float(args.class_weight)
+    """The run's TrainConfig; UserError naming the flag for a value that is not valid."""
+    if args.no_pretrain and args.pretrain_epochs != TrainConfig().pretrain_epochs:
+        raise UserError(f"--no-pretrain and --pretrain-epochs {args.pretrain_epochs} contradict each other: give one")
+    cw = class_weight(args.class_weight)
     return TrainConfig(
         model=args.model,
         image_size=args.image_size,
@@ -86,18 +103,36 @@ def data_spec(args: argparse.Namespace, cfg: TrainConfig) -> DataSpec:
     )
 
 
+def check_args(args: argparse.Namespace, cfg: TrainConfig) -> None:
+    """The flags that only make sense together, and the output folder; UserError before any work."""
+    if cfg.freeze_backbone and args.data_root is not None and args.pretrain_root is None:
+        raise UserError(
+            "--freeze-backbone with --data-root but no --pretrain-root: nothing pre-trains the backbone, so it would "
+            "stay random; give --pretrain-root or drop --freeze-backbone"
+        )
+    if args.allow_test_overlap and args.data_root is not None and args.pretrain_root is None:
+        raise UserError(
+            "--allow-test-overlap changes the pre-training data, and with --data-root but no --pretrain-root "
+            "there is none: give --pretrain-root or drop --allow-test-overlap"
+        )
+    common.check_writable_folder("--out", args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-        spec = data_spec(args, cfg)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    parser = get_args_parser()
+    args = parser.parse_args(common.attach_negative_values(sys.argv[1:] if argv is None else argv, parser))
+    cfg = config_from_args(args)
+    spec = data_spec(args, cfg)
+    check_args(args, cfg)
     from pneumo_ray.data.study_data import load_study_data
     from pneumo_ray.train.loop import pick_device
     from pneumo_ray.train.protocol import run_study
 
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: torch sees no CUDA GPU on this machine; give --device cpu or auto")
     device = pick_device(args.device)
     data = load_study_data(spec)
     for problem in data.info["problems"]:
@@ -106,9 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     metrics = run_study(cfg, data, args.out, device)
     keys = ["val_auc", "test_auc", "test_accuracy", "test_sensitivity", "test_specificity", "test_f1", "threshold"]
     print(json.dumps({k: round(metrics[k], 4) for k in keys}))
+    for split in ("val", "test"):  # a metric that is NaN in metrics.json, and why
+        if metrics.get(f"{split}_undefined"):
+            print(f"warning: {split} metrics undefined: {metrics[f'{split}_undefined']}", file=sys.stderr)
     print(f"wrote {args.out}/metrics.json, predictions.parquet, history.parquet ({metrics['seconds']} s)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run_main(main))
