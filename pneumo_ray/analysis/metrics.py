@@ -4,9 +4,16 @@ The decision threshold is fixed by the training loss, before any score is seen (
 and applied unchanged to validation and test: no data set chooses it, the test set least of all.
 Threshold-free ROC-AUC is the primary metric; accuracy, sensitivity and specificity are reported
 at this rule. ROC-AUC, the ROC curve and the confusion counts come from scikit-learn; the statistics
-it does not offer (DeLong, the two-level paired test) live in stats.py."""
+it does not offer (DeLong, the two-level paired test) live in stats.py.
+
+A metric that cannot be computed (AUC with one class present, sensitivity without a PNEUMONIA
+image, anything on scores that are NaN) is NaN, never silently: a `MetricUndefined` warning says
+which metric and why, and `binary_metrics` carries the reasons in its `undefined` entry (written
+with the metrics: `val_undefined`, `test_undefined`)."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -14,12 +21,38 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 
+class MetricUndefined(UserWarning):
+    """A metric that cannot be computed on these labels and scores: its value is NaN, the message says why."""
+
+
+def _classes(y: np.ndarray) -> str:
+    return f"{int(y.sum())} PNEUMONIA and {int((~y).sum())} NORMAL"
+
+
+def auc_undefined(labels: ArrayLike, scores: ArrayLike) -> str | None:
+    """Why the ROC-AUC of `scores` on `labels` cannot be computed; None if it can."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if np.isnan(s).any():
+        return f"{int(np.isnan(s).sum())} of {len(s)} scores are NaN (did training diverge?)"
+    if y.all() or not y.any():
+        return f"it needs both classes, and the {len(y)} labels hold {_classes(y)}"
+    return None
+
+
+def _warn(metrics: str, reason: str) -> None:
+    warnings.warn(f"{metrics} undefined (NaN): {reason}", MetricUndefined, stacklevel=3)
+
+
 def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
     """Area under the ROC curve = P(score of a random positive > a random negative), ties count ½
-    (scikit-learn's `roc_auc_score`). NaN when only one class is present."""
-    y = np.asarray(labels).astype(bool)
-    if y.all() or not y.any():
+    (scikit-learn's `roc_auc_score`). NaN, with a MetricUndefined warning saying why, when only one
+    class is present or a score is NaN."""
+    reason = auc_undefined(labels, scores)
+    if reason:
+        _warn("auc", reason)
         return float("nan")
+    y = np.asarray(labels).astype(bool)
     return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
 
@@ -57,22 +90,32 @@ def decision_threshold(weights: tuple[float, float], class_counts: tuple[int, in
 
 
 def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict:
-    """AUC and the threshold-dependent metrics; prediction = PNEUMONIA when score ≥ threshold."""
+    """AUC and the threshold-dependent metrics; prediction = PNEUMONIA when score ≥ threshold.
+    A metric that cannot be computed is NaN and named, with why, in `undefined` ("" when every one
+    is defined; "auc: …; specificity, balanced_accuracy: …"), and in a MetricUndefined warning."""
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
     tn, fp, fn, tp = (int(c) for c in confusion_matrix(y, s >= threshold, labels=[False, True]).ravel())
+    auc_why = auc_undefined(y, s)
+    nan_scores = auc_why if np.isnan(s).any() else None  # then no metric means anything
+    undefined: dict[str, list[str]] = {auc_why: ["auc"]} if auc_why else {}  # reason → metrics
 
-    def div(a, b):
-        return a / b if b else float("nan")
+    def div(metric: str, a: float, b: float, why: str) -> float:
+        why = nan_scores or (None if b else why)
+        if why:
+            undefined.setdefault(why, []).append(metric)
+            return float("nan")
+        return a / b
 
-    sens, spec, prec = div(tp, tp + fn), div(tn, tn + fp), div(tp, tp + fp)
-    return dict(
-        auc=roc_auc(y, s),
-        accuracy=div(tp + tn, len(y)),
+    sens = div("sensitivity", tp, tp + fn, "no PNEUMONIA image to detect")
+    spec = div("specificity", tn, tn + fp, "no NORMAL image to clear")
+    metrics = dict(
+        auc=float("nan") if auc_why else float(roc_auc_score(y, s)),
+        accuracy=div("accuracy", tp + tn, len(y), "no images"),
         sensitivity=sens,
         specificity=spec,
-        precision=prec,
-        f1=div(2 * prec * sens, prec + sens) if tp else 0.0,
+        precision=div("precision", tp, tp + fp, f"no image scored at or above the threshold {threshold:g}"),
+        f1=div("f1", 2 * tp, 2 * tp + fp + fn, "no PNEUMONIA image, and none predicted"),  # = 2PR / (P + R)
         balanced_accuracy=(sens + spec) / 2,
         threshold=float(threshold),
         tn=tn,
@@ -81,3 +124,10 @@ def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> di
         tp=tp,
         n=len(y),
     )
+    halves = [names for names in undefined.values() if {"sensitivity", "specificity"} & set(names)]
+    if halves and "balanced_accuracy" not in halves[0]:  # undefined with either of its halves
+        halves[0].append("balanced_accuracy")
+    for why, names in undefined.items():
+        _warn(", ".join(names), why)
+    metrics["undefined"] = "; ".join(f"{', '.join(names)}: {why}" for why, names in undefined.items())
+    return metrics
