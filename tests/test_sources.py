@@ -76,6 +76,7 @@ def test_kermany_clutter_nested_copy_val_and_unknown_class(tmp_path):
         _jpeg(root / "train" / "NORMAL" / "IM-0001-0001.jpeg")
         _jpeg(root / "train" / "PNEUMONIA" / "person1_bacteria_1.jpeg", (300, 500), "RGB")
         _jpeg(root / "test" / "NORMAL" / "IM-0002-0001.JPEG")  # upper-case extension
+        _jpeg(root / "test" / "PNEUMONIA" / "person3_virus_3.jpeg")
     _jpeg(top / "val" / "PNEUMONIA" / "person2_virus_2.jpeg")
     (top / "train" / "NORMAL" / ".DS_Store").write_bytes(b"\0\0")
     _jpeg(tmp_path / "download" / "__MACOSX" / "chest_xray" / "train" / "NORMAL" / "._IM-0001-0001.jpeg")
@@ -88,12 +89,14 @@ def test_kermany_clutter_nested_copy_val_and_unknown_class(tmp_path):
         "IM-0002-0001.JPEG",
         "person1_bacteria_1.jpeg",
         "person2_virus_2.jpeg",
+        "person3_virus_3.jpeg",
     ]
     assert m.set_index("name")["split"].to_dict() == {
         "IM-0001-0001.jpeg": "train",
         "IM-0002-0001.JPEG": "test",
         "person1_bacteria_1.jpeg": "train",
         "person2_virus_2.jpeg": "train",
+        "person3_virus_3.jpeg": "test",
     }
     assert m.set_index("name").loc["person2_virus_2.jpeg", "orig_split"] == "val"
     # the shallow copy is the one kept; the nested one is ignored, not reported as a problem
@@ -109,8 +112,11 @@ def test_kermany_same_name_in_two_classes_is_reported_not_guessed(tmp_path):
     _jpeg(tmp_path / "train" / "NORMAL" / "IM-0001-0001.jpeg")
     _jpeg(tmp_path / "train" / "PNEUMONIA" / "IM-0001-0001.jpeg")
     _jpeg(tmp_path / "train" / "NORMAL" / "IM-0003-0001.jpeg")
+    _jpeg(tmp_path / "train" / "PNEUMONIA" / "person4_virus_4.jpeg")
+    _jpeg(tmp_path / "test" / "NORMAL" / "IM-0005-0001.jpeg")
+    _jpeg(tmp_path / "test" / "PNEUMONIA" / "person6_virus_6.jpeg")
     scan = sources.kermany_manifest(tmp_path)
-    assert list(scan.manifest["name"]) == ["IM-0003-0001.jpeg"]
+    assert list(scan.manifest[scan.manifest.split == "train"]["name"]) == ["IM-0003-0001.jpeg", "person4_virus_4.jpeg"]
     assert len(scan.problems) == 1 and "label ambiguous" in scan.problems[0].reason
 
 
