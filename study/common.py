@@ -190,6 +190,11 @@ def add_output_args(p: argparse.ArgumentParser, name_help: str, resume_help: str
     o.add_argument("--resume", action="store_true", help=resume_help)
     o.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     o.add_argument("--storage", help="Ray Tune/Train storage, a shared PATH or s3://… (default: <results>/<name>/ray)")
+    o.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own output (Tune status, Train workers) live; it always goes to <results>/<name>/logs/ray.log",
+    )
     return o
 
 
@@ -203,6 +208,7 @@ def output_spec(args: argparse.Namespace, name: str) -> OutputSpec:
         address=args.address,
         resume=args.resume,
         preset=args.preset,
+        verbose=bool(getattr(args, "verbose", False)),
     )
     check_writable_folder("--results", out.results)
     check_writable_folder("--name", out.folder)

@@ -21,6 +21,7 @@ class OutputSpec:
     address: str | None = None  # Ray cluster; None = $RAY_ADDRESS, else a local Ray
     resume: bool = False  # continue the interrupted run in <folder>
     preset: str = "smoke"  # the preset the settings started from (recorded with every row)
+    verbose: bool = False  # Ray's own output live on the console too (always in <folder>/logs/ray.log)
 
     def __post_init__(self) -> None:
         name, seps = self.name, {"/", os.sep, os.altsep} - {None}
