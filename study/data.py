@@ -1,15 +1,19 @@
 """python -m study.data — look at a data folder before training on it.
 
-    python -m study.data inspect PATH [--strict] [--decode SIZE]
+    python -m study.data inspect PATH [--strict] [--decode SIZE] [--list]
     python -m study.data download [--dest DIR]      # the two Kaggle data sets, with your Kaggle token
 
 PATH is a Kaggle chest_xray/ (Kermany) folder or a CoronaHack folder (detected by its metadata CSV).
+A folder that cannot be a data set (absent, empty, neither layout, train/ or test/ or a class
+missing, a CoronaHack CSV without its columns, labels or images) is one line `error: ...`, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from study import common
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -21,8 +25,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "inspect",
         help="counts per split and class, patients, and every unusable file with the reason",
         description="Counts per split and class, patients, and every unusable file or folder "
-        "with the reason. Exit 0 if the folder is usable; with --strict, exit 1 when "
-        "anything was reported.",
+        "with the reason, one line per kind of problem (--list: one per file). Without --decode the "
+        "files are checked cheaply: empty, first bytes of no image format, a JPEG without its end "
+        "marker or a PNG without its end chunk. Exit 0 if the folder is usable; with --strict, exit 1 "
+        "when any problem was reported; exit 2 (one line `error: ...`) for a folder that cannot be "
+        "a data set.",
     )
     ins.add_argument("path", help="a Kaggle chest_xray/ folder or a CoronaHack folder")
     ins.add_argument("--strict", action="store_true", help="exit 1 if any problem was reported")
@@ -33,6 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=0,
         help="also decode every image at SIZE px into the cache, reporting unreadable files",
     )
+    ins.add_argument("--list", action="store_true", help="every problem on its own line (default: one line per kind)")
     ins.add_argument(
         "--subset",
         choices=["all", "covid"],
@@ -51,6 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     dl.add_argument("--dest", default="data", help="where the data sets end up (default: ./data)")
     dl.add_argument("--which", default="chest_xray,coronahack", help="comma-separated: chest_xray,coronahack")
+    for command in (ins, dl):
+        common.add_debug_flag(command)
     return p
 
 
@@ -109,15 +119,11 @@ def download(args) -> int:
     return 0
 
 
-def inspect(args) -> int:
-    from pneumo_ray.data import cache, sources
+def inspect(args: argparse.Namespace) -> int:
+    from pneumo_ray.data import cache, checks, sources
 
-    try:
-        layout = sources.detect_layout(args.path)
-        scan = sources.scan(args.path, args.subset)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    scan = sources.scan(args.path, args.subset)  # UserError (exit 2) for a folder that cannot be a data set
+    layout = sources.detect_layout(args.path)
     m = scan.manifest
     print(f"{args.path}: {layout} layout, {len(m)} usable images, {m['patient'].nunique()} patients")
     for split in sorted(m["split"].unique()):
@@ -133,15 +139,21 @@ def inspect(args) -> int:
         print(f"  patients in both train and test: {len(splits[0] & splits[1])} (patient = person number + category)")
     if scan.ignored:
         print(f"  ignored {len(scan.ignored)} OS clutter files / duplicate copies (e.g. {scan.ignored[0]})")
+    file_problems, notes = checks.check_image_files(m["path"])
+    for line in checks.grouped(notes):
+        print(f"  note: {line}")
     problems = list(scan.problems)
     if args.decode:
         dec = cache.decoded(m, args.decode, args.cache_dir, label=f"{layout} at {args.decode}px")
-        problems += dec.problems
+        failed = {p.path for p in dec.problems}  # the decoder's reason for a file it met, the cheap one else
+        problems += [p for p in file_problems if p.path not in failed] + dec.problems
         print(f"  decoded {len(dec.manifest)} of {len(m)} images at {args.decode}px into {dec.path}")
+    else:
+        problems += file_problems
     if problems:
         print(f"{len(problems)} problem(s):")
-        for p in problems:
-            print(f"  {p}")
+        for line in map(str, problems) if args.list else checks.grouped(problems):
+            print(f"  {line}")
     else:
         print("no problems found")
     if len(m) == 0:
@@ -149,10 +161,10 @@ def inspect(args) -> int:
     return 1 if (args.strict and problems) else 0
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     return {"inspect": inspect, "download": download}[args.command](args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run_main(main))

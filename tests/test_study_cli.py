@@ -99,6 +99,13 @@ def test_inspect_reports_each_bad_file(tmp_path):
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(d / "IM-0001-0001.jpeg")
     (d / "IM-0002-0001.jpeg").write_bytes(b"")
     (d / "IM-0003-0001.jpeg").write_text("not a picture")
+    for split, cls, name in (  # the other class and a test/ split: a folder without them is an error (exit 2)
+        ("train", "PNEUMONIA", "person1_virus_1.jpeg"),
+        ("test", "NORMAL", "IM-0009-0001.jpeg"),
+        ("test", "PNEUMONIA", "person2_virus_2.jpeg"),
+    ):
+        (tmp_path / "chest_xray" / split / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "chest_xray" / split / cls / name)
     r = run(
         "study.data",
         "inspect",
@@ -111,7 +118,7 @@ def test_inspect_reports_each_bad_file(tmp_path):
     assert r.returncode == 1
     assert "IM-0002-0001.jpeg: empty file (0 bytes)" in r.stdout
     assert "IM-0003-0001.jpeg: cannot decode image" in r.stdout
-    assert "decoded 1 of 3 images" in r.stdout
+    assert "decoded 4 of 6 images" in r.stdout
     assert run("study.data", "inspect", str(tmp_path / "nowhere")).returncode == 2
 
 

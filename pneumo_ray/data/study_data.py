@@ -9,6 +9,10 @@ One exclusion rule for everything trained on: an image that shares a file name, 
 Pre-training drops such source images against the target's validation and test sets; fine-tuning
 drops such target-train images against the test set before the validation split (the split itself
 keeps patients apart). Both go through `exclude_leakage` and its cache.
+
+Both data folders are scanned before anything is decoded, so a folder that cannot be used is one
+`UserError` line in a second, not a traceback after minutes of decoding; problems with single files
+are collected and reported one line per kind (`info["problems"]`).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.errors import UserError
 from pneumo_ray.config.train import stable_id
 from pneumo_ray.data import cache, phantoms, sources
 from pneumo_ray.data import leakage as audit
+from pneumo_ray.data.checks import grouped
 from pneumo_ray.data.split import patient_grouped_split
 
 PathOrNone = str | os.PathLike | None
@@ -124,6 +130,25 @@ def _decoded_set(manifest: pd.DataFrame, size: int, cache_dir, label: str, quiet
     return ImageSet(dec.images, np.arange(len(dec.manifest)), dec.manifest, label), dec.problems
 
 
+def _scanned(flag: str, root, subset: str | None = None) -> sources.Scan:
+    """The manifest of a data folder (Kermany only where `subset` is None); its UserError names the flag."""
+    try:
+        return sources.kermany_manifest(root) if subset is None else sources.scan(root, subset)
+    except UserError as e:
+        raise UserError(f"{flag}: {e}") from None
+
+
+def _both_classes(s: ImageSet, flag: str, root, part: str, problems: list[sources.Problem]) -> None:
+    """UserError when decoding left a set without one class (every such file failed to decode)."""
+    for label, name in ((0, "NORMAL"), (1, "PNEUMONIA")):
+        if label not in set(s.labels.tolist()):
+            first = f"; first problem: {problems[0]}" if problems else ""
+            raise UserError(
+                f"{flag}: {os.path.abspath(root)}: no {name} image of {part} could be decoded{first}; "
+                "`python -m study.data inspect` lists them all"
+            )
+
+
 def _identity(s: ImageSet):
     """What a set's pixels are: its backing file (the decoded cache's name covers the files' paths,
     sizes and mtimes) and its rows; None for an in-memory array."""
@@ -171,29 +196,41 @@ def audit_sets(
     quiet: bool = False,
 ) -> tuple[dict[str, ImageSet], list[str]]:
     """The sets a leakage audit compares: target train/test and source train/test (synthetic
-    phantoms where a root is not given). Returns ({name: ImageSet}, problems)."""
+    phantoms where a root is not given). Returns ({name: ImageSet}, problems grouped one line per
+    kind). Both folders are scanned (UserError for one that cannot be used) before any decoding."""
     sets, problems = {}, []
-    for role, root in (("target", data_root), ("source", pretrain_root)):
-        if root is None:
+    scans = {
+        role: (root, _scanned(flag, root, "all"))
+        for role, flag, root in (("target", "--data-root", data_root), ("source", "--pretrain-root", pretrain_root))
+        if root is not None
+    }
+    for role in ("target", "source"):
+        if role not in scans:
             parts = ("target_train", "target_test") if role == "target" else ("source_train",)
             sets.update({f"synthetic-{p.replace('_', '-')}": synthetic_set(p, size, cache_dir) for p in parts})
             continue
-        scan = sources.scan(root)
-        problems += [str(p) for p in scan.problems]
+        root, scan = scans[role]
+        problems += scan.problems
         layout = sources.detect_layout(root)
         for split in ("train", "test"):
             man = scan.manifest[scan.manifest.split == split]
             if len(man):
                 s, probs = _decoded_set(man, size, cache_dir, f"{layout}-{split}", quiet)
                 sets[f"{layout}-{split}"] = s
-                problems += [str(p) for p in probs]
-    return sets, problems
+                problems += probs
+    return sets, grouped(problems)
 
 
 def load_study_data(spec: DataSpec, *, quiet: bool = False, log: Callable[[str], object] | None = print) -> StudyData:
     """Target train/val/test (+ pre-training source) as `spec` says. With no data_root: the synthetic
     phantoms (target and, unless use_pretrain is False, the shifted synthetic source domain). The
     driver and every Ray worker call this with the same spec and get the same sets from the cache.
+
+    Both folders are scanned before anything is decoded: a folder that cannot be used (absent, empty,
+    neither layout, a split or class missing, a CoronaHack CSV without its columns, labels or images)
+    raises UserError, one line naming the flag and the path. Files that cannot be used are collected in
+    `info["problems"]`, one line per kind of problem (`checks.grouped`; `info["problem_count"]` files
+    and rows in all): print each as a warning.
 
     Target-train images sharing a name, patient or content with the test set are dropped before the
     validation split (`info["train_excluded_overlap"]`; on the real data: 0); source images sharing
@@ -202,18 +239,23 @@ def load_study_data(spec: DataSpec, *, quiet: bool = False, log: Callable[[str],
     log = log or (lambda *_: None)
     data_root, pretrain_root, size, cache_dir = spec.data_root, spec.pretrain_root, spec.image_size, spec.cache_dir
     val_fraction, seed = spec.val_fraction, spec.split_seed
-    info: dict = dict(image_size=size, val_fraction=val_fraction, split_seed=seed, problems=[])
-    if data_root is None:
+    info: dict = dict(image_size=size, val_fraction=val_fraction, split_seed=seed, problems=[], problem_count=0)
+    problems: list[sources.Problem] = []
+    use_source = spec.use_pretrain and pretrain_root is not None
+    target_scan = _scanned("--data-root", data_root) if data_root is not None else None
+    source_scan = _scanned("--pretrain-root", pretrain_root, spec.source_subset) if use_source else None
+    if target_scan is None:
         full_train = synthetic_set("target_train", size, cache_dir)
         test = synthetic_set("target_test", size, cache_dir)
         info["target"] = "synthetic"
     else:
-        scan = sources.kermany_manifest(data_root)
-        info["problems"] += [str(p) for p in scan.problems]
-        man = scan.manifest
+        problems += target_scan.problems
+        man = target_scan.manifest
         full_train, probs_tr = _decoded_set(man[man.split == "train"], size, cache_dir, "target-train", quiet)
         test, probs_te = _decoded_set(man[man.split == "test"], size, cache_dir, "target-test", quiet)
-        info["problems"] += [str(p) for p in probs_tr + probs_te]
+        problems += probs_tr + probs_te
+        _both_classes(full_train, "--data-root", data_root, "train", probs_tr)
+        _both_classes(test, "--data-root", data_root, "test", probs_te)
         info["target"] = str(os.path.abspath(data_root))
     full_train, counts = exclude_leakage(full_train, [test], cache_dir)
     info["train_excluded_overlap"], info["train_excluded_by"] = counts["excluded"], counts
@@ -227,29 +269,30 @@ def load_study_data(spec: DataSpec, *, quiet: bool = False, log: Callable[[str],
     test.name = "test"
 
     source = None
-    if spec.use_pretrain and (pretrain_root is not None or data_root is None):
-        if pretrain_root is None:
-            source = synthetic_set("source_train", size, cache_dir)
-            info["source"] = "synthetic"
-        else:
-            scan = sources.scan(pretrain_root, spec.source_subset)
-            info["problems"] += [str(p) for p in scan.problems]
-            man = scan.manifest[scan.manifest.split == "train"]
-            source, probs = _decoded_set(man, size, cache_dir, "source-train", quiet)
-            info["problems"] += [str(p) for p in probs]
-            if not spec.allow_overlap:
-                source, counts = exclude_leakage(source, [val, test], cache_dir)
-                info["source_excluded_overlap"] = counts["excluded"]
-                info["source_excluded_by"] = counts
-                log(
-                    f"pre-training source: excluded {counts['excluded']} images sharing a file name "
-                    f"({counts['by_name']}), a patient ({counts['by_patient']}) or their content "
-                    f"({counts['by_content']}) with the target's validation/test sets (allow_overlap keeps them)"
-                )
-            info["source"] = str(os.path.abspath(pretrain_root))
+    if source_scan is not None:
+        problems += source_scan.problems
+        man = source_scan.manifest[source_scan.manifest.split == "train"]
+        source, probs = _decoded_set(man, size, cache_dir, "source-train", quiet)
+        problems += probs
+        _both_classes(source, "--pretrain-root", pretrain_root, "the TRAIN split", probs)
+        if not spec.allow_overlap:
+            source, counts = exclude_leakage(source, [val, test], cache_dir)
+            info["source_excluded_overlap"] = counts["excluded"]
+            info["source_excluded_by"] = counts
+            log(
+                f"pre-training source: excluded {counts['excluded']} images sharing a file name "
+                f"({counts['by_name']}), a patient ({counts['by_patient']}) or their content "
+                f"({counts['by_content']}) with the target's validation/test sets (allow_overlap keeps them)"
+            )
+        info["source"] = str(os.path.abspath(pretrain_root))
         source.name = "source"
-    elif spec.use_pretrain and pretrain_root is None:
+    elif spec.use_pretrain and data_root is None:
+        source = synthetic_set("source_train", size, cache_dir)
+        info["source"] = "synthetic"
+        source.name = "source"
+    elif spec.use_pretrain:
         log("no --pretrain-root given with real target data: training from random initialisation")
+    info["problems"], info["problem_count"] = grouped(problems), len(problems)
     for s in (train, val, test) + ((source,) if source is not None else ()):
         info[f"{s.name}_n"] = len(s)
         info[f"{s.name}_manifest_hash"] = manifest_hash(s.manifest)
