@@ -46,7 +46,7 @@ class Flag:
     field: str
     help: str
     type: Callable = str  # what argparse converts with
-    parse: Callable[[str], object] | None = None  # then this, raising ValueError with the message to print
+    parse: Callable[[str], object] | None = None  # then this, raising UserError with the message to print
     metavar: str | None = None
 
     @property

@@ -230,6 +230,14 @@ def test_a_local_run_asking_for_a_gpu_this_machine_lacks(world, capsys, monkeypa
         common.run_main(sweep.main, ["--gpus-per-trial", "1", "--address", "ray://x:1", "--results", world["res"]])
 
 
+def test_device_cuda_without_a_gpu(world, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    rc = common.run_main(train.main, ["--device", "cuda"])
+    _check_one_line(rc, capsys.readouterr().err, "--device cuda: torch sees no CUDA GPU on this machine")
+
+
 def test_debug_keeps_the_traceback(world):
     with pytest.raises(FieldError, match="--epochs 0"):
         common.run_main(train.main, ["--epochs", "0", "--debug"])
@@ -306,7 +314,8 @@ def test_an_undefined_metric_says_why():
     )
     assert [str(w.message).split(" undefined")[0] for w in caught] == ["auc", "specificity, balanced_accuracy"]
     # nothing predicted positive: precision is 0/0; F1 = 2TP / (2TP + FP + FN) is still 0 here
-    m = binary_metrics([0, 1], [0.1, 0.2], 0.5)
+    with pytest.warns(MetricUndefined, match="precision undefined"):
+        m = binary_metrics([0, 1], [0.1, 0.2], 0.5)
     assert np.isnan(m["precision"]) and m["f1"] == 0.0 and m["undefined"].startswith("precision: no image scored")
     # NaN scores (a diverged model): no metric means anything, and the reason says so
     with pytest.warns(MetricUndefined, match="1 of 3 scores are NaN"):
