@@ -1,14 +1,21 @@
 """The train/evaluate loop: plain PyTorch, no Ray. Used unchanged by a plain call, by Ray Train
-workers (pass rank/world and a DDP-wrapped model) and by Tune trials (via `on_epoch`)."""
+workers (pass rank/world and a DDP-wrapped model) and by Tune trials (via `on_epoch`).
+
+A phase can stop after any epoch and continue later as if it never had: `fit(on_state=...)` hands
+out the full `TrainingState` after every epoch (weights, optimizer moments, schedule, the global
+random streams, the FitResult so far) and `fit(resume=state)` carries on from it. On the CPU the
+continued run is bit-identical to an uninterrupted one."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +25,7 @@ from numpy.typing import ArrayLike
 from pneumo_ray.analysis.metrics import decision_threshold, roc_auc
 from pneumo_ray.data.study_data import ImageSet
 from pneumo_ray.train.augment import Augment, Normalize, to_float
+from pneumo_ray.train.device_data import Batches, batches, on_device
 from pneumo_ray.train.models import train_mode
 
 
@@ -50,6 +58,62 @@ class FitResult:
     weights: tuple[float, float]
     best_val_probs: np.ndarray | None = None  # validation probabilities of the best epoch
     threshold: float = 0.5  # the decision rule of this phase's loss (metrics.decision_threshold)
+
+
+@dataclass(frozen=True)
+class RandomState:
+    """The global random streams: torch's CPU generator, the CUDA device's (None off CUDA), numpy's
+    and Python's. The loop's shuffles and augmentation draw from their own seeded generators; what
+    draws from these is dropout (torch's, on the model's device)."""
+
+    cpu: torch.Tensor  # torch.get_rng_state(): uint8
+    cuda: torch.Tensor | None  # torch.cuda.get_rng_state(device): uint8
+    numpy: tuple  # np.random.get_state()
+    python: tuple  # random.getstate()
+
+    @staticmethod
+    def capture(device: torch.device) -> RandomState:
+        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        return RandomState(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate())
+
+    def restore(self, device: torch.device) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(self.cuda, device)
+        np.random.set_state(self.numpy)
+        random.setstate(self.python)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingState:
+    """Everything `fit` needs to continue `phase` after `epoch` as if it had never stopped. All
+    tensors are CPU copies: the state stays valid while training goes on.
+    checkpoints.save_training_state / load_training_state write and read it (safetensors + JSON)."""
+
+    phase: Phase
+    world: int  # the shards depend on it: a state resumes only with the same number of workers
+    epoch: int  # the last completed epoch (1-based)
+    model: dict[str, torch.Tensor]  # the bare model's state dict (no DDP "module." prefix)
+    optimizer: dict[str, Any]  # optimizer.state_dict()
+    scheduler: dict[str, Any] | None  # lr_scheduler.state_dict(), None without a schedule
+    rng: RandomState
+    result: FitResult  # the FitResult after `epoch`: history, best epoch and weights, normalization
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A deep copy with every tensor detached and on the CPU (optimizer and model state dicts)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+def _snapshot(result: FitResult) -> FitResult:
+    """A copy of the FitResult that later epochs do not change (they replace best_state, never edit it)."""
+    return dataclasses.replace(result, history=[dict(h) for h in result.history])
 
 
 def seed_everything(seed: int) -> None:
@@ -104,9 +168,8 @@ def epoch_order(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, w
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
-def _inputs(data: ImageSet, rows, device, channels_last: bool) -> torch.Tensor:
-    x = torch.from_numpy(data.batch(rows))
-    x = to_float(x.to(device, non_blocking=True))
+def _inputs(batch_u8: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    x = to_float(batch_u8)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -124,13 +187,14 @@ class _Progress:
         self.label, self.total, self.enabled, self.every = label, total, enabled, every
         self.t0 = self.last = time.time()
 
-    def update(self, done: int, loss: float):
+    def update(self, done: int, loss: Callable[[], float]):
+        """`loss()` is called only when the line is written: reading a device value waits for the device."""
         now = time.time()
         if self.enabled and (now - self.last >= self.every or done == self.total):
             self.last = now
             rate = done / max(now - self.t0, 1e-9)
             start = chr(13) if sys.stderr.isatty() else ""
-            sys.stderr.write(f"{start}  {self.label}: {done}/{self.total} images  loss {loss:.4f}  {rate:.0f} img/s ")
+            sys.stderr.write(f"{start}  {self.label}: {done}/{self.total} images  loss {loss():.4f}  {rate:.0f} img/s ")
             sys.stderr.write("" if sys.stderr.isatty() else "\n")
             sys.stderr.flush()
 
@@ -141,7 +205,7 @@ class _Progress:
 
 def train_one_epoch(
     model: torch.nn.Module,
-    data: ImageSet,
+    data: Batches,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     *,
@@ -154,34 +218,43 @@ def train_one_epoch(
     epoch: int,
     rank: int = 0,
     world: int = 1,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: str | None = None,
 ) -> dict:
+    """One epoch over this worker's shard. `data` is an ImageSet (batches copied from the host) or a
+    ResidentSet (gathered on the device); `forward` replaces `model(x)` (e.g. its torch.compile).
+
+    The loss is summed on the device and read once, at the end: no step waits for the host. The sum is
+    float64 of each batch's float32 loss times its size, in batch order: exactly what adding up
+    `loss.item() * len(rows)` on the host gave."""
     model.train()
     train_mode(unwrap(model))
+    forward = forward or model
     cuda = device.type == "cuda"
     gen = torch.Generator().manual_seed(_sub_seed(seed, epoch, rank, 7))
     w = torch.tensor(weights, device=device)
-    total, seen, t0 = 0.0, 0, time.time()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    seen, t0 = 0, time.time()
     order = epoch_order(len(data), batch_size, seed, epoch, rank, world)
     bar = _Progress(progress or "", sum(map(len, order)), progress is not None)
-    for rows in order:
-        x = augment(_inputs(data, rows, device, cuda), gen, normalize)
-        y = torch.tensor(data.labels[rows], dtype=torch.float32, device=device)
+    for batch_u8, y in batches(data, order, device):
+        x = augment(_inputs(batch_u8, cuda), gen, normalize)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            logits = model(x)
+            logits = forward(x)
         loss = _weighted_bce(logits, y, w)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total += loss.item() * len(rows)
-        seen += len(rows)
-        bar.update(seen, total / seen)
+        total += loss.detach().double() * len(y)
+        seen += len(y)
+        bar.update(seen, lambda t=total, n=seen: t.item() / n)
+    train_loss = total.item() / max(seen, 1)  # the epoch's one wait for the device
     bar.close()
     seconds = time.time() - t0
     return dict(
-        train_loss=total / max(seen, 1),
+        train_loss=train_loss,
         train_images=seen,
         train_seconds=seconds,
         train_images_per_s=seen / max(seconds, 1e-9),
@@ -190,25 +263,28 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, data: ImageSet, *, normalize: Normalize, device: torch.device, batch_size: int = 128
+    model: torch.nn.Module, data: Batches, *, normalize: Normalize, device: torch.device, batch_size: int = 128
 ) -> np.ndarray:
-    """P(PNEUMONIA) for every image of `data`, in order (no augmentation)."""
+    """P(PNEUMONIA) for every image of `data` (an ImageSet or a ResidentSet), in order (no
+    augmentation); the probabilities stay on the device until the last batch."""
     net = unwrap(model)
     was_training = net.training
     net.eval()
     cuda = device.type == "cuda"
+    rows = np.arange(len(data))
+    order = [rows[i : i + batch_size] for i in range(0, len(data), batch_size)]
     out = []
-    for i in range(0, len(data), batch_size):
-        x = normalize(_inputs(data, np.arange(i, min(i + batch_size, len(data))), device, cuda))
+    for batch_u8, _ in batches(data, order, device, labels=False):
+        x = normalize(_inputs(batch_u8, cuda))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            out.append(torch.sigmoid(net(x).float()).cpu())
+            out.append(torch.sigmoid(net(x).float()))
     net.train(was_training)
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+    return torch.cat(out).cpu().numpy().astype(np.float64) if out else np.zeros(0)
 
 
 def evaluate(
     model: torch.nn.Module,
-    data: ImageSet,
+    data: Batches,
     *,
     normalize: Normalize,
     weights: tuple[float, float],
@@ -240,6 +316,28 @@ def make_optimizer(
     return opt, sched
 
 
+def _resumed(
+    state: TrainingState,
+    phase: Phase,
+    world: int,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+) -> FitResult:
+    """Put the model, optimizer, schedule and random streams back as they were after `state.epoch`."""
+    if state.phase != phase:
+        raise ValueError(f"resume: the saved state is of {state.phase}, not of {phase}")
+    if state.world != world:
+        raise ValueError(f"resume: the saved state was trained by {state.world} worker(s), not {world}")
+    net.load_state_dict(state.model, strict=True)
+    optimizer.load_state_dict(state.optimizer)
+    if scheduler is not None:
+        scheduler.load_state_dict(_cpu_copy(state.scheduler))  # a copy: LambdaLR pops from the dict it loads
+    state.rng.restore(device)
+    return _snapshot(state.result)
+
+
 def fit(
     model: torch.nn.Module,
     train: ImageSet,
@@ -250,6 +348,10 @@ def fit(
     rank: int = 0,
     world: int = 1,
     on_epoch: Callable[[dict, torch.nn.Module, FitResult], object] | None = None,
+    on_state: Callable[[TrainingState], object] | None = None,
+    resume: TrainingState | None = None,
+    resident: bool | None = None,
+    compile: bool = False,
     progress: bool = True,
     log: Callable[[str], object] | None = print,
 ) -> FitResult:
@@ -259,6 +361,16 @@ def fit(
     from there; `record["best_epoch"] == record["epoch"]` when this epoch is the new best); the model may be
     DDP-wrapped, in which case each worker trains on its shard (`rank`, `world`) and every worker
     evaluates the full validation set, so all of them agree on the metrics.
+
+    `on_state(state)` is called after every epoch, just BEFORE on_epoch, with the full TrainingState:
+    a caller that reports metrics and a checkpoint together (Ray) saves the state there and reports it
+    with on_epoch's metrics; and a trial that Tune stops inside on_epoch has saved its state already.
+    Neither callback can move the training's random streams (they are put back after both).
+    `resume=state` continues after `state.epoch` (same phase and world; `model` freshly built): the
+    history keeps each epoch once, and on the CPU every number is what the uninterrupted run gives.
+
+    `resident`: hold the training and validation images on `device` and gather batches there (None:
+    on CUDA only; the numbers are the same either way). `compile`: train through torch.compile(model).
     """
     net = unwrap(model)
     if device.type == "cuda":
@@ -271,15 +383,21 @@ def fit(
     result = FitResult(
         [], None, 0, -math.inf, normalize, weights, threshold=decision_threshold(weights, train.class_counts())
     )
+    if resume is not None:
+        result = _resumed(resume, phase, world, net, optimizer, scheduler, device)
+    first = resume.epoch + 1 if resume is not None else 1
+    train_data = on_device(train, device, resident)
+    val_data = on_device(val, device, resident) if val is not None and len(val) else None
+    forward = torch.compile(model) if compile else model
     show = progress and rank == 0
-    for epoch in range(1, phase.epochs + 1):
+    for epoch in range(first, phase.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.time()
         rec = dict(phase=phase.name, epoch=epoch, lr=lr)
         rec.update(
             train_one_epoch(
                 model,
-                train,
+                train_data,
                 optimizer,
                 scheduler,
                 augment=augment,
@@ -291,11 +409,12 @@ def fit(
                 epoch=epoch,
                 rank=rank,
                 world=world,
+                forward=forward,
                 progress=f"{phase.name} epoch {epoch}/{phase.epochs}" if show else None,
             )
         )
-        if val is not None and len(val):
-            ev = evaluate(model, val, normalize=normalize, weights=weights, device=device)
+        if val_data is not None:
+            ev = evaluate(model, val_data, normalize=normalize, weights=weights, device=device)
             rec.update(val_loss=ev["loss"], val_auc=ev["auc"])
             improved = ev["auc"] > result.best_val_auc
         else:
@@ -315,6 +434,21 @@ def fit(
                 f"{phase.name} epoch {epoch}/{phase.epochs}  train_loss {rec['train_loss']:.4f}{val_txt}"
                 f"  lr {lr:.2e}  {rec['train_images_per_s']:.0f} img/s  {rec['epoch_seconds']:.1f}s"
             )
+        rng = RandomState.capture(device)
+        if on_state is not None:
+            on_state(
+                TrainingState(
+                    phase=phase,
+                    world=world,
+                    epoch=epoch,
+                    model=_cpu_copy(net.state_dict()),
+                    optimizer=_cpu_copy(optimizer.state_dict()),
+                    scheduler=_cpu_copy(scheduler.state_dict()) if scheduler is not None else None,
+                    rng=rng,
+                    result=_snapshot(result),
+                )
+            )
         if on_epoch is not None:
             on_epoch(rec, model, result)
+        rng.restore(device)
     return result

@@ -23,11 +23,12 @@ from pneumo_ray.data.study_data import StudyData
 from pneumo_ray.storage.atomic import atomic_write
 from pneumo_ray.train import checkpoints
 from pneumo_ray.train.augment import Normalize
-from pneumo_ray.train.loop import FitResult, Phase, evaluate, fit, predict, seed_everything
+from pneumo_ray.train.loop import FitResult, Phase, TrainingState, evaluate, fit, predict, seed_everything
 from pneumo_ray.train.models import build_model, freeze_backbone
 
 Wrap = Callable[[torch.nn.Module], torch.nn.Module]  # e.g. ray.train.torch.prepare_model (DDP)
 OnEpoch = Callable[[dict, torch.nn.Module, FitResult], object]  # after every epoch (Ray reports from it)
+OnState = Callable[[TrainingState], object]  # after every epoch, before OnEpoch: the state to resume from
 Log = Callable[[str], object]
 
 
@@ -82,12 +83,18 @@ def pretrain(
     world: int = 1,
     wrap: Wrap | None = None,
     on_epoch: OnEpoch | None = None,
+    on_state: OnState | None = None,
+    resume: TrainingState | None = None,
+    resident: bool | None = None,
+    compile: bool = False,
     log: Log | None = print,
 ) -> tuple[dict, dict]:
     """Train a fresh model on the source data; returns (final state dict, metadata).
 
     As the seed, the weights after the last epoch are kept; a patient-grouped hold-out of the source
-    is evaluated every epoch only to show how pre-training goes."""
+    is evaluated every epoch only to show how pre-training goes. `on_state`, `resume`, `resident` and
+    `compile` go to `fit` as they are: a resumed pre-training ends with the weights (and history) of
+    an uninterrupted one."""
     if data.source is None:
         raise ValueError("pre-training asked for, but the study data has no source set")
     seed_everything(cfg.seed)
@@ -104,6 +111,10 @@ def pretrain(
         rank=rank,
         world=world,
         on_epoch=on_epoch,
+        on_state=on_state,
+        resume=resume,
+        resident=resident,
+        compile=compile,
         log=log,
     )
     state = {k: v.detach().cpu() for k, v in getattr(model, "module", model).state_dict().items()}
@@ -130,9 +141,15 @@ def finetune(
     world: int = 1,
     wrap: Wrap | None = None,
     on_epoch: OnEpoch | None = None,
+    on_state: OnState | None = None,
+    resume: TrainingState | None = None,
+    resident: bool | None = None,
+    compile: bool = False,
     log: Log | None = print,
 ) -> tuple[torch.nn.Module, FitResult]:
-    """Fresh model ← pre-trained weights (if any) → fine-tune on target train, validate every epoch."""
+    """Fresh model ← pre-trained weights (if any) → fine-tune on target train, validate every epoch.
+    `on_state`, `resume`, `resident` and `compile` go to `fit` as they are (with `resume`, the weights
+    come from the state: `init_state` is then overwritten)."""
     seed_everything(cfg.seed + 1)
     model = build_model(cfg.model)
     if init_state is not None:
@@ -151,6 +168,10 @@ def finetune(
         rank=rank,
         world=world,
         on_epoch=on_epoch,
+        on_state=on_state,
+        resume=resume,
+        resident=resident,
+        compile=compile,
         log=log,
     )
     return model, result
