@@ -78,6 +78,61 @@ def test_smoke_sweep_both_models(tmp_path, ray_cleanup):
     assert run["status"] == "finished" and run["preset"] == "smoke" and run["versions"]["ray"] == "2.60.0"
     assert run["data"]["test_manifest_hash"] and run["sweep"]["num_samples"] == 2
     assert "best trial per model" in out
+    # a console people can read (was 387 lines): per-trial lines and the summary; Ray's output in logs/
+    lines = out.splitlines()
+    assert len(lines) <= 60, "\n".join(lines)
+    assert sum(" started (" in ln for ln in lines) == 4 and not any("Current best trial" in ln for ln in lines)
+    assert (tmp_path / "t1" / "logs" / "ray.log").stat().st_size > 0
+    # Optuna's own storage: each model's study, the same trials and parameters as trials.parquet
+    for model, g in t.groupby("model"):
+        assert_optuna_study_matches(tmp_path / "t1", f"t1-{model}", g)
+    dashboard_lists_studies(tmp_path / "t1" / "optuna.db", {"t1-cnn", "t1-densenet"})
+
+
+def assert_optuna_study_matches(folder: Path, study_name: str, trials: pd.DataFrame) -> None:
+    optuna = pytest.importorskip("optuna")
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    done = {tr.user_attrs["tune_trial_id"]: tr for tr in study.trials if tr.state.name == "COMPLETE"}
+    assert sorted(done) == sorted(trials.trial_id)
+    for row in trials.itertuples():
+        tr = done[row.trial_id]
+        assert tr.value == pytest.approx(row.best_val_auc)
+        for k, v in tr.params.items():
+            assert getattr(row, k) == pytest.approx(v), (row.trial_id, k)
+
+
+def dashboard_lists_studies(db: Path, names: set[str]) -> None:
+    """optuna-dashboard (where installed) serves the stored studies over HTTP on a free local port."""
+    import json
+    import shutil
+    import socket
+    import urllib.request
+
+    exe = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) or shutil.which("optuna-dashboard")
+    if exe is None:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [exe, f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline, body = time.time() + 60, None
+        while time.time() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                assert proc.poll() is None, "optuna-dashboard exited"
+                time.sleep(0.5)
+        assert body is not None, "optuna-dashboard never answered"
+        assert {s["study_name"] for s in body["study_summaries"]} == names
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_killed_sweep_resumes_without_duplicates(tmp_path, cache_dir, ray_cleanup):
@@ -126,6 +181,8 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, cache_dir, ray_cleanu
     assert res.trials.error.isna().all()
     assert not res.epochs.duplicated(["trial_id", "epoch"]).any()
     assert res.predictions.groupby("trial_id").size().eq(624).all() and res.predictions.trial_id.nunique() == 3
+    # --resume continued the same stored Optuna study: its finished trials are the sweep's three
+    assert_optuna_study_matches(tmp_path / "k", "k-cnn", res.trials)
     # re-collecting (a second --resume of a finished sweep) changes nothing
     before = res.trials.sort_values("trial_id").reset_index(drop=True)
     r2 = _sweep("--name", "k", "--results", str(tmp_path), "--resume", cache_dir=cache_dir)

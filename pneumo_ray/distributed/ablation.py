@@ -166,6 +166,8 @@ def tune_arm(
         concurrency=concurrency,
         base=base,
         searched=searched,
+        optuna_db=out.folder / "optuna.db",
+        verbose=out.verbose,
     )
     trials, epochs, _ = trial_rows(ms, tsweep, out.preset, source_hash, {}, base=base)
     folder = out.folder
@@ -266,7 +268,8 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
     )
     write_run_json(folder, **info)
 
-    ray = init_ray(out.address)
+    ray = init_ray(out.address, folder / "logs", out.verbose)
+    print(f"Ray's own output: {folder / 'logs'}/ray.log" + ("" if out.verbose else " (--verbose shows it live)"))
     try:
         resources = ray.cluster_resources()
         concurrency = max_concurrent_trials(resources, sweep.cpus_per_trial, sweep.gpus_per_trial, sweep.max_concurrent)
@@ -313,6 +316,7 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
                 exp_name=exp,
                 resume=out.resume,
                 concurrency=concurrency,
+                verbose=out.verbose,
             )
             print("evaluating each seed's best-validation checkpoint on test")
             rows, preds = seed_rows(

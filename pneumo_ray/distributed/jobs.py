@@ -79,19 +79,28 @@ def finetune_worker(config: dict) -> None:
     the trial early. The test set is not touched here: `evaluate_checkpoint` applies the
     checkpoint to test once, after the trial.
     """
+    worker_started = time.time()
     import ray.train
     import ray.train.torch
+    import torch
 
     rank, world, device = _worker_context()
     cfg: TrainConfig = config["train_config"]
+    context_ready = time.time()
     data = load_study_data(config["data"], quiet=True, log=None)
     init_state, pre_meta = None, {}
     if config.get("pretrain_path"):
         init_state, pre_meta = checkpoints.load_weights(config["pretrain_path"])
     best: dict = {}
-    import torch
-
-    fixed = dict(_where(), world_size=world, torch_threads=torch.get_num_threads(), **config.get("extra", {}))
+    fixed = dict(
+        _where(),
+        world_size=world,
+        torch_threads=torch.get_num_threads(),
+        worker_started_at=worker_started,
+        worker_context_s=round(context_ready - worker_started, 3),
+        data_open_s=round(time.time() - context_ready, 3),
+        **config.get("extra", {}),
+    )
 
     def report(rec, model, result):
         out = {k: v for k, v in rec.items() if isinstance(v, (int, float, str))}

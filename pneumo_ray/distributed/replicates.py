@@ -91,12 +91,15 @@ def run_seeds(
     exp_name: str,
     resume: bool,
     concurrency: int,
+    verbose: bool = False,
 ) -> ModelSweep:
     """One Tune experiment: a grid over `seeds`, each trial (shared pre-training +) one fine-tuning
     Ray Train job run to the last epoch (no early stopping: every seed is a full replicate)."""
     import os
 
     import ray.tune
+
+    from pneumo_ray.distributed.console import TrialLines
 
     exp_path = os.path.join(storage, exp_name)
     trainable = trial_trainable(
@@ -120,7 +123,20 @@ def run_seeds(
             trainable,
             param_space={"seed": ray.tune.grid_search(list(seeds))},
             tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency),
-            run_config=ray.tune.RunConfig(name=exp_name, storage_path=storage, verbose=1),
+            run_config=ray.tune.RunConfig(
+                name=exp_name,
+                storage_path=storage,
+                verbose=1 if verbose else 0,
+                callbacks=[
+                    TrialLines(
+                        f"{model} seed",
+                        epochs=cfg.epochs,
+                        num_samples=len(seeds),
+                        concurrency=concurrency,
+                        shown=("seed",),
+                    )
+                ],
+            ),
         )
     grid = tuner.fit()
     return ModelSweep(model, exp_path, grid, time.time() - t0)

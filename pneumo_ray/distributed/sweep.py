@@ -27,9 +27,10 @@ from pneumo_ray.storage.results import read_results, write_run_json, write_table
 REPO = Path(__file__).resolve().parents[2]
 
 
-def init_ray(address: str | None) -> ModuleType:
+def init_ray(address: str | None, logs: Path | None = None, verbose: bool = False) -> ModuleType:
     """Connect to `address` / $RAY_ADDRESS, or start a local Ray (with its dashboard: Ray Train V2
-    needs the State API to clean up finished trials' placement groups)."""
+    needs the State API to clean up finished trials' placement groups). With `logs`, Ray's own output
+    goes to `logs`/ray.log (and, with `verbose`, to the console as well)."""
     import ray
 
     # Report latency: Train hands results to Tune once per health-check interval (2 s by default).
@@ -44,7 +45,18 @@ def init_ray(address: str | None) -> ModuleType:
     # A local Ray on a small machine: skip the per-process metrics export that the dashboard agent
     # and raylet otherwise do every few seconds (measured: it slows training epochs on 2 cores).
     extra = {} if address else {"_system_config": {"enable_metrics_collection": False}}
-    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, logging_level="WARNING", **extra)
+    kwargs = dict(address=address, runtime_env={"env_vars": env}, log_to_driver=True, logging_level="WARNING")
+    if logs is not None and not verbose:
+        from pneumo_ray.distributed.console import quiet_ray_init
+
+        with quiet_ray_init(logs):  # ray.init's own notices (token auth, dashboard) go to the log too
+            ray.init(**kwargs, **extra)
+    else:
+        ray.init(**kwargs, **extra)
+    if logs is not None:
+        from pneumo_ray.distributed.console import quiet_ray
+
+        quiet_ray(logs, verbose)
     return ray
 
 
@@ -129,14 +141,17 @@ def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
     )
     write_run_json(folder, **run_info)
 
-    ray = init_ray(out.address)
+    logs = folder / "logs"
+    ray = init_ray(out.address, logs, out.verbose)
     try:
         resources = ray.cluster_resources()
         concurrency = max_concurrent_trials(resources, sweep.cpus_per_trial, sweep.gpus_per_trial, sweep.max_concurrent)
         print(
             f"Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU on "
             f"{len([n for n in ray.nodes() if n['Alive']])} node(s); {concurrency} concurrent trial(s) of "
-            f"{sweep.workers_per_trial} worker(s), {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU"
+            f"{sweep.workers_per_trial} worker(s), {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU\n"
+            f"Ray's own output: {logs}/ray.log{'' if out.verbose else ' (--verbose shows it live)'}\n"
+            f"Optuna studies: optuna-dashboard sqlite:///{(folder / 'optuna.db').resolve()}"
         )
         source_hash = study.info.get("source_manifest_hash") if data.use_pretrain else None
         per_model = {}
@@ -155,6 +170,8 @@ def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
                 exp_name=f"{name}-{model}",
                 resume=out.resume,
                 concurrency=concurrency,
+                optuna_db=folder / "optuna.db",
+                verbose=out.verbose,
             )
             print(f"evaluating the best-validation checkpoint of each {model} trial on test")
             evaluated = evaluate_trials(ms, sweep, data, storage)

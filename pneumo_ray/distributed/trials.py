@@ -93,11 +93,13 @@ def trial_fn(config: dict, spec: TrialSpec) -> None:
     """The Tune trial: shared pre-training (if the key is new), then the fine-tuning job.
     `config` holds the searched values; `spec` the experiment's fixed settings.
     Nothing runs after the fine-tuning `fit()`: ASHA may end the trial inside it."""
+    started = time.time()
     import ray.tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
+    imported = time.time()
     cfg = spec.base.replace(**{k: config[k] for k in spec.searched})
     pretrain_path, computed = None, False
     t0 = time.time()
@@ -110,7 +112,14 @@ def trial_fn(config: dict, spec: TrialSpec) -> None:
                 cfg, spec.data, spec.store, spec.resources, name=f"pretrain-{trial_id}", storage=spec.storage
             ),
         )
-    extra = dict(pretrain_computed=computed, pretrain_wait_s=round(time.time() - t0, 2))
+    # when each step of the trial began (bench/ray_overhead.py turns these into the fixed-cost breakdown)
+    extra = dict(
+        pretrain_computed=computed,
+        pretrain_wait_s=round(time.time() - t0, 2),
+        trial_started_at=started,
+        trial_imports_s=round(imported - started, 3),
+        trainer_started_at=time.time(),
+    )
     TorchTrainer(
         finetune_worker,
         train_loop_config=dict(
@@ -148,16 +157,24 @@ def run_model_sweep(
     concurrency: int,
     base: TrainConfig | None = None,
     searched: list[str] | None = None,
+    optuna_db: Path | None = None,
+    verbose: bool = False,
 ) -> ModelSweep:
     """Run (or resume) one model's Tune experiment; returns its ResultGrid.
 
     `base` is the configuration the trials start from (default: the sweep's for `model`) and
     `searched` the names of `search_space` that Optuna varies (default: all of them); an ablation
     arm that fixes a hyper-parameter (no augmentation, no class weights, no pre-training) searches
-    the rest with the same ranges and budget."""
+    the rest with the same ranges and budget.
+
+    `optuna_db`: the SQLite file of Optuna's own storage; the study is named `exp_name`, so
+    `optuna-dashboard sqlite:///<optuna_db>` shows it while it runs and after, and `optuna.load_study`
+    reads it back (each Optuna trial carries the Tune trial id as user attribute `tune_trial_id`)."""
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from pneumo_ray.distributed.console import TrialLines
+    from pneumo_ray.distributed.search import optuna_search
 
     exp_path = os.path.join(storage, exp_name)
     space = search_space(sweep)
@@ -182,7 +199,7 @@ def run_model_sweep(
             trainable,
             param_space={k: space[k] for k in searched},
             tune_config=ray.tune.TuneConfig(
-                search_alg=OptunaSearch(seed=sweep.seed),
+                search_alg=optuna_search(sweep.seed, exp_name, optuna_db),
                 metric=METRIC,
                 mode="max",
                 num_samples=sweep.num_samples,
@@ -194,7 +211,20 @@ def run_model_sweep(
                 ),
                 max_concurrent_trials=concurrency,
             ),
-            run_config=ray.tune.RunConfig(name=exp_name, storage_path=storage, verbose=1),
+            run_config=ray.tune.RunConfig(
+                name=exp_name,
+                storage_path=storage,
+                verbose=1 if verbose else 0,
+                callbacks=[
+                    TrialLines(
+                        model,
+                        epochs=sweep.epochs,
+                        num_samples=sweep.num_samples,
+                        concurrency=concurrency,
+                        shown=searched,
+                    )
+                ],
+            ),
         )
     grid = tuner.fit()
     return ModelSweep(model, exp_path, grid, time.time() - t0)
@@ -208,6 +238,17 @@ def trial_trainable(spec: TrialSpec) -> Callable[[dict], None]:
 
     return ray.tune.with_resources(ray.tune.with_parameters(trial_fn, spec=spec), {"cpu": 0, "memory": 64 * 1024**2})
 
+
+# when each step of a trial began or how long it took, as the trial and its worker report them
+TIMING_KEYS = (
+    "trial_started_at",
+    "trial_imports_s",
+    "pretrain_wait_s",
+    "trainer_started_at",
+    "worker_started_at",
+    "worker_context_s",
+    "data_open_s",
+)
 
 TEST_KEYS = (
     "auc",
@@ -303,6 +344,8 @@ def trial_rows(
             test_threshold=m.get("best_threshold"),
             **{f"test_{k}": evaluated.get(trial_id, ({}, None))[0].get(f"test_{k}") for k in TEST_KEYS},
             wall_s=m.get("time_total_s"),
+            epochs_s=float(hist["epoch_seconds"].sum()) if "epoch_seconds" in hist else None,
+            **{k: m.get(k) for k in TIMING_KEYS},
             workers=sweep.workers_per_trial,
             cpus=sweep.cpus_per_trial,
             gpus=sweep.gpus_per_trial,
@@ -324,6 +367,7 @@ def trial_rows(
                     "lr",
                     "epoch_seconds",
                     "train_images_per_s",
+                    "reported_at",
                     "hostname",
                 )
                 if c in hist
