@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ray.tune import Callback
+from ray.tune.experiment import Trial
 
 Log = Callable[[str], object]
 
@@ -121,7 +122,7 @@ class TrialLines(Callback):
         left += (self.num_samples - len(self.done_epochs)) * self.epochs
         return f"  ETA ≤ {_fmt_s(left * statistics.median(self.epoch_times) / self.concurrency)}"
 
-    def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN201 - Tune's signature
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         self.done_epochs.setdefault(trial.trial_id, 0)
         values = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items() if k in self.shown
@@ -130,7 +131,7 @@ class TrialLines(Callback):
             f"  {self.label} trial {trial.trial_id} started ({len(self.done_epochs)}/{self.num_samples}): {values}"
         )
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, ANN201
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: object) -> None:
         epoch = int(result.get("epoch", 0))
         self.done_epochs[trial.trial_id] = epoch
         if result.get("epoch_seconds"):
@@ -144,7 +145,7 @@ class TrialLines(Callback):
             f"{result.get('epoch_seconds', 0):.1f} s{self._eta()}"
         )
 
-    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN201
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         self.finished.add(trial.trial_id)
         last = trial.last_result or {}
         epoch, best = int(last.get("epoch", 0)), last.get("best_val_auc")
@@ -152,7 +153,7 @@ class TrialLines(Callback):
         best_txt = f"best val AUC {best:.4f} (epoch {last.get('best_epoch')})" if best is not None else "no result"
         self.log(f"  {self.label} trial {trial.trial_id} {how}: {best_txt}")
 
-    def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN201
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         self.finished.add(trial.trial_id)
         where = trial.error_file or trial.path
         text = ""
