@@ -256,3 +256,53 @@ def test_pretraining_store_lock_computes_each_key_once(tmp_path):
         computed = pool.map(_pretrain_once, [str(tmp_path / "store")] * 3)
     assert sorted(computed) == [False, False, True]
     assert (tmp_path / "store" / "computed.log").read_text() == "x\n"
+
+
+def test_killed_worker_costs_at_most_one_epoch(tmp_path, cache_dir, ray_cleanup):
+    """SIGKILL the Ray Train worker after two reported epochs: Ray Train restarts the worker group, which
+    resumes from the last epoch's checkpoint (full training state), so each epoch is reported once and
+    the numbers are those of an uninterrupted run with the same seed."""
+    import json
+
+    import torch
+
+    from pneumo_ray.config.output import OutputSpec
+    from pneumo_ray.data.study_data import load_study_data
+    from pneumo_ray.distributed.sweep import specs_from_run
+    from pneumo_ray.train.protocol import finetune
+
+    args = ["--preset", "smoke", "--models", "cnn", "--num-samples", "1", "--epochs", "4", "--grace-period", "4"]
+    p = _sweep(*args, "--no-pretrain", "--name", "w", "--results", str(tmp_path), cache_dir=cache_dir)
+    exp = tmp_path / "w" / "ray" / "w-cnn"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        reports = [ln for f in exp.glob("*/result.json") for ln in f.read_text().splitlines() if ln.strip()]
+        if len(reports) >= 2:
+            break
+        assert p.poll() is None, p.stdout.read()[-3000:]
+        time.sleep(0.5)
+    else:
+        pytest.fail("the trial never reported two epochs")
+    killed = subprocess.run(["pkill", "-9", "-f", "RayTrainWorker"], capture_output=True)
+    assert killed.returncode == 0, "no Ray Train worker process to kill"
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out[-4000:]
+    res = read_results(tmp_path / "w")
+    assert len(res.trials) == 1 and res.trials.error.isna().all() and int(res.trials.epochs_run.iloc[0]) == 4
+    e = res.epochs.sort_values("epoch")
+    assert e.epoch.tolist() == [1, 2, 3, 4]  # each epoch once (was: epochs 1 and 2 twice)
+    reports = [json.loads(ln) for f in exp.glob("*/result.json") for ln in f.read_text().splitlines() if ln.strip()]
+    assert len({r["worker_started_at"] for r in reports}) == 2, "the worker was not restarted"
+    # the uninterrupted run: the same configuration, seed and threads in this process
+    sweep, data, _ = specs_from_run(res.run, OutputSpec(name="w", results=str(tmp_path)))
+    row = res.trials.iloc[0]
+    cfg = sweep.base_config("cnn").replace(**{k: float(row[k]) for k in ("aug_strength", "class_weight_scale", "lr")})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(reports[0]["torch_threads"]))
+    try:
+        _, ref = finetune(cfg, load_study_data(data, quiet=True, log=None), torch.device("cpu"), log=None)
+    finally:
+        torch.set_num_threads(threads)
+    assert e.val_auc.tolist() == pytest.approx([h["val_auc"] for h in ref.history], abs=1e-9)
+    assert e.train_loss.tolist() == pytest.approx([h["train_loss"] for h in ref.history], abs=1e-9)
+    assert row.best_val_auc == pytest.approx(ref.best_val_auc, abs=1e-9)

@@ -24,6 +24,7 @@ from pneumo_ray.config.sweep import Resources
 from pneumo_ray.config.train import TrainConfig
 from pneumo_ray.data.study_data import load_study_data
 from pneumo_ray.train import checkpoints
+from pneumo_ray.train.loop import TrainingState
 from pneumo_ray.train.protocol import finetune, pretrain, pretrain_key, test_evaluation, validation_summary
 
 if TYPE_CHECKING:
@@ -58,12 +59,16 @@ def pretrain_worker(config: dict) -> None:
     rank, world, device = _worker_context()
     cfg: TrainConfig = config["train_config"]
     data = load_study_data(config["data"], quiet=True, log=None)
-
-    def report(rec, model, result):
-        ray.train.report({k: v for k, v in rec.items() if isinstance(v, (int, float, str))})
-
     state, meta = pretrain(
-        cfg, data, device, rank=rank, world=world, wrap=ray.train.torch.prepare_model, on_epoch=report, log=None
+        cfg,
+        data,
+        device,
+        rank=rank,
+        world=world,
+        wrap=ray.train.torch.prepare_model,
+        on_state=lambda st: report_with_state(_numbers(st.result.history[-1]), st, rank),
+        resume=resumed_state(),
+        log=None,
     )
     if rank == 0:
         meta.update(_where())
@@ -73,11 +78,11 @@ def pretrain_worker(config: dict) -> None:
 def finetune_worker(config: dict) -> None:
     """train_loop_per_worker of a fine-tuning trial.
 
-    Every epoch reports the validation metrics that Tune and ASHA act on. When an epoch is the new
-    best on validation, rank 0 also reports a checkpoint of it (weights, the loss's decision
-    threshold, the normalization), so the best-validation checkpoint exists even when ASHA ends
-    the trial early. The test set is not touched here: `evaluate_checkpoint` applies the
-    checkpoint to test once, after the trial.
+    Every epoch reports the validation metrics that Tune and ASHA act on, with a checkpoint (rank 0)
+    of the full training state and of the best-validation weights so far (with the loss's decision
+    threshold and the normalization): a restarted worker group resumes after the last epoch, and
+    the best-validation checkpoint exists even when ASHA ends the trial early. The test set is not
+    touched here: `evaluate_checkpoint` applies the checkpoint to test once, after the trial.
     """
     worker_started = time.time()
     import ray.train
@@ -102,32 +107,30 @@ def finetune_worker(config: dict) -> None:
         **config.get("extra", {}),
     )
 
-    def report(rec, model, result):
-        out = {k: v for k, v in rec.items() if isinstance(v, (int, float, str))}
-        improved = rec["best_epoch"] == rec["epoch"]
-        if improved:
+    def metrics(st: TrainingState) -> dict:
+        """This epoch's metrics, with those of the best epoch so far at the loss's threshold."""
+        result, rec = st.result, st.result.history[-1]
+        if rec["best_epoch"] == rec["epoch"] or not best:  # a new best, or the first epoch after a restart
             best.clear()
             summary = validation_summary(data, result.best_val_probs, result.threshold)
             best.update({f"best_{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
-            best["best_val_loss"] = rec["val_loss"]
-        out.update(best, **fixed, reported_at=time.time())
-        if rank != 0 or not improved:
-            ray.train.report(out)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoints.save_weights(
-                Path(tmp) / "best.safetensors",
-                result.best_state,
-                dict(
-                    config=cfg.to_dict(),
-                    pretrain_key=pre_meta.get("key"),
-                    best_epoch=rec["epoch"],
-                    threshold=best["best_threshold"],
-                    val_auc=rec["val_auc"],
-                    normalize=dict(mean=result.normalize.mean, std=result.normalize.std),
-                ),
-            )
-            ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            best["best_val_loss"] = next(h["val_loss"] for h in result.history if h["epoch"] == result.best_epoch)
+        return {**_numbers(rec), **best, **fixed, "reported_at": time.time()}
+
+    def best_weights(folder: Path, st) -> None:
+        r = st.result
+        checkpoints.save_weights(
+            folder / "best.safetensors",
+            r.best_state,
+            dict(
+                config=cfg.to_dict(),
+                pretrain_key=pre_meta.get("key"),
+                best_epoch=r.best_epoch,
+                threshold=best["best_threshold"],
+                val_auc=r.best_val_auc,
+                normalize=dict(mean=r.normalize.mean, std=r.normalize.std),
+            ),
+        )
 
     finetune(
         cfg,
@@ -137,9 +140,45 @@ def finetune_worker(config: dict) -> None:
         rank=rank,
         world=world,
         wrap=ray.train.torch.prepare_model,
-        on_epoch=report,
+        on_state=lambda st: report_with_state(metrics(st), st, rank, extra=best_weights),
+        resume=resumed_state(),
         log=None,
     )
+
+
+def _numbers(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if isinstance(v, (int, float, str))}
+
+
+def resumed_state() -> TrainingState | None:
+    """The training state of the job's last checkpoint, after Ray Train restarted its worker group
+    (a killed worker, a lost node) or a new run of the same name continues it; None on a first start."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        return checkpoints.load_training_state(Path(d) / "state")
+
+
+def report_with_state(
+    metrics: dict, state: TrainingState, rank: int, extra: Callable[[Path, TrainingState], None] | None = None
+) -> None:
+    """Report an epoch's metrics with a checkpoint of the full training state (rank 0 writes it; every
+    rank reports, as DDP needs), so a restarted worker group loses at most the epoch under way.
+    `extra(folder, state)` adds files to the checkpoint (the fine-tuning's best-validation weights,
+    which the test evaluation applies). Ray keeps only the latest checkpoint of a job."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(dict(metrics))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoints.save_training_state(Path(tmp) / "state", state)
+        if extra is not None:
+            extra(Path(tmp), state)
+        ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def evaluate_checkpoint(
