@@ -4,6 +4,9 @@ training throughput per model.
     python bench/gpu_hours.py                                   # paper preset, assumed throughputs, 4 GPUs
     python bench/gpu_hours.py --img-per-s densenet=410,cnn=1900 --gpus 8   # your measured figures
 
+From Python, `estimate_from_rates(measured)` does the same for measured figures (bench/gpu_check.py
+measures them on a GPU and calls it).
+
 The sweep's settings come from `pneumo_ray/config/sweep.py` (SweepConfig defaults and PRESETS), which
 imports neither torch nor Ray, so this runs in well under a second without them or a GPU.
 
@@ -123,12 +126,81 @@ def estimate(
                 total_worst_h=(pre_all + ft_worst + test_all) * h,
                 total_exp_h=(pre_all + ft_exp + test_all) * h,
                 concurrency=conc,
+                gpus=gpus,
                 wall_worst_s=wall_pre + math.ceil(cfg["num_samples"] / conc) * ft_full + wall_test,
                 wall_exp_s=wall_pre + max(ft_exp / conc, ft_full) + wall_test,
                 sizes=dict(finetune=n_ft, val=n_val, source=n_src, source_val=n_src_val, test=test),
             )
         )
     return rows
+
+
+def estimate_from_rates(
+    img_per_s: dict[str, float],
+    *,
+    preset: str = "paper",
+    eval_speedup: float = ASSUMED_EVAL_SPEEDUP,
+    startup_s: float = ASSUMED_STARTUP_S,
+    gpus: int = 4,
+    target_train: int = 5216,
+    source: int = 4239,
+    test: int = 624,
+    source_val: float = 0.1,
+) -> tuple[dict, list[dict]]:
+    """The preset's cost from training rates per model (img/s of one trial, measured), and the
+    measured evaluation speed-up where known. Returns (the preset's settings, one row per model as
+    `estimate` gives them). A model of the preset without a rate is an error, never an assumption."""
+    defaults, presets = read_sweep_settings()
+    cfg = {**defaults, **presets[preset]}
+    missing = [m for m in cfg["models"] if m not in img_per_s]
+    if missing:
+        raise ValueError(f"no measured training rate for {', '.join(missing)} (preset {preset})")
+    rows = estimate(
+        cfg,
+        img_per_s,
+        target_train=target_train,
+        source=source,
+        test=test,
+        source_val=source_val,
+        eval_speedup=eval_speedup,
+        startup_s=startup_s,
+        gpus=gpus,
+    )
+    return cfg, rows
+
+
+def table_lines(cfg: dict, rows: list[dict]) -> list[str]:
+    """The GPU-hours table (per model and all) and the wall-clock line, as printed."""
+    head = ["model", "pre-train", "fine-tune worst", "fine-tune expected", "test", "total worst", "total expected"]
+    table = [
+        [
+            r["model"],
+            f"{r['pre_h']:.2f} ({r['pretrainings']} run{'s' * (r['pretrainings'] != 1)})",
+            f"{r['ft_worst_h']:.2f}",
+            f"{r['ft_exp_h']:.2f}",
+            f"{r['test_h']:.2f}",
+            f"{r['total_worst_h']:.2f}",
+            f"{r['total_exp_h']:.2f}",
+        ]
+        for r in rows
+    ]
+    keys = ("pre_h", "ft_worst_h", "ft_exp_h", "test_h", "total_worst_h", "total_exp_h")
+    tot = {k: sum(r[k] for r in rows) for k in keys}
+    table.append(["all", *(f"{tot[k]:.2f}" for k in keys)])
+    w = [max(len(str(x)) for x in col) for col in zip(head, *table)]
+    unit = "GPU-hours" if cfg["gpus_per_trial"] else "trial-hours"  # a CPU preset: hours of one trial's CPUs
+    lines = [f"{unit:<11}" + "  ".join(h.rjust(n) for h, n in zip(head, w))]
+    lines += [" " * 11 + "  ".join(str(x).rjust(n) for x, n in zip(line, w)) for line in table]
+    conc = rows[0]["concurrency"]
+    gpus = rows[0]["gpus"]
+    lines += [
+        "",
+        f"wall-clock on {gpus} GPU(s) ({conc} trial(s) at a time; models one after the other): "
+        + "; ".join(f"{r['model']} {_hm(r['wall_exp_s'])} expected / {_hm(r['wall_worst_s'])} worst" for r in rows)
+        + f"; sweep {_hm(sum(r['wall_exp_s'] for r in rows))} expected / "
+        f"{_hm(sum(r['wall_worst_s'] for r in rows))} worst",
+    ]
+    return lines
 
 
 def _hm(seconds: float) -> str:
@@ -241,47 +313,7 @@ def main(argv=None) -> int:
         + f"; eval x{args.eval_speedup:g}; start-up {args.startup_s:g} s/job"
     )
     print()
-    head = ["model", "pre-train", "fine-tune worst", "fine-tune expected", "test", "total worst", "total expected"]
-    table = [
-        [
-            r["model"],
-            f"{r['pre_h']:.2f} ({r['pretrainings']} run{'s' * (r['pretrainings'] != 1)})",
-            f"{r['ft_worst_h']:.2f}",
-            f"{r['ft_exp_h']:.2f}",
-            f"{r['test_h']:.2f}",
-            f"{r['total_worst_h']:.2f}",
-            f"{r['total_exp_h']:.2f}",
-        ]
-        for r in rows
-    ]
-    tot = {
-        k: sum(r[k] for r in rows)
-        for k in ("pre_h", "ft_worst_h", "ft_exp_h", "test_h", "total_worst_h", "total_exp_h")
-    }
-    table.append(
-        [
-            "all",
-            f"{tot['pre_h']:.2f}",
-            f"{tot['ft_worst_h']:.2f}",
-            f"{tot['ft_exp_h']:.2f}",
-            f"{tot['test_h']:.2f}",
-            f"{tot['total_worst_h']:.2f}",
-            f"{tot['total_exp_h']:.2f}",
-        ]
-    )
-    w = [max(len(str(x)) for x in col) for col in zip(head, *table)]
-    unit = "GPU-hours" if cfg["gpus_per_trial"] else "trial-hours"  # a CPU preset: hours of one trial's CPUs
-    print(f"{unit:<11}" + "  ".join(h.rjust(n) for h, n in zip(head, w)))
-    for line in table:
-        print(" " * 11 + "  ".join(str(x).rjust(n) for x, n in zip(line, w)))
-    print()
-    conc = rows[0]["concurrency"]
-    print(
-        f"wall-clock on {args.gpus} GPU(s) ({conc} trial(s) at a time; models one after the other): "
-        + "; ".join(f"{r['model']} {_hm(r['wall_exp_s'])} expected / {_hm(r['wall_worst_s'])} worst" for r in rows)
-        + f"; sweep {_hm(sum(r['wall_exp_s'] for r in rows))} expected / "
-        f"{_hm(sum(r['wall_worst_s'] for r in rows))} worst"
-    )
+    print("\n".join(table_lines(cfg, rows)))
     return 0
 
 
