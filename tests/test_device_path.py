@@ -1,10 +1,14 @@
 """The GPU path on the CPU: sets held on the device (`resident=True`) give the numbers of the host
 path, bit for bit; a training step never reads a value back from the device (the loss is summed
-there and read once an epoch); `compile=True` trains through torch.compile(model)."""
+there and read once an epoch); `compile=True` trains through torch.compile(model); and the GPU
+check (bench/gpu_check.py) still runs, in its CPU mode."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +23,7 @@ from pneumo_ray.train.loop import Phase, epoch_order, fit, make_optimizer, predi
 from pneumo_ray.train.models import build_model
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
 LOOP_FILES = {loop.__file__, device_data.__file__}  # the loop and its batches (augmentation has its CPU kernel)
 PHASE = Phase(name="finetune", epochs=2, lr=3e-3, batch_size=16, aug_strength=0.5, seed=3)
 
@@ -127,3 +132,23 @@ def test_compile_trains_through_torch_compile(tiny, monkeypatch):
     _, result = _run(tiny, compile=True)
     assert sum(compiled) == 2 * 117  # every training image of both epochs; evaluation stays eager
     assert [h["train_loss"] for h in result.history] == [h["train_loss"] for h in plain.history]
+
+
+def test_gpu_check_runs_on_the_cpu(tmp_path, capsys):
+    """bench/gpu_check.py's CPU mode on tiny settings, so that the GPU check does not rot between GPU runs."""
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    threads = torch.get_num_threads()
+    argv = ["--quick", "--synthetic", "--device", "cpu", "--cache-dir", str(tmp_path), "--json", str(tmp_path / "o")]
+    assert gpu_check.main(argv) == 0
+    assert torch.get_num_threads() == threads  # --quick's one thread was for the check only
+    out = capsys.readouterr().out
+    assert out.startswith("no GPU: CPU figures") and "data: synthetic phantoms" in out
+    figures = json.loads((tmp_path / "o").read_text())
+    assert set(figures["results"]) == {"cnn", "densenet"}
+    for r in figures["results"].values():
+        assert r["loop"]["rate"] > 0 and r["data_free"]["rate"] > 0 and r["ratio"] > 0
+        assert r["loop"]["syncs"] is None and not r["loop"]["resident"]  # CPU: host path, no CUDA syncs
+    assert {row["model"] for row in figures["gpu_hours"]} == {"cnn", "densenet"}
+    assert all(row["total_exp_h"] > 0 for row in figures["gpu_hours"])
