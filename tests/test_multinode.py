@@ -136,3 +136,71 @@ def test_two_worker_ddp_across_nodes_matches_one_worker(cluster, tmp_path, cache
     assert one.workers == 1 and two.workers == 2
     assert abs(one.best_val_auc - two.best_val_auc) < 0.05
     assert one.best_val_auc > 0.6 and two.best_val_auc > 0.6
+
+
+def test_lost_node_trials_move_to_the_remaining_nodes(cluster, tmp_path, cache_dir):
+    """A third node joins, the sweep fills all six CPUs (so some trials run there), then that node's
+    processes are killed (raylet and agents, as when a machine goes away): Ray Train restarts the
+    affected worker groups, Tune re-runs trials whose actor died, each resuming from its last
+    checkpoint, and the sweep completes with every trial and every epoch exactly once. Runs last in
+    this module: it leaves the cluster with the two nodes the fixture made."""
+    import json
+    import signal
+    import time
+
+    address, env = cluster
+    port = _free_port()
+    _ray(
+        ["start", f"--address={address}", "--num-cpus=2", "--node-ip-address=127.0.0.1", f"--node-manager-port={port}"],
+        env,
+    )
+    args = [
+        "--num-samples",
+        "6",
+        "--max-concurrent",
+        "6",
+        "--epochs",
+        "4",
+        "--grace-period",
+        "4",
+        "--pretrain-epochs",
+        "0",
+    ]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "study.sweep", "--preset", "smoke", "--models", "cnn", *args]
+        + ["--address", address, "--name", "lost", "--results", str(tmp_path)],
+        cwd=ROOT,
+        env={**env, "PNEUMO_RAY_CACHE": str(cache_dir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    exp = tmp_path / "lost" / "ray" / "lost-cnn"
+    deadline = time.time() + 600
+    while time.time() < deadline:  # every trial under way (one epoch reported)
+        if sum(1 for f in exp.glob("*/result.json") if f.read_text().strip()) >= 6:
+            break
+        assert p.poll() is None, p.stdout.read()[-3000:]
+        time.sleep(0.5)
+    else:
+        pytest.fail("the sweep never had six trials under way")
+    # the third node's raylet and agents carry its node-manager port on their command lines
+    pids = subprocess.run(["pgrep", "-f", f"node.manager.port={port}"], capture_output=True, text=True).stdout.split()
+    assert pids, "the third node's processes were not found"
+    for pid in pids:
+        os.kill(int(pid), signal.SIGKILL)
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out[-4000:]
+    res = read_results(tmp_path / "lost")
+    t = res.trials
+    assert len(t) == 6 and t.trial_id.is_unique and t.error.isna().all(), t[["trial_id", "error"]]
+    assert (t.epochs_run == 4).all()
+    assert not res.epochs.duplicated(["trial_id", "epoch"]).any()
+    assert res.epochs.groupby("trial_id").epoch.apply(sorted).map(lambda e: e == [1, 2, 3, 4]).all()
+    nodes = {
+        f.parent.name: {json.loads(ln)["node_id"] for ln in f.read_text().splitlines() if ln.strip()}
+        for f in exp.glob("*/result.json")
+    }
+    moved = [trial for trial, ids in nodes.items() if len(ids) > 1]
+    print(f"trials that moved off the lost node: {moved}")
+    assert moved, "no trial ran on the lost node (it should have held two of the six)"

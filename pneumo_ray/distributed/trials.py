@@ -215,6 +215,8 @@ def run_model_sweep(
                 name=exp_name,
                 storage_path=storage,
                 verbose=1 if verbose else 0,
+                # a trial whose actor died with its node is run again (its Train job resumes from its checkpoint)
+                failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures),
                 callbacks=[
                     TrialLines(
                         model,
