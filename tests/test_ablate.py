@@ -233,3 +233,50 @@ def test_summarize_names_a_damaged_table(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: {tmp_path / 'ablations.parquet'}: damaged or not a Parquet table")
+
+
+def test_killed_ablation_resumes_with_each_seed_once(tmp_path, cache_dir, ray_cleanup):
+    """Kill study.ablate's driver once a seed has finished and the next is under way; the same command
+    with --resume completes the arm: every seed once, none trained twice to completion."""
+    import signal
+    import time
+
+    args = ["--preset", "smoke", "--models", "cnn", "--seeds", "3", "--epochs", "2", "--no-pretrain"]
+    args += ["--max-concurrent", "1", "--name", "ak", "--results", str(tmp_path)]
+    env = {**os.environ, "PNEUMO_RAY_CACHE": str(cache_dir)}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "study.ablate", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    ray_dir = tmp_path / "ak" / "ray"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        # a seed is done when it reported its 2 epochs (a trial run to its end writes no "done": true)
+        results = list(ray_dir.glob("no-pretrain-cnn-seeds-*/*/result.json"))
+        done = [f for f in results if len(f.read_text().splitlines()) >= 2]
+        if done and len(list(ray_dir.glob("no-pretrain-cnn-seeds-*/trial_fn_*"))) >= 2:
+            break
+        assert p.poll() is None, p.stdout.read()[-3000:]
+        time.sleep(0.5)
+    else:
+        pytest.fail("the ablation never reached a finished seed")
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    subprocess.run(
+        ["ray", "stop", "--force"],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
+    assert not (tmp_path / "ak" / "ablations.parquet").exists()  # killed before any row was collected
+    r = _ablate(*args, "--resume", cache_dir=cache_dir)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    abl = pd.read_parquet(tmp_path / "ak" / "ablations.parquet")
+    assert sorted(abl.seed) == [0, 1, 2] and abl.error.isna().all() and abl.test_auc.between(0, 1).all()
+    run = json.loads((tmp_path / "ak" / "run.json").read_text())
+    assert [s["resumed"] for s in run["sessions"]] == [False, True]
