@@ -116,12 +116,7 @@ def summarize(args: argparse.Namespace) -> int:
         raise UserError(f"--summarize {args.summarize}: no such folder; give a study.ablate results folder")
     from pneumo_ray.distributed.ablation import print_summary
 
-    try:
-        return print_summary(Path(args.summarize))
-    except UserError:
-        raise
-    except ValueError as e:  # a damaged table, named with its path (storage/results.py)
-        raise UserError(str(e)) from None
+    return print_summary(Path(args.summarize))  # a damaged table: UserError naming it
 
 
 def specs(args: argparse.Namespace) -> tuple[SweepConfig, AblationSpec, OutputSpec]:
@@ -156,12 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     data = ablation.arm.data_spec(sweep, common.data_spec(args))
     from pneumo_ray.distributed.ablation import run_ablation
 
-    try:
-        return run_ablation(sweep, ablation, data, out)
-    except UserError:
-        raise
-    except ValueError as e:  # distributed/ablation.py: a results folder whose arms ran with other settings
-        raise UserError(str(e)) from e
+    # its own checks (arms run with other settings, an interrupted run) are UserErrors before any work
+    return run_ablation(sweep, ablation, data, out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pneumo_ray.analysis.metrics import MetricUndefined, binary_metrics, roc_auc
@@ -22,8 +23,10 @@ from pneumo_ray.config.arms import AblationSpec, Arm
 from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.errors import FieldError, UserError
 from pneumo_ray.config.output import OutputSpec
-from pneumo_ray.config.sweep import SweepConfig
+from pneumo_ray.config.sweep import PRESETS, SweepConfig
 from pneumo_ray.config.train import TrainConfig
+from pneumo_ray.distributed import ablation as ablation_driver
+from pneumo_ray.distributed.sweep import specs_from_run
 from study import ablate, audit, common, sweep, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +37,8 @@ EXPENSIVE = (  # what a rejected command must never reach
     "pneumo_ray.distributed.ablation.run_ablation",
     "pneumo_ray.distributed.ablation.init_ray",
     "pneumo_ray.distributed.ablation.print_summary",
+    "pneumo_ray.distributed.ablation.load_study_data",
+    "pneumo_ray.distributed.sweep.load_study_data",
     "pneumo_ray.data.study_data.load_study_data",
     "pneumo_ray.data.study_data.audit_sets",
     "pneumo_ray.train.protocol.run_study",
@@ -42,7 +47,9 @@ UNWRITABLE = "/proc/pneumo-ray-test/out"  # nothing can be created in /proc, not
 
 # (command, argv, what the one line must contain); {tmp}: the test's folder, {file}: a file in it,
 # {res}: a results folder holding `broken` (damaged run.json), `odd` (run.json with invalid settings),
-# `done` (a finished sweep) and `taken` (a file where a run's folder would go)
+# `nosweep`, `typed`, `unknown`, `paths` (run.json without the sweep's settings, with a value of the
+# wrong type, an unknown setting, a path that is not a string), `done` (a finished sweep) and `taken`
+# (a file where a run's folder would go); and the ablation folders of DRIVER_ROWS (`world` lists them)
 ROWS = [
     # study.train
     ("train", ["--image-size", "0"], "--image-size 0: the image size must be a whole number from 16 to 1024"),
@@ -119,6 +126,10 @@ ROWS = [
     ("sweep", ["--results", "{res}", "--resume", "--name", "nope"], "--resume: {res}/nope/run.json not found"),
     ("sweep", ["--results", "{res}", "--resume", "--name", "broken"], "--resume: {res}/broken/run.json is damaged"),
     ("sweep", ["--results", "{res}", "--resume", "--name", "odd"], "is damaged (FieldError: --epochs 0:"),
+    ("sweep", ["--results", "{res}", "--resume", "--name", "nosweep"], "{res}/nosweep/run.json is damaged (no 'sweep'"),
+    ("sweep", ["--results", "{res}", "--resume", "--name", "typed"], "is damaged (TypeError: 'int' object is not"),
+    ("sweep", ["--results", "{res}", "--resume", "--name", "unknown"], "is damaged (unknown sweep settings: bogus)"),
+    ("sweep", ["--results", "{res}", "--resume", "--name", "paths"], "is damaged (args data_root: not a string)"),
     (
         "sweep",
         ["--results", "{res}", "--resume", "--name", "broken", "--epochs", "3", "--preset", "cpu"],
@@ -161,15 +172,56 @@ ROWS = [
 ]
 
 
+# mistakes study.ablate finds only in the results folder, in the driver (distributed/ablation.py)
+# before it writes anything or starts Ray: run with the real run_ablation, the rest as above
+DRIVER_ROWS = [
+    (["--name", "other"], "--name {res}/other: holds arms run with other settings (image_size: 64 → 32)"),
+    (["--name", "recorded", "--models", "cnn"], "arm transfer/cnn was run with another configuration (lr: 0.5 → 0.001"),
+    (["--name", "halted", "--tune", "2"], "ray/tune-transfer-cnn: an interrupted search of arm transfer, cnn; pass"),
+    (["--name", "halted-seeds", "--models", "cnn", "--seeds", "2"], "an interrupted run of arm transfer, cnn, seeds"),
+    (["--name", "damaged"], "{res}/damaged/ablations.parquet: damaged or not a Parquet table"),
+    (["--name", "x", "--from", "{res}/cnn-only"], "--from {res}/cnn-only: no finished densenet trial"),
+    (["--name", "x", "--from", "{res}/done"], "--from {res}/done: {res}/done/trials.parquet: damaged or not a"),
+]
+RUN_JSONS = {  # <res>/<name>/run.json
+    "broken": "{not json",
+    "odd": {"sweep": {"epochs": 0}},
+    "nosweep": {"settings": {}},
+    "typed": {"sweep": {"models": 5}},
+    "unknown": {"sweep": {"bogus": 1}},
+    "paths": {"sweep": {}, "args": {"data_root": 7}},
+    "other": {"settings": {"image_size": 64, "epochs": 2}},
+}
+
+
+def _ablation_folders(res: Path) -> None:
+    """The folders of DRIVER_ROWS: an arm's seed run at another lr, an interrupted search and seed
+    run (a Tune experiment's tuner.pkl: all Tuner.can_restore reads), a damaged table, a sweep of cnn only."""
+    cfg = Arm().apply(SweepConfig(**PRESETS["smoke"]).base_config("cnn")).replace(lr=0.5)
+    (res / "recorded").mkdir()
+    pd.DataFrame(
+        [dict(arm="transfer", model="cnn", seed=0, config=json.dumps(cfg.to_dict()), config_source="defaults")]
+    ).to_parquet(res / "recorded" / "ablations.parquet")
+    for exp in ("halted/ray/tune-transfer-cnn", "halted-seeds/ray/transfer-cnn-seeds-0_1"):
+        (res / exp).mkdir(parents=True)
+        (res / exp / "tuner.pkl").write_bytes(b"")
+    (res / "damaged").mkdir()
+    (res / "damaged" / "ablations.parquet").write_bytes(b"PAR1 truncated")
+    (res / "cnn-only").mkdir()
+    trial = dict(model="cnn", trial_id="t1", best_val_auc=0.8, lr=1e-3, aug_strength=0.5, class_weight_scale=1.0)
+    pd.DataFrame([trial]).to_parquet(res / "cnn-only" / "trials.parquet")
+
+
 @pytest.fixture
 def world(tmp_path, monkeypatch) -> dict[str, str]:
     """A folder with a file, a results folder with damaged and finished runs, the working directory
     and the cache inside it; Ray, decoding and training patched to fail the test if reached."""
     (tmp_path / "file").write_text("not a folder")
     res = tmp_path / "res"
-    for name, run in (("broken", "{not json"), ("odd", json.dumps({"sweep": {"epochs": 0}}))):
+    for name, run in RUN_JSONS.items():
         (res / name).mkdir(parents=True)
-        (res / name / "run.json").write_text(run)
+        (res / name / "run.json").write_text(run if isinstance(run, str) else json.dumps(run))
+    _ablation_folders(res)
     (res / "done").mkdir()
     (res / "done" / "trials.parquet").write_bytes(b"")
     (res / "taken").write_text("a file where a run's folder would go")
@@ -215,6 +267,20 @@ def test_mistake_is_one_line_before_any_work(command, argv, expected, world, cap
     _check_one_line(rc, err, _fill(expected, world))
     assert out == ""  # nothing started: no "preparing data", no "resuming"
     assert _tree(tmp) == before  # nothing written: no results folder, run.json, cache or probe left
+
+
+REAL_RUN_ABLATION = ablation_driver.run_ablation  # before `world` patches it
+
+
+@pytest.mark.parametrize("argv, expected", DRIVER_ROWS, ids=[" ".join(a) for a, _ in DRIVER_ROWS])
+def test_mistake_in_the_results_folder_is_one_line_before_any_work(argv, expected, world, capsys, monkeypatch):
+    monkeypatch.setattr("pneumo_ray.distributed.ablation.run_ablation", REAL_RUN_ABLATION)
+    tmp = Path(world["tmp"])
+    before = _tree(tmp)
+    rc = common.run_main(ablate.main, ["--results", world["res"], *(_fill(a, world) for a in argv)])
+    out, err = capsys.readouterr()
+    _check_one_line(rc, err, _fill(expected, world))
+    assert out == "" and _tree(tmp) == before
 
 
 def test_a_local_run_asking_for_a_gpu_this_machine_lacks(world, capsys, monkeypatch):
@@ -281,6 +347,13 @@ LIBRARY = [
     (lambda: OutputSpec(name="a/b"), "--name a/b"),
     (lambda: AblationSpec(seeds=(0, 0)), "--seeds 0,0"),
     (lambda: Arm(("no_pretrain", "freeze_backbone")), "--freeze-backbone with --no-pretrain"),
+    (
+        lambda: ablation_driver.run_ablation(
+            SweepConfig(pretrain_epochs=0), AblationSpec(), DataSpec(), OutputSpec("x")
+        ),
+        "arm transfer pre-trains, but --pretrain-epochs is 0",
+    ),
+    (lambda: specs_from_run({"sweep": []}, OutputSpec("x")), "--resume: results/x/run.json is damaged (no 'sweep'"),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import pandas as pd
 from pneumo_ray.analysis.verdicts import format_summary, summarize
 from pneumo_ray.config.arms import AblationSpec, Arm
 from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.errors import UserError
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.data import leakage as audit
@@ -53,7 +55,16 @@ SHARED = (
 )
 
 
+def table(out: Path, name: str) -> pd.DataFrame:
+    """`read_table`, with a damaged file as the user's one line naming it (its only ValueError)."""
+    try:
+        return read_table(out, name)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def check_compatible(out: Path, settings: dict) -> None:
+    """The arms already in `out` ran with the same shared settings (SHARED), or UserError."""
     run = out / "run.json"
     if not run.exists():
         return
@@ -64,19 +75,33 @@ def check_compatible(out: Path, settings: dict) -> None:
     diff = {k: (before.get(k), settings.get(k)) for k in SHARED if k in before and before.get(k) != settings.get(k)}
     if diff:
         changes = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in diff.items())
-        raise ValueError(
-            f"{out} holds arms run with other settings ({changes}); "
-            f"arms are only comparable with the same settings: use another --name"
+        raise UserError(
+            f"--name {out}: holds arms run with other settings ({changes}); "
+            "arms are only comparable with the same settings: use another --name"
         )
 
 
-def best_from(path: str | None) -> tuple[pd.DataFrame | None, dict]:
+def best_from(path: str | None, models: tuple[str, ...]) -> tuple[pd.DataFrame | None, dict]:
+    """The best trial per model of the sweep in `path` and its recorded sweep settings; UserError,
+    naming --from, for a folder that is not a finished sweep of every one of `models`."""
     if path is None:
         return None, {}
-    res = read_results(path)
+    try:
+        res = read_results(path)
+    except FileNotFoundError:
+        raise UserError(f"--from {path}: no such folder; give a finished study.sweep results folder") from None
+    except ValueError as e:  # read_results' only ValueErrors: a damaged table or run.json
+        raise UserError(f"--from {path}: {str(e).splitlines()[0]}") from None
     if res.trials.empty:
-        raise ValueError(f"--from {path}: no trials.parquet (is it a finished study.sweep folder?)")
-    return res.best_trials(), res.run.get("sweep", {})
+        raise UserError(f"--from {path}: no trials.parquet (is it a finished study.sweep folder?)")
+    best = res.best_trials()
+    lacking = [m for m in models if m not in set(best["model"])]
+    if lacking:
+        raise UserError(
+            f"--from {path}: no finished {' or '.join(lacking)} trial to take a configuration from; "
+            f"give --models with the models it has ({', '.join(sorted(set(best['model']))) or 'none'})"
+        )
+    return best, res.run.get("sweep", {})
 
 
 def known_configs(sweep: SweepConfig, ablation: AblationSpec, out: Path) -> tuple[dict[str, ArmConfig], list[str]]:
@@ -84,7 +109,7 @@ def known_configs(sweep: SweepConfig, ablation: AblationSpec, out: Path) -> tupl
     per-arm search still has to run (--tune without a finished search of this arm in `out`)."""
     arm = ablation.arm
     if ablation.tune:
-        tuned, configs, to_tune = read_table(out, "ablation_tuning"), {}, []
+        tuned, configs, to_tune = table(out, "ablation_tuning"), {}, []
         for model in sweep.models:
             mine = tuned[(tuned.arm == arm.name) & (tuned.model == model)] if len(tuned) else tuned
             if len(mine):
@@ -92,7 +117,7 @@ def known_configs(sweep: SweepConfig, ablation: AblationSpec, out: Path) -> tupl
             else:
                 to_tune.append(model)
         return configs, to_tune
-    best, from_sweep = best_from(ablation.from_)
+    best, from_sweep = best_from(ablation.from_, sweep.models)
     if from_sweep and from_sweep.get("image_size") != sweep.image_size:
         print(
             f"warning: --from {ablation.from_} searched at {from_sweep.get('image_size')} px, this ablation runs "
@@ -118,11 +143,27 @@ def check_recorded(done: pd.DataFrame, arm: Arm, model: str, ac: ArmConfig, out:
     recorded.pop("seed")
     wanted = {k: v for k, v in ac.config.to_dict().items() if k != "seed"}
     if recorded != wanted:
-        raise ValueError(
-            f"arm {arm.name}/{model} in {out} was run with another configuration "
-            f"({ {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v} }, "
-            f"recorded from {mine.iloc[0]['config_source']}); use another --name"
+        changes = ", ".join(f"{k}: {recorded.get(k)} → {v}" for k, v in wanted.items() if recorded.get(k) != v)
+        raise UserError(
+            f"--name {out}: arm {arm.name}/{model} was run with another configuration ({changes}; recorded "
+            f"from {mine.iloc[0]['config_source']}); its seeds are only comparable at one: use another --name"
         )
+
+
+def check_interrupted(storage: str, experiments: dict[str, str], resume: bool) -> None:
+    """UserError if one of the Tune `experiments` ({name: what it runs}) under `storage` was
+    interrupted and `resume` is not set: a fresh run would not complete it. Reads the storage only
+    (Tuner.can_restore needs no running Ray), so it is checked before anything is written."""
+    if resume or ("://" not in storage and not Path(storage).is_dir()):
+        return  # the usual first run: nothing there, and no Ray Tune import
+    import ray.tune
+
+    for exp, what in experiments.items():
+        path = os.path.join(storage, exp)
+        if ray.tune.Tuner.can_restore(path):
+            raise UserError(
+                f"{path}: an interrupted {what}; pass --resume to complete it, or start anew under another --name"
+            )
 
 
 def tune_arm(
@@ -139,17 +180,13 @@ def tune_arm(
     concurrency: int,
 ) -> ArmConfig:
     """The arm's own Optuna search (same space minus what the arm fixes, `budget` trials, ASHA on
-    validation AUC); its trials go to ablation_tuning*.parquet, its best configuration is returned."""
-    import os
-
-    import ray.tune
-
+    validation AUC); its trials go to ablation_tuning*.parquet, its best configuration is returned.
+    An interrupted search is resumed only with `out.resume` (run_ablation checks it before Ray)."""
     base = arm.apply(sweep.base_config(model))
     searched = arm.searched()
     tsweep = dataclasses.replace(sweep, num_samples=budget)
-    exp = f"tune-{arm.name}-{model}"
-    if ray.tune.Tuner.can_restore(os.path.join(storage, exp)) and not out.resume:
-        raise RuntimeError(f"an interrupted search of this arm is in {os.path.join(storage, exp)}: pass --resume")
+    exp = tune_experiment(arm, model)
+    check_interrupted(storage, {exp: f"search of arm {arm.name}, {model}"}, out.resume)  # checked before Ray too
     print(
         f"\n=== arm {arm.name}, {model}: its own search, {budget} trial(s) over {', '.join(searched)} "
         f"({concurrency} at a time; validation AUC only, ASHA)"
@@ -185,14 +222,15 @@ def tune_arm(
 
 def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out: OutputSpec) -> int:
     """Run the arm's missing seeds (after its own search with `ablation.tune`) into `out.folder`;
-    print the statistics of every arm there. Returns the exit status."""
+    print the statistics of every arm there. Returns the exit status. A user's mistake (settings or
+    a configuration other than the folder's arms', an interrupted run without --resume) is a
+    UserError raised before anything is written or Ray starts."""
     arm, seeds = ablation.arm, list(ablation.seeds)
     if arm.pretrains and sweep.pretrain_epochs == 0:
-        raise ValueError("this arm pre-trains, but --pretrain-epochs is 0: use --no-pretrain for that arm")
+        raise UserError(f"arm {arm.name} pre-trains, but --pretrain-epochs is 0: use --no-pretrain for that arm")
     check_data(data, arm.data_spec(sweep, data))
     t_start = time.time()
     folder, name = out.folder, out.name
-    folder.mkdir(parents=True, exist_ok=True)
     settings = dict(
         preset=out.preset,
         data_root=data.data_root,
@@ -211,7 +249,7 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
         )
     check_compatible(folder, settings)
     configs, to_tune = known_configs(sweep, ablation, folder)
-    done = read_table(folder, "ablations")
+    done = table(folder, "ablations")
     todo = {}
     for model in sweep.models:
         if model in configs:
@@ -223,10 +261,15 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
     if not todo:
         print(f"arm {arm.name}: seeds {seeds} of {', '.join(sweep.models)} already in {folder}; nothing to run")
         return print_summary(folder)
+    storage = out.ray_storage
+    experiments = {tune_experiment(arm, m): f"search of arm {arm.name}, {m}" for m in to_tune if m in todo}
+    for model, missing in todo.items():
+        experiments[seeds_experiment(arm, model, missing)] = f"run of arm {arm.name}, {model}, seeds {missing}"
+    check_interrupted(storage, experiments, out.resume)
 
+    folder.mkdir(parents=True, exist_ok=True)
     data = with_cache_dir(data)
     store = Path(data.cache_dir) / "pretrain"
-    storage = out.ray_storage
     print(f"ablation {name}, arm {arm.name}: preparing data (decoded once, shared through the cache {data.cache_dir})")
     study = load_study_data(data)
     for problem in study.info["problems"]:
@@ -303,7 +346,6 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
                 f"{ac.source}; {cfg.pretrain_epochs} pre-training + {cfg.epochs} fine-tuning epochs at "
                 f"{cfg.image_size}px"
             )
-            exp = f"{arm.name}-{model}-seeds-{'_'.join(map(str, missing))}"
             ms = run_seeds(
                 model,
                 cfg,
@@ -313,7 +355,7 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
                 data=data,
                 storage=storage,
                 store=store,
-                exp_name=exp,
+                exp_name=seeds_experiment(arm, model, missing),
                 resume=out.resume,
                 concurrency=concurrency,
                 verbose=out.verbose,
@@ -337,8 +379,18 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
     return print_summary(folder)
 
 
+def tune_experiment(arm: Arm, model: str) -> str:
+    """The Tune experiment of the arm's own search for `model` (a folder under the Ray storage)."""
+    return f"tune-{arm.name}-{model}"
+
+
+def seeds_experiment(arm: Arm, model: str, seeds: list[int]) -> str:
+    """The Tune experiment running `seeds` of the arm for `model`."""
+    return f"{arm.name}-{model}-seeds-{'_'.join(map(str, seeds))}"
+
+
 def print_summary(out: Path) -> int:
-    abl, preds = read_table(out, "ablations"), read_table(out, "ablation_predictions")
+    abl, preds = table(out, "ablations"), table(out, "ablation_predictions")
     if abl.empty:
         print(f"{out}: no ablation rows yet (ablations.parquet missing or empty)", file=sys.stderr)
         return 1

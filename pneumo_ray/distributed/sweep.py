@@ -94,17 +94,39 @@ def run_record(data: DataSpec, out: OutputSpec, storage: str) -> dict:
 
 def specs_from_run(run: dict, out: OutputSpec) -> tuple[SweepConfig, DataSpec, OutputSpec]:
     """The settings of the sweep recorded in run.json, to resume it: its SweepConfig, the DataSpec
-    its workers used and the OutputSpec `out` with the recorded storage and preset."""
-    sweep = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in run["sweep"].items()})
-    saved = run.get("args", {})
-    data = DataSpec(
-        data_root=saved.get("data_root"),
-        pretrain_root=saved.get("pretrain_root"),
-        allow_overlap=bool(saved.get("allow_test_overlap")),
-        source_subset=saved.get("source_subset", "all"),
-        cache_dir=saved.get("cache_dir"),
-    )
-    return sweep, sweep.data_spec(data), out.replace(storage=saved.get("storage"), preset=saved.get("preset"))
+    its workers used and the OutputSpec `out` with the recorded storage and preset. A damaged
+    run.json (a key missing, a value of the wrong type or out of range) is a UserError naming it."""
+    from pneumo_ray.config.errors import UserError
+
+    def damaged(problem: str) -> UserError:
+        path = out.folder / "run.json"
+        return UserError(f"--resume: {path} is damaged ({problem}); restore it or start anew under another --name")
+
+    recorded, saved = run.get("sweep"), run.get("args", {})
+    if not isinstance(recorded, dict):
+        raise damaged("no 'sweep' object with the sweep's settings")
+    unknown = sorted(set(recorded) - {f.name for f in dataclasses.fields(SweepConfig)})
+    if unknown:
+        raise damaged(f"unknown sweep settings: {', '.join(map(str, unknown))}")
+    if not isinstance(saved, dict):
+        raise damaged("'args' is not an object")
+    paths = ("data_root", "pretrain_root", "cache_dir", "storage", "preset")
+    wrong = [k for k in paths if not isinstance(saved.get(k), (str, type(None)))]
+    if wrong:
+        raise damaged(f"args {', '.join(wrong)}: not a string")
+    try:
+        sweep = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
+        data = DataSpec(
+            data_root=saved.get("data_root"),
+            pretrain_root=saved.get("pretrain_root"),
+            allow_overlap=bool(saved.get("allow_test_overlap")),
+            source_subset=saved.get("source_subset", "all"),
+            cache_dir=saved.get("cache_dir"),
+        )
+        data = sweep.data_spec(data)
+    except (UserError, TypeError) as e:  # a value the checks refuse, or of a type they cannot compare
+        raise damaged(f"{type(e).__name__}: {e}") from None
+    return sweep, data, out.replace(storage=saved.get("storage"), preset=saved.get("preset"))
 
 
 def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
