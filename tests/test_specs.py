@@ -123,3 +123,26 @@ def test_resume_rebuilds_the_specs_from_run_json(tmp_path, monkeypatch):
     # what a run writes now reads back to the same settings
     record = dict(sweep=dataclasses.asdict(sweep), args=run_record(data, out2, out2.ray_storage))
     assert specs_from_run(record, out) == (sweep, data, out2)
+
+
+def test_train_config_stores_python_numbers_not_numpy_scalars():
+    """A configuration taken from Parquet (a sweep's best trial) holds numpy scalars; measured, those
+    trained to other numbers than the same Python floats, so the config stores Python's own."""
+    import numpy as np
+
+    from pneumo_ray.config.train import TrainConfig, stable_id
+
+    from_parquet = TrainConfig(
+        lr=np.float64(1e-3),
+        aug_strength=np.float64(0.3),
+        class_weight_scale=np.float64(1.5),
+        class_weight=np.float32(2.0),
+        epochs=np.int64(3),
+        freeze_backbone=np.bool_(False),
+    )
+    typed = TrainConfig(lr=1e-3, aug_strength=0.3, class_weight_scale=1.5, class_weight=2.0, epochs=3)
+    for name, kind in (("lr", float), ("aug_strength", float), ("class_weight", float), ("epochs", int)):
+        assert type(getattr(from_parquet, name)) is kind, name
+    assert type(from_parquet.freeze_backbone) is bool
+    assert from_parquet == typed and stable_id(from_parquet.to_dict()) == stable_id(typed.to_dict())
+    assert from_parquet.replace(lr=np.float64(3e-4)).lr.__class__ is float  # replace goes through the same check
