@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc
 
-from pneumo_ray.analysis.metrics import binary_metrics, decision_threshold, roc_auc, roc_curve
+from pneumo_ray.analysis.metrics import MetricUndefined, binary_metrics, decision_threshold, roc_auc, roc_curve
 
 
 def test_auc_matches_sklearn_with_ties():
@@ -20,7 +20,8 @@ def test_auc_edge_cases():
     assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
     assert roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
     assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
-    assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
+    with pytest.warns(MetricUndefined, match="auc undefined"):  # one class: no AUC, and it says why
+        assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
 
 
 def test_decision_threshold_from_the_loss():
