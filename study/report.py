@@ -15,19 +15,26 @@ the run's data and checkpoint on this machine, else they are skipped with a note
 
 Give a sweep folder and an ablation folder together to combine them into one report. Whatever
 a folder lacks (e.g. an ablation without a sweep) is skipped, and the report says so, printed
-and at the top of the page.
+and at the top of the page. A damaged file (truncated, not Parquet or JSON, without the columns the
+report reads) is named in one `warning:` line; the parts that need it are left out with a note on
+the page, and the rest is written (exit 0). A path that is no results folder, results with nothing
+to show, an --out that cannot be written or a bad flag value: one `error:` line, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
+from pneumo_ray.config.errors import UserError
+from study import common
+
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = common.ArgumentParser(
         prog="python -m study.report",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -46,21 +53,29 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--no-images", action="store_true", help="skip the test images and Grad-CAM (no data or torch needed)"
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap and fANOVA seed (default 0)")
+    common.add_debug_flag(p)
     return p
 
 
-def main(argv=None) -> int:
+# flag -> (smallest value, why)
+MINIMA = {
+    "--top": (1, "trials per model drawn in colour"),
+    "--n-boot": (100, "fewer bootstrap resamples give unstable 95% intervals"),
+    "--examples": (1, "test images per outcome; --no-images leaves the pictures out"),
+    "--gradcam": (0, "0 = no Grad-CAM"),
+    "--seed": (0, "a random seed is not negative"),
+}
+
+
+def main(argv: list[str] | None = None, *, strict: bool = False) -> int:
+    """`strict`: a part whose data make it fail raises (with its traceback) instead of being left out."""
     args = get_args_parser().parse_args(argv)
-    if args.out is None and not args.folders[0].is_dir():
-        print(
-            f"error: {args.folders[0]}: no such results folder (the report goes into the first folder's report/; "
-            "pass --out to write elsewhere)",
-            file=sys.stderr,
-        )
-        return 2
-    if args.n_boot < 100:
-        print("error: --n-boot must be at least 100", file=sys.stderr)
-        return 2
+    for flag, (low, what) in MINIMA.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value < low:
+            raise UserError(f"{flag} {value}: must be at least {low} ({what})")
+    if args.out is not None:
+        common.check_writable_folder("--out", args.out)
     from pneumo_ray.report.build import build_report
 
     t0 = time.time()
@@ -73,13 +88,21 @@ def main(argv=None) -> int:
         gradcam=args.gradcam,
         images=not args.no_images,
         seed=args.seed,
+        strict=strict or args.debug,
     )
+    left_out = f", {len(report.warnings)} part(s) left out (the warnings above)" if report.warnings else ""
     print(
-        f"report: {report.html.resolve()} ({len(report.figures)} figures, {len(report.notes)} notes, "
+        f"report: {report.html.resolve()} ({len(report.figures)} figures, {len(report.notes)} notes{left_out}, "
         f"{time.time() - t0:.1f} s)"
     )
-    return 0 if report.figures else 1
+    if not report.figures and not report.tables:
+        raise UserError(
+            f"nothing to report: no part could be made from these results (the page {report.html} says why)"
+        )
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # --debug (consumed by run_main) also makes a part that fails on its data raise, with its traceback
+    debug = "--debug" in sys.argv[1:] or os.environ.get("PNEUMO_RAY_DEBUG") == "1"
+    sys.exit(common.run_main(lambda argv: main(argv, strict=debug)))

@@ -331,15 +331,16 @@ def test_ablation_without_sweep_makes_what_it_can_and_says_what_is_missing(tmp_p
 
 
 def test_empty_and_missing_folders_give_clear_messages(tmp_path, capsys):
+    from study.common import run_main
     from study.report import main
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "run.json").write_text("{}")
-    assert main([str(tmp_path / "empty"), "--no-images"]) == 1  # nothing drawn: non-zero exit
-    out = capsys.readouterr().out
-    assert "only run.json" in out and "nothing to report" in out
-    assert "nothing to report" in (tmp_path / "empty" / "report" / "report.html").read_text()
-    assert main([str(tmp_path / "nope")]) == 2
+    assert run_main(main, [str(tmp_path / "empty"), "--no-images"]) == 2  # nothing to draw: one error line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: nothing to report: ") and "only run.json" in err
+    assert not (tmp_path / "empty" / "report").exists()  # nothing written into a folder without results
+    assert run_main(main, [str(tmp_path / "nope")]) == 2
     assert "no such results folder" in capsys.readouterr().err
 
 

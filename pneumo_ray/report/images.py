@@ -38,13 +38,13 @@ def load_test_images(
 
     s = data_settings(c.run, c.row)
     if not s["image_size"]:
-        raise Unavailable("the image size is not recorded (no run.json)")
+        raise Unavailable("the image size is not recorded (no usable run.json, no image_size column)")
     cache = cache_dir or (
         s["cache_dir"] if s["cache_dir"] and os.access(Path(s["cache_dir"]).parent, os.W_OK) else None
     )
     if s["data_root"] is None:
         if not s["known"]:
-            raise Unavailable("no run.json: the data the model was tested on is unknown")
+            raise Unavailable("run.json does not record the data_root (missing or damaged): the test data are unknown")
         test = synthetic_set("target_test", s["image_size"], cache)
     else:
         from pneumo_ray.data import cache as decode

@@ -42,7 +42,9 @@ def read_table(out: Path, name: str) -> pd.DataFrame:
         return pd.DataFrame()
     try:
         return pd.read_parquet(path)
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+    # pyarrow's ArrowInvalid is a ValueError; pandas decoding a damaged schema (its JSON metadata) raises
+    # KeyError or TypeError (seen on files with random bytes written into them)
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(
             f"{path}: damaged or not a Parquet table ({str(e).splitlines()[0][:120]}); "
             "move it away and re-run the step that writes it"
