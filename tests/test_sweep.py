@@ -226,38 +226,6 @@ def test_best_checkpoint_is_the_last_reported_one_even_if_the_last_epoch_had_non
     assert best_checkpoint_path(SimpleNamespace(metrics_dataframe=none, metrics={})) is None
 
 
-def _pretrain_once(store: str) -> bool:
-    """One process asking for the weights of a shared key: the first computes them (slowly), the rest wait."""
-    import time
-
-    from pneumo_ray.config.train import TrainConfig
-    from pneumo_ray.distributed.jobs import ensure_pretrained
-    from pneumo_ray.train.protocol import pretrain_key
-
-    cfg = TrainConfig(model="cnn", image_size=32)
-    target = Path(store) / f"{pretrain_key(cfg, 'src')}.safetensors"
-
-    def compute():
-        with open(Path(store) / "computed.log", "a") as f:
-            f.write("x\n")
-        time.sleep(0.5)
-        target.write_bytes(b"weights")
-
-    path, computed = ensure_pretrained(cfg, "src", Path(store), compute)
-    assert path == target and path.read_bytes() == b"weights"
-    return computed
-
-
-def test_pretraining_store_lock_computes_each_key_once(tmp_path):
-    # the store's file lock (filelock) serialises processes that share a key: one computes, the others reuse
-    import multiprocessing
-
-    with multiprocessing.get_context("fork").Pool(3) as pool:
-        computed = pool.map(_pretrain_once, [str(tmp_path / "store")] * 3)
-    assert sorted(computed) == [False, False, True]
-    assert (tmp_path / "store" / "computed.log").read_text() == "x\n"
-
-
 def test_killed_worker_costs_at_most_one_epoch(tmp_path, cache_dir, ray_cleanup):
     """SIGKILL the Ray Train worker after two reported epochs: Ray Train restarts the worker group, which
     resumes from the last epoch's checkpoint (full training state), so each epoch is reported once and

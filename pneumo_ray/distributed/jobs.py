@@ -3,12 +3,14 @@
 
 Workers receive the run's frozen dataclasses as they are (TrainConfig, DataSpec; Ray pickles them).
 Each worker re-opens the study data from the decoded cache (a memory map: no JPEG is decoded
-again) and trains on its shard. Pre-training is its own Ray Train job whose weights go to a
-content-addressed store, so every trial with the same key reuses them.
+again) and trains on its shard. A trial is one Ray Train job: when the content-addressed store lacks
+its pre-training, the job's workers compute it first (under the key's lock) and write it there, so
+every trial with the same key reuses it.
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
 import tempfile
 import time
@@ -22,13 +24,14 @@ from filelock import FileLock
 from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.sweep import Resources
 from pneumo_ray.config.train import TrainConfig
-from pneumo_ray.data.study_data import load_study_data
+from pneumo_ray.data.study_data import StudyData, load_study_data
 from pneumo_ray.train import checkpoints
 from pneumo_ray.train.loop import TrainingState
 from pneumo_ray.train.protocol import finetune, pretrain, pretrain_key, test_evaluation, validation_summary
 
 if TYPE_CHECKING:
     import pyarrow.fs
+    import torch
     from ray.train import RunConfig, ScalingConfig
     from ray.tune import Callback
 
@@ -51,30 +54,6 @@ def _where() -> dict:
     return dict(hostname=socket.gethostname(), node_id=ray.get_runtime_context().get_node_id())
 
 
-def pretrain_worker(config: dict) -> None:
-    """train_loop_per_worker of the pre-training job; rank 0 writes the weights to the store."""
-    import ray.train
-    import ray.train.torch
-
-    rank, world, device = _worker_context()
-    cfg: TrainConfig = config["train_config"]
-    data = load_study_data(config["data"], quiet=True, log=None)
-    state, meta = pretrain(
-        cfg,
-        data,
-        device,
-        rank=rank,
-        world=world,
-        wrap=ray.train.torch.prepare_model,
-        on_state=lambda st: report_with_state(_numbers(st.result.history[-1]), st, rank),
-        resume=resumed_state(),
-        log=None,
-    )
-    if rank == 0:
-        meta.update(_where())
-        checkpoints.save_weights(Path(config["store"]) / f"{meta['key']}.safetensors", state, meta)
-
-
 def finetune_worker(config: dict) -> None:
     """train_loop_per_worker of a fine-tuning trial.
 
@@ -93,9 +72,12 @@ def finetune_worker(config: dict) -> None:
     cfg: TrainConfig = config["train_config"]
     context_ready = time.time()
     data = load_study_data(config["data"], quiet=True, log=None)
-    init_state, pre_meta = None, {}
-    if config.get("pretrain_path"):
-        init_state, pre_meta = checkpoints.load_weights(config["pretrain_path"])
+    data_ready = time.time()
+    init_state, pre_meta, pre_stats = None, {}, {}
+    if config.get("store") and cfg.pretrain_epochs > 0:
+        init_state, pre_meta, pre_stats = shared_pretraining(
+            cfg, data, device, rank=rank, world=world, store=Path(config["store"]), source_hash=config["source_hash"]
+        )
     best: dict = {}
     fixed = dict(
         _where(),
@@ -103,7 +85,8 @@ def finetune_worker(config: dict) -> None:
         torch_threads=torch.get_num_threads(),
         worker_started_at=worker_started,
         worker_context_s=round(context_ready - worker_started, 3),
-        data_open_s=round(time.time() - context_ready, 3),
+        data_open_s=round(data_ready - context_ready, 3),
+        **pre_stats,
         **config.get("extra", {}),
     )
 
@@ -144,6 +127,62 @@ def finetune_worker(config: dict) -> None:
         resume=resumed_state(),
         log=None,
     )
+
+
+def shared_pretraining(
+    cfg: TrainConfig, data: StudyData, device: torch.device, *, rank: int, world: int, store: Path, source_hash: str
+) -> tuple[dict, dict, dict]:
+    """(weights, metadata, timing) of the content-addressed pre-training `cfg` starts from.
+
+    The store has it: read it. It does not: this job's workers compute it first, in the same worker
+    group as the fine-tuning (a second Ray Train job per trial cost a whole worker-group start), while
+    rank 0 holds the key's lock, so trials sharing the key wait and reuse it. Its full training state
+    goes to `<store>/<key>.partial/` every epoch, so a restarted worker group resumes it after the last
+    epoch; its epochs are not reported to Tune (ASHA acts on fine-tuning epochs only)."""
+    import ray.train.collective
+    import ray.train.torch
+
+    key = pretrain_key(cfg, source_hash)
+    path, partial = store / f"{key}.safetensors", store / f"{key}.partial"
+    t0 = time.time()
+    lock = FileLock(str(store / f"{key}.lock"))
+    if rank == 0:
+        store.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # filelock: exclusive across processes and nodes (also on NFS/EFS)
+    try:
+        waited = time.time() - t0
+        compute = ray.train.collective.broadcast_from_rank_zero(not path.exists())
+        if compute:
+            resume = checkpoints.load_training_state(partial) if (partial / checkpoints.STATE_FILE).exists() else None
+
+            def keep(st: TrainingState) -> None:
+                if rank == 0:
+                    checkpoints.save_training_state(partial, st)
+
+            state, meta = pretrain(
+                cfg,
+                data,
+                device,
+                rank=rank,
+                world=world,
+                wrap=ray.train.torch.prepare_model,
+                on_state=keep,
+                resume=resume,
+                log=None,
+            )
+            if rank == 0:
+                meta.update(_where())
+                checkpoints.save_weights(path, state, meta)
+                shutil.rmtree(partial, ignore_errors=True)
+        ray.train.collective.barrier()
+    finally:
+        if rank == 0:
+            lock.release()
+    state, meta = checkpoints.load_weights(path)  # the seed saves and reloads: so do we
+    stats = dict(
+        pretrain_computed=bool(compute), pretrain_wait_s=round(waited, 2), pretrain_s=round(time.time() - t0, 2)
+    )
+    return state, meta, stats
 
 
 def _numbers(rec: dict) -> dict:
@@ -203,26 +242,6 @@ def evaluate_checkpoint(
     return metrics, preds
 
 
-def ensure_pretrained(
-    cfg: TrainConfig, source_hash: str, store: Path, run_pretrain: Callable[[], object]
-) -> tuple[Path, bool]:
-    """Path of the pre-trained weights for `cfg` and whether they were computed now.
-
-    Trials that share a key serialise on a lock: the first one runs `run_pretrain()`, the others
-    wait and reuse its weights, so a sweep pays one pre-training per distinct key."""
-    key = pretrain_key(cfg, source_hash)
-    path = store / f"{key}.safetensors"
-    store.mkdir(parents=True, exist_ok=True)
-    # filelock: an exclusive lock across processes and nodes (fcntl on POSIX, also on NFS/EFS)
-    with FileLock(str(store / f"{key}.lock")):
-        if path.exists():
-            return path, False
-        run_pretrain()
-        if not path.exists():
-            raise RuntimeError(f"pre-training job for key {key} finished without writing {path}")
-        return path, True
-
-
 def scaling(res: Resources) -> ScalingConfig:
     """ScalingConfig for one job: the trial's CPUs and GPUs split evenly over its workers."""
     from ray.train import ScalingConfig
@@ -248,14 +267,3 @@ def train_run_config(name: str, storage: str, callbacks: Iterable[Callback] = ()
         checkpoint_config=CheckpointConfig(num_to_keep=1),
         callbacks=list(callbacks),
     )
-
-
-def run_pretrain_job(cfg: TrainConfig, data: DataSpec, store: Path, res: Resources, *, name: str, storage: str) -> None:
-    from ray.train.torch import TorchTrainer
-
-    TorchTrainer(
-        pretrain_worker,
-        train_loop_config=dict(train_config=cfg, data=data, store=str(store)),
-        scaling_config=scaling(res),
-        run_config=train_run_config(name, storage),
-    ).fit()

@@ -27,10 +27,8 @@ from pneumo_ray.config.search import SEARCH
 from pneumo_ray.config.sweep import Resources, SweepConfig
 from pneumo_ray.config.train import TrainConfig
 from pneumo_ray.distributed.jobs import (
-    ensure_pretrained,
     evaluate_checkpoint,
     finetune_worker,
-    run_pretrain_job,
     scaling,
     train_run_config,
 )
@@ -101,29 +99,17 @@ def trial_fn(config: dict, spec: TrialSpec) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     imported = time.time()
     cfg = spec.base.replace(**{k: config[k] for k in spec.searched})
-    pretrain_path, computed = None, False
-    t0 = time.time()
-    if cfg.pretrain_epochs > 0 and spec.source_hash:
-        pretrain_path, computed = ensure_pretrained(
-            cfg,
-            spec.source_hash,
-            spec.store,
-            lambda: run_pretrain_job(
-                cfg, spec.data, spec.store, spec.resources, name=f"pretrain-{trial_id}", storage=spec.storage
-            ),
-        )
     # when each step of the trial began (bench/ray_overhead.py turns these into the fixed-cost breakdown)
-    extra = dict(
-        pretrain_computed=computed,
-        pretrain_wait_s=round(time.time() - t0, 2),
-        trial_started_at=started,
-        trial_imports_s=round(imported - started, 3),
-        trainer_started_at=time.time(),
-    )
+    extra = dict(trial_started_at=started, trial_imports_s=round(imported - started, 3), trainer_started_at=time.time())
     TorchTrainer(
         finetune_worker,
+        # the job pre-trains first when the store lacks the key (jobs.shared_pretraining)
         train_loop_config=dict(
-            train_config=cfg, data=spec.data, extra=extra, pretrain_path=str(pretrain_path) if pretrain_path else None
+            train_config=cfg,
+            data=spec.data,
+            extra=extra,
+            store=str(spec.store) if spec.source_hash else None,
+            source_hash=spec.source_hash,
         ),
         scaling_config=scaling(spec.resources),
         run_config=train_run_config(
