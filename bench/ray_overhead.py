@@ -6,7 +6,13 @@ their ratio, and the fixed per-trial start-up cost (from `Tuner.fit()` to the fi
 The Ray path's epoch time is the interval between consecutive reports seen by Tune's worker, so it
 includes `ray.train.report`, the best-checkpoint write and the controller's polling.
 
-    python bench/ray_overhead.py [--model cnn] [--image-size 64] [--epochs 4] [--cpus 2]
+First, where a trial's wall time goes (`--trials 4`: the 4-trial CNN smoke search of `study.sweep
+--preset smoke --models cnn --num-samples 4`): per trial the Train worker-group start, worker context,
+data open, pre-training (lock wait and total), model set-up, reports and checkpoints, and the fixed
+cost = trial wall − its epochs; the controllers' own timing of each worker-group start phase; and the
+once-per-sweep Ray start, test evaluation and result collection.
+
+    python bench/ray_overhead.py [--trials 4] [--no-epochs] [--model cnn] [--image-size 64] [--epochs 4] [--cpus 2]
 """
 
 from __future__ import annotations
@@ -86,13 +92,120 @@ def through_ray(args, cache_dir, storage) -> tuple[list[float], list[float], flo
     return cycles, df["epoch_seconds"].tolist(), startup, int(df["torch_threads"].iloc[0])
 
 
+def _controller_phases(session_logs: Path) -> dict[str, list[float]]:
+    """Seconds of each worker-group start phase, from the Ray Train controllers' own log lines."""
+    import json
+    import re
+
+    phases = {
+        "worker actors created": r"(\d+) worker actors created in ([\d.]+)s",
+        "train context initialised": r"Train context initialized on workers in ([\d.]+)s",
+        "train function launched": r"Train function launched on workers in ([\d.]+)s",
+        "worker group start (total)": r"Worker group startup completed in ([\d.]+)s total",
+    }
+    out: dict[str, list[float]] = {k: [] for k in phases}
+    for f in session_logs.glob("train/ray-train-sys-controller-*.log"):
+        for line in f.read_text(errors="replace").splitlines():
+            try:
+                msg = json.loads(line).get("message", "")
+            except ValueError:
+                continue
+            for name, pat in phases.items():
+                m = re.search(pat, msg)
+                if m:
+                    out[name].append(float(m.groups()[-1]))
+    return out
+
+
+def trial_breakdown(args, cache_dir, storage) -> None:
+    """A 4-trial CNN smoke search through Tune → Ray Train, as `study.sweep --preset smoke --models cnn
+    --num-samples 4` runs it: per trial, where the wall time goes; then the median fixed cost."""
+    import pandas as pd
+
+    from pneumo_ray.config.data import DataSpec
+    from pneumo_ray.config.sweep import PRESETS, SweepConfig
+    from pneumo_ray.data.study_data import load_study_data
+    from pneumo_ray.distributed.sweep import init_ray
+    from pneumo_ray.distributed.trials import evaluate_trials, run_model_sweep, trial_rows
+
+    sweep = SweepConfig(**{**PRESETS["smoke"], "models": ("cnn",), "num_samples": args.trials})
+    spec = sweep.data_spec(DataSpec(cache_dir=cache_dir))
+    data = load_study_data(spec, quiet=True, log=None)
+    t0 = time.time()
+    ray = init_ray(None, Path(storage) / "logs")
+    session_logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    t_ray = time.time() - t0
+    try:
+        concurrency = int(ray.cluster_resources().get("CPU", 1) // sweep.cpus_per_trial)
+        t1 = time.time()
+        ms = run_model_sweep(
+            "cnn",
+            sweep,
+            source_hash=data.info.get("source_manifest_hash"),
+            data=spec,
+            storage=storage,
+            store=Path(cache_dir) / "pretrain",
+            exp_name="breakdown-cnn",
+            resume=False,
+            concurrency=concurrency,
+        )
+        t_search = time.time() - t1
+        t2 = time.time()
+        evaluated = evaluate_trials(ms, sweep, spec, storage)
+        t_test = time.time() - t2
+        t3 = time.time()
+        trials, epochs, _ = trial_rows(ms, sweep, "smoke", data.info.get("source_manifest_hash"), evaluated)
+        t_collect = time.time() - t3
+        phases = _controller_phases(session_logs)
+    finally:
+        ray.shutdown()
+    t = pd.DataFrame(trials).set_index("trial_id")
+    e = pd.concat(epochs).sort_values("epoch")
+    first, last = e.groupby("trial_id").first(), e.groupby("trial_id").last()
+    fit_start = first.reported_at - first.epoch_seconds  # when the first fine-tuning epoch began
+    ready = t.worker_started_at + t.worker_context_s + t.data_open_s
+    b = pd.DataFrame(
+        {
+            "trial wall": t.wall_s,
+            "epochs": t.epochs_s,
+            "Train start→worker fn": t.worker_started_at - t.trainer_started_at,
+            "worker context": t.worker_context_s,
+            "data open": t.data_open_s,
+            "pre-training (lock wait)": t.pretrain_wait_s,
+            "pre-training (total)": t.pretrain_s,
+            "model/optimizer set-up": fit_start - ready - t.pretrain_s,
+            "reports+checkpoints": (last.reported_at - fit_start) - t.epochs_s,
+        }
+    )
+    b["fixed = wall − epochs"] = b["trial wall"] - b["epochs"]
+    print(f"\nper trial ({args.trials} CNN smoke trials, {concurrency} at a time), seconds:")
+    print(b.round(2).T.to_string())
+    print("\nRay Train worker-group start, from the controllers' logs (median over jobs, s):")
+    for name, vals in phases.items():
+        if vals:
+            print(f"  {name}: {statistics.median(vals):.2f}  (n={len(vals)})")
+    print(
+        f"\nonce per sweep: Ray start {t_ray:.1f} s, search {t_search:.1f} s, test evaluation {t_test:.1f} s, "
+        f"result collection {t_collect:.2f} s"
+    )
+    print(f"median per-trial fixed cost (trial wall − its epochs): {b['fixed = wall − epochs'].median():.1f} s")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["cnn", "densenet"], default="cnn")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--cpus", type=float, default=float(os.cpu_count() or 1), help="threads / trial CPUs")
+    p.add_argument("--trials", type=int, default=4, help="trials of the per-trial breakdown (0: skip it)")
+    p.add_argument("--no-epochs", action="store_true", help="skip the bare-vs-Ray epoch comparison")
     args = p.parse_args(argv)
+    if args.trials:
+        with tempfile.TemporaryDirectory() as tmp:
+            cache_dir = os.environ.get("PNEUMO_RAY_CACHE") or tmp
+            trial_breakdown(args, cache_dir, str(Path(tmp) / "ray-trials"))
+    if args.no_epochs:
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = os.environ.get("PNEUMO_RAY_CACHE") or tmp
         print(f"{args.model} at {args.image_size}px, synthetic data, {args.epochs} epochs, {args.cpus:g} CPU(s)")

@@ -232,6 +232,7 @@ TIMING_KEYS = (
     "trial_started_at",
     "trial_imports_s",
     "pretrain_wait_s",
+    "pretrain_s",
     "trainer_started_at",
     "worker_started_at",
     "worker_context_s",
