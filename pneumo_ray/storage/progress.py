@@ -72,19 +72,23 @@ class Progress:
         )
 
     def update(self, n: int = 1, **postfix: object) -> None:
-        """n more units done; `postfix` (e.g. loss=0.31) is shown after the counts."""
+        """n more units done; `postfix` (e.g. loss=0.31) is shown after the counts. A callable value is
+        called only when the report is written (a training loop's loss on a GPU: reading it waits)."""
         if not self.enabled or self.closed:
             return
         self.done += int(n)
+        now = time.monotonic()
+        due = now - self.last_line >= self.interval or self.done >= self.total
+        if due and postfix:
+            self.postfix = _postfix_text({k: v() if callable(v) else v for k, v in postfix.items()})
         if self.bar is not None:
-            if postfix:
-                self.bar.set_postfix_str(_postfix_text(postfix), refresh=False)
+            if due:
+                self.last_line = now
+                if postfix:
+                    self.bar.set_postfix_str(self.postfix, refresh=False)
             self.bar.update(n)
             return
-        if postfix:
-            self.postfix = _postfix_text(postfix)
-        now = time.monotonic()
-        if now - self.last_line >= self.interval or self.done >= self.total:
+        if due:
             self._line(now)
 
     def _line(self, now: float) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from numpy.typing import ArrayLike
 
 from pneumo_ray.analysis.metrics import decision_threshold, roc_auc
 from pneumo_ray.data.study_data import ImageSet
+from pneumo_ray.storage.progress import progress as progress_report
 from pneumo_ray.train.augment import Augment, Normalize, to_float
 from pneumo_ray.train.device_data import Batches, batches, on_device
 from pneumo_ray.train.models import train_mode
@@ -178,31 +178,6 @@ def _weighted_bce(logits, y, weights) -> torch.Tensor:
     return (F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none") * w).sum() / w.sum()
 
 
-class _Progress:
-    """A self-overwriting progress line on stderr, at most every `every` seconds."""
-
-    def __init__(self, label: str, total: int, enabled: bool, every: float | None = None):
-        # a terminal gets a live line; a log file (CI, Ray) only a line every 30 s
-        every = every if every is not None else (2.0 if sys.stderr.isatty() else 30.0)
-        self.label, self.total, self.enabled, self.every = label, total, enabled, every
-        self.t0 = self.last = time.time()
-
-    def update(self, done: int, loss: Callable[[], float]):
-        """`loss()` is called only when the line is written: reading a device value waits for the device."""
-        now = time.time()
-        if self.enabled and (now - self.last >= self.every or done == self.total):
-            self.last = now
-            rate = done / max(now - self.t0, 1e-9)
-            start = chr(13) if sys.stderr.isatty() else ""
-            sys.stderr.write(f"{start}  {self.label}: {done}/{self.total} images  loss {loss():.4f}  {rate:.0f} img/s ")
-            sys.stderr.write("" if sys.stderr.isatty() else "\n")
-            sys.stderr.flush()
-
-    def close(self):
-        if self.enabled and sys.stderr.isatty() and time.time() - self.t0 >= self.every:
-            sys.stderr.write("\n")
-
-
 def train_one_epoch(
     model: torch.nn.Module,
     data: Batches,
@@ -236,7 +211,7 @@ def train_one_epoch(
     total = torch.zeros((), dtype=torch.float64, device=device)
     seen, t0 = 0, time.time()
     order = epoch_order(len(data), batch_size, seed, epoch, rank, world)
-    bar = _Progress(progress or "", sum(map(len, order)), progress is not None)
+    bar = progress_report(sum(map(len, order)), progress or "", enabled=progress is not None, unit="img")
     for batch_u8, y in batches(data, order, device):
         x = augment(_inputs(batch_u8, cuda), gen, normalize)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
@@ -249,7 +224,7 @@ def train_one_epoch(
             scheduler.step()
         total += loss.detach().double() * len(y)
         seen += len(y)
-        bar.update(seen, lambda t=total, n=seen: t.item() / n)
+        bar.update(len(y), loss=lambda t=total, n=seen: t.item() / n)  # read only when a line is written
     train_loss = total.item() / max(seen, 1)  # the epoch's one wait for the device
     bar.close()
     seconds = time.time() - t0
