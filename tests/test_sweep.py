@@ -78,6 +78,7 @@ def test_smoke_sweep_both_models(tmp_path, ray_cleanup):
     assert run["status"] == "finished" and run["preset"] == "smoke" and run["versions"]["ray"] == "2.60.0"
     assert run["data"]["test_manifest_hash"] and run["sweep"]["num_samples"] == 2
     assert "best trial per model" in out
+    assert run["command"].startswith("python -m study.sweep --preset smoke --name t1 --results ")  # to run again
     # a console people can read (was 387 lines): per-trial lines and the summary; Ray's output in logs/
     lines = out.splitlines()
     assert len(lines) <= 60, "\n".join(lines)

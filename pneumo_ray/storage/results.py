@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -100,8 +101,17 @@ def environment() -> dict:
     return dict(versions=versions, hardware=hw)
 
 
+def command_line() -> str:
+    """The command as the user typed it, to run again: `python -m study.sweep --flags …` (sys.argv[0] of
+    `python -m pkg.mod` is the module's file path, so the module is named from `__main__.__spec__`)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    head = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", sys.argv[0]]
+    return shlex.join([*head, *sys.argv[1:]])
+
+
 def write_run_json(out: Path, **fields: object) -> None:
-    info = dict(argv=sys.argv, git_commit=git_commit(), **environment(), **fields)
+    info = dict(argv=sys.argv, command=command_line(), git_commit=git_commit(), **environment(), **fields)
     atomic_write(out / "run.json", lambda p: p.write_text(json.dumps(info, indent=2, default=str)))
 
 
