@@ -223,7 +223,13 @@ def final_evaluation(
 
 
 def run_study(
-    cfg: TrainConfig, data: StudyData, out_dir: str | os.PathLike, device: torch.device, log: Log = print
+    cfg: TrainConfig,
+    data: StudyData,
+    out_dir: str | os.PathLike,
+    device: torch.device,
+    log: Log = print,
+    *,
+    compile: bool = False,
 ) -> dict:
     """One pretrain → finetune run without Ray; writes metrics.json, predictions.parquet,
     history.parquet and the weights (safetensors + JSON) under out_dir."""
@@ -233,14 +239,14 @@ def run_study(
     init_state, pre_meta = None, None
     if cfg.pretrain_epochs > 0 and data.source is not None:
         log(f"pre-training {cfg.model} on {data.source.describe()}")
-        init_state, pre_meta = pretrain(cfg, data, device, log=log)
+        init_state, pre_meta = pretrain(cfg, data, device, log=log, compile=compile)
         path = checkpoints.save_weights(out / "pretrain.safetensors", init_state, pre_meta)
         # the seed saves the pre-trained weights and reloads them into a fresh model: so do we
         init_state, _ = checkpoints.load_weights(path)
     else:
         log("no pre-training: fine-tuning starts from random initialisation")
     log(f"fine-tuning {cfg.model} on {data.train.describe()}; validating on {data.val.describe()}")
-    _, result = finetune(cfg, data, device, init_state=init_state, log=log)
+    _, result = finetune(cfg, data, device, init_state=init_state, log=log, compile=compile)
     metrics, preds = final_evaluation(cfg, data, result, device)
     metrics.update(
         model=cfg.model,
