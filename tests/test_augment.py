@@ -1,15 +1,31 @@
+import ast
+import json
 import logging
+import os
 import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from pneumo_ray.data.cache import decode_image
 from pneumo_ray.data.study_data import synthetic_set
 from pneumo_ray.train import augment as augment_module
 from pneumo_ray.train import fastwarp
-from pneumo_ray.train.augment import Augment, Normalize, to_float
+from pneumo_ray.train.augment import Augment, Normalize, augment_opencv, augment_torch, to_float
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A CPU path (OpenCV, C kernel) against torch's grid_sample on the same maps, in [0, 1] pixel units
+# (divide by sd for normalized outputs). Measured on noise, the hardest case, at 224 px: OpenCV max
+# 3.5e-5, mean 2.6e-6 (its coordinates are float32 sums; torch's too, in another order); kernel 7e-6.
+MAX_DIFF, MEAN_DIFF = 1e-4, 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +58,8 @@ def test_seeded_and_flip_off_by_default(batch):
     assert torch.equal(a, b)
     assert not Augment().hflip
     flipped = Augment(0.0, hflip=True)(batch, torch.Generator().manual_seed(0))
+    # the flip alone is exact: integer sampling positions, weights 0 and 1
+    assert all(torch.equal(f, x) or torch.equal(f, x.flip(-1)) for f, x in zip(flipped, batch))
     n_flipped = sum(torch.equal(f, x.flip(-1)) for f, x in zip(flipped, batch))
     assert 0 < n_flipped < len(batch)
 
@@ -74,16 +92,38 @@ def test_fused_normalization_equals_separate_steps(batch):
     assert torch.equal(Augment(0.0)(batch, None, norm), norm(batch))
 
 
-# --- the fused C kernel (pneumo_ray/train/fastwarp.py) against torch's grid_sample path ---
+# --- the CPU paths (C kernel, OpenCV) against the definition (torch's grid_sample) ---
 
 
 @pytest.fixture
 def kernel_on(monkeypatch):
-    """The C kernel, required wherever a C compiler is (else the comparisons below compare torch with torch)."""
+    """The C kernel, required wherever a C compiler is (else the comparisons compare OpenCV twice)."""
     monkeypatch.delenv("PNEUMO_RAY_NO_FASTWARP", raising=False)
     if fastwarp.kernel() is None:
-        assert shutil.which("gcc") is None, "gcc is installed but the fast augmentation kernel did not build"
+        assert fastwarp.compiler() is None, "a C compiler is installed but the fast augmentation kernel did not build"
         pytest.skip("no C compiler: the fast augmentation kernel is unavailable")
+
+
+@pytest.fixture(params=["kernel", "opencv"])
+def cpu_path(request, monkeypatch):
+    """Augment's CPU path under test, with a spy recording which implementation produced each result."""
+    if request.param == "kernel":
+        request.getfixturevalue("kernel_on")
+    else:
+        monkeypatch.setenv("PNEUMO_RAY_NO_FASTWARP", "1")
+    used = []
+    for name, module in (("kernel", fastwarp), ("opencv", augment_module)):
+        attr = "augment" if name == "kernel" else "augment_opencv"
+        real = getattr(module, attr)
+        monkeypatch.setattr(module, attr, lambda *a, real=real, name=name: _record(used, name, real(*a)))
+    monkeypatch.setattr(augment_module, "augment_torch", lambda *a: _record(used, "torch", augment_torch(*a)))
+    return request.param, used
+
+
+def _record(used, name, out):
+    if out is not None:
+        used.append(name)
+    return out
 
 
 def _images(size, tmp_path_factory):
@@ -93,34 +133,72 @@ def _images(size, tmp_path_factory):
     return torch.cat([to_float(torch.from_numpy(s.batch(np.arange(6)))), noise])
 
 
-def _torch_path(monkeypatch, aug, x, seed, norm):
-    with monkeypatch.context() as m:
-        m.setenv("PNEUMO_RAY_NO_FASTWARP", "1")
-        return aug(x, torch.Generator().manual_seed(seed), norm)
+def _assert_close(out, ref, sd, what):
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    diff = (out - ref).abs() * sd  # in [0, 1] pixel units
+    assert diff.max().item() < MAX_DIFF and diff.mean().item() < MEAN_DIFF, (what, diff.max().item())
 
 
 @pytest.mark.parametrize("size", [32, 64, 224])
-def test_fast_path_equals_torch_path(kernel_on, monkeypatch, tmp_path_factory, size):
+def test_cpu_path_equals_torch_path(cpu_path, tmp_path_factory, size):
+    path, used = cpu_path
     x = _images(size, tmp_path_factory)
-    used = []  # per call: whether the kernel produced the result
-    real = fastwarp.augment
-
-    def spy(*args):
-        out = real(*args)
-        used.append(out is not None)
-        return out
-
-    monkeypatch.setattr(fastwarp, "augment", spy)
     for strength in (0.1, 0.5, 1.0):
         for hflip in (False, True):
             for norm in (None, Normalize(0.45, 0.2)):
                 aug = Augment(strength, hflip)
-                fast = aug(x, torch.Generator().manual_seed(7), norm)
-                ref = _torch_path(monkeypatch, aug, x, 7, norm)
-                assert fast.shape == ref.shape and fast.dtype == ref.dtype
-                err = (fast - ref).abs().max().item()
-                assert err < 1e-4, (size, strength, hflip, norm, err)
-    assert used == [True, False] * 12  # each fast call went through the kernel, each reference did not
+                out = aug(x, torch.Generator().manual_seed(7), norm)
+                theta, contrast, brightness = aug.draw(len(x), torch.Generator().manual_seed(7), x.device, x.dtype)
+                mu, sd = (norm.mean, norm.std) if norm else (0.0, 1.0)
+                ref = augment_torch(x, theta, contrast, brightness, mu, sd)
+                _assert_close(out, ref, sd, (path, size, strength, hflip, norm))
+    assert used == [path] * 12  # every CPU float32 batch took the path under test, never grid_sample
+
+
+def test_cpu_paths_on_real_chest_xrays(kermany_root, monkeypatch):
+    """Real 224 px radiographs (smooth, unlike noise): each path agrees with grid_sample far inside the bound."""
+    files = sorted((kermany_root / "train" / "PNEUMONIA").glob("*.jpeg"))[:4]
+    files += sorted((kermany_root / "train" / "NORMAL").glob("*.jpeg"))[:4]
+    x = to_float(torch.from_numpy(np.stack([decode_image(str(f), 224) for f in files])))
+    aug, norm = Augment(1.0, hflip=True), Normalize(0.48, 0.24)
+    params = aug.draw(len(x), torch.Generator().manual_seed(0), x.device, x.dtype)
+    ref = augment_torch(x, *params, norm.mean, norm.std)
+    outs = {"opencv": augment_opencv(x, *params, norm.mean, norm.std)}
+    if fastwarp.kernel() is not None:
+        outs["kernel"] = fastwarp.augment(x, *params, norm.mean, norm.std)
+    for path, out in outs.items():
+        diff = (out - ref).abs() * norm.std
+        assert diff.max().item() < MAX_DIFF / 2 and diff.mean().item() < MEAN_DIFF / 5, (path, diff.max().item())
+
+
+def test_env_var_and_failed_build_take_the_opencv_path(monkeypatch, caplog, batch):
+    monkeypatch.setenv("PNEUMO_RAY_NO_FASTWARP", "1")
+    assert fastwarp.kernel() is None
+    calls = []
+    monkeypatch.setattr(augment_module, "augment_opencv", lambda *a: calls.append(1) or augment_opencv(*a))
+    ref = Augment(0.6)(batch, torch.Generator().manual_seed(2))
+    assert calls == [1]
+    # a failed build: one warning, then OpenCV, the same numbers
+    monkeypatch.delenv("PNEUMO_RAY_NO_FASTWARP")
+    monkeypatch.setattr(fastwarp, "_kernel", None)
+    monkeypatch.setattr(fastwarp, "_failed", False)
+
+    def broken():
+        raise RuntimeError("gcc failed: simulated")
+
+    monkeypatch.setattr(fastwarp, "load_private_build", broken)
+    with caplog.at_level(logging.WARNING, logger="pneumo_ray.train.fastwarp"):
+        a = Augment(0.6)(batch, torch.Generator().manual_seed(2))
+        b = Augment(0.6)(batch, torch.Generator().manual_seed(2))
+    assert fastwarp.kernel() is None and calls == [1, 1, 1]
+    assert len(caplog.records) == 1 and "simulated" in caplog.records[0].getMessage()  # warned once, not per call
+    assert torch.equal(a, ref) and torch.equal(b, ref)
+
+
+def test_strength_zero_flip_is_exact_on_both_paths(cpu_path, batch):
+    flipped = Augment(0.0, hflip=True)(batch, torch.Generator().manual_seed(0))
+    assert all(torch.equal(f, x) or torch.equal(f, x.flip(-1)) for f, x in zip(flipped, batch))
+    assert torch.equal(Augment(0.0)(batch, torch.Generator().manual_seed(0)), batch)
 
 
 def _reference(x, theta, contrast, brightness, mu, sd):
@@ -132,93 +210,207 @@ def _reference(x, theta, contrast, brightness, mu, sd):
     return y.clamp((0 - mu) / sd, (1 - mu) / sd)
 
 
-def test_kernel_at_borders_and_non_square(kernel_on):
-    """Transforms that sample far outside the image (border padding repeats the edge pixels), exact
-    edges, mirrors and a 90° turn, on a non-square image."""
+THETAS = torch.tensor(
+    [
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],  # identity
+        [[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],  # mirror
+        [[1.0, 0.0, 1.5], [0.0, 1.0, -1.2]],  # shifted mostly off the image
+        [[2.5, 0.0, 0.0], [0.0, 2.5, 0.0]],  # zoomed out 2.5x: wide border margins
+        [[0.3, 0.0, 0.9], [0.0, 0.3, 0.9]],  # zoomed into a corner
+        [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]],  # 90° turn (non-square: stretched, sampling past edges)
+        [[1.0, 0.4, 0.0], [-0.3, 1.2, 0.2]],  # shear
+        [[0.0, 0.0, 3.0], [0.0, 0.0, -3.0]],  # every output pixel is the one corner pixel
+    ]
+)
+
+
+def _implementations():
+    """The CPU implementations present here: OpenCV always, the C kernel where it builds."""
+    found = {"opencv": augment_opencv}
+    if fastwarp.kernel() is not None:
+        found["kernel"] = fastwarp.augment
+    else:
+        assert fastwarp.compiler() is None, "a C compiler is installed but the fast augmentation kernel did not build"
+    return found
+
+
+@pytest.mark.parametrize("path", ["opencv", "kernel"])
+def test_at_borders_and_non_square(path):
+    """Transforms that sample far outside the image (border padding repeats the edge pixels: OpenCV's
+    BORDER_REPLICATE), exact edges, mirrors and a 90° turn, on a non-square image."""
+    implementation = _implementations().get(path) or pytest.skip("no C compiler: no kernel")
     x = torch.rand(8, 1, 37, 53, generator=torch.Generator().manual_seed(0))
-    theta = torch.tensor(
-        [
-            [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],  # identity
-            [[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],  # mirror
-            [[1.0, 0.0, 1.5], [0.0, 1.0, -1.2]],  # shifted mostly off the image
-            [[2.5, 0.0, 0.0], [0.0, 2.5, 0.0]],  # zoomed out 2.5x: wide border margins
-            [[0.3, 0.0, 0.9], [0.0, 0.3, 0.9]],  # zoomed into a corner
-            [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]],  # 90° turn (non-square: stretched, sampling past edges)
-            [[1.0, 0.4, 0.0], [-0.3, 1.2, 0.2]],  # shear
-            [[0.0, 0.0, 3.0], [0.0, 0.0, -3.0]],  # every output pixel is the one corner pixel
-        ]
-    )
     contrast = torch.tensor([1.0, 0.8, 1.2, 1.0, 0.75, 1.25, 1.1, 0.9])
     brightness = torch.tensor([0.0, 0.1, -0.1, 0.05, 0.0, -0.05, 0.15, 0.0])
-    fast = fastwarp.augment(x, theta, contrast, brightness, 0.45, 0.2)
-    ref = _reference(x, theta, contrast, brightness, 0.45, 0.2)
-    assert (fast - ref).abs().max().item() < 1e-4
-    assert torch.allclose(fast[0], (x[0] - 0.45) / 0.2, atol=1e-5)  # identity: untouched pixels
+    out = implementation(x, THETAS, contrast, brightness, 0.45, 0.2)
+    _assert_close(out, _reference(x, THETAS, contrast, brightness, 0.45, 0.2), 0.2, "borders")
+    assert torch.allclose(out[0], (x[0] - 0.45) / 0.2, atol=1e-5)  # identity: untouched pixels
+    assert torch.allclose(out[1], (x[1].flip(-1) * 0.8 + x[1].mean() * 0.2 + 0.1 - 0.45) / 0.2, atol=1e-5)
     corner = (x[7, 0, 0, -1] - 0.45) / 0.2  # x → +inf, y → -inf: the top-right pixel, everywhere
-    assert torch.allclose(fast[7], corner.expand(1, 37, 53), atol=1e-5)
+    assert torch.allclose(out[7], corner.expand(1, 37, 53), atol=1e-5)
 
 
-def test_strength_zero_identity_with_fast_path(kernel_on, batch):
-    assert torch.equal(Augment(0.0)(batch, torch.Generator().manual_seed(0)), batch)
-    flipped = Augment(0.0, hflip=True)(batch, torch.Generator().manual_seed(0))
-    # with the kernel, the flip alone is exact (integer sampling positions, weights 0 and 1)
-    assert all(torch.equal(f, x) or torch.equal(f, x.flip(-1)) for f, x in zip(flipped, batch))
+def test_opencv_channels_and_layout():
+    """Several channels (one map per image), a non-contiguous input, and a 1-pixel-wide image."""
+    x = torch.rand(8, 3, 21, 17, generator=torch.Generator().manual_seed(1))
+    contrast, brightness = torch.linspace(0.8, 1.2, 8), torch.linspace(-0.1, 0.1, 8)
+    ref = _reference(x, THETAS, contrast, brightness, 0.5, 0.25)
+    _assert_close(augment_opencv(x, THETAS, contrast, brightness, 0.5, 0.25), ref, 0.25, "3 channels")
+    strided = torch.rand(8, 1, 17, 42)[..., ::2]
+    out = augment_opencv(strided, THETAS, contrast, brightness, 0.5, 0.25)
+    _assert_close(out, _reference(strided, THETAS, contrast, brightness, 0.5, 0.25), 0.25, "strided")
+    thin = torch.rand(8, 1, 9, 1)
+    _assert_close(
+        augment_opencv(thin, THETAS, contrast, brightness, 0.0, 1.0),
+        _reference(thin, THETAS, contrast, brightness, 0.0, 1.0),
+        1.0,
+        "thin",
+    )
 
 
-def test_env_var_forces_torch_path(monkeypatch, batch):
-    calls = []
-    real = F.grid_sample
-    monkeypatch.setattr(augment_module.F, "grid_sample", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setenv("PNEUMO_RAY_NO_FASTWARP", "1")
-    assert fastwarp.kernel() is None
-    Augment(0.5)(batch, torch.Generator().manual_seed(0))
-    assert calls == [1]
-    monkeypatch.delenv("PNEUMO_RAY_NO_FASTWARP")
-    if fastwarp.kernel() is not None:  # and without it, the CPU batch never reaches grid_sample
-        Augment(0.5)(batch, torch.Generator().manual_seed(0))
-        assert calls == [1]
-
-
-def test_failed_build_falls_back_with_one_warning(monkeypatch, caplog, batch):
-    monkeypatch.delenv("PNEUMO_RAY_NO_FASTWARP", raising=False)
-    monkeypatch.setattr(fastwarp, "_kernel", None)
-    monkeypatch.setattr(fastwarp, "_failed", False)
-
-    def broken(path):
-        raise RuntimeError("gcc failed: simulated")
-
-    monkeypatch.setattr(fastwarp, "build", broken)
-    with caplog.at_level(logging.WARNING, logger="pneumo_ray.train.fastwarp"):
-        a = Augment(0.6)(batch, torch.Generator().manual_seed(2))
-        b = Augment(0.6)(batch, torch.Generator().manual_seed(2))
-    assert fastwarp.kernel() is None
-    assert len(caplog.records) == 1 and "simulated" in caplog.records[0].getMessage()  # warned once, not per call
-    assert torch.equal(a, b) and not torch.equal(a, batch)
-
-
-def test_build_is_keyed_by_source_and_atomic(tmp_path, monkeypatch):
-    if shutil.which("gcc") is None:
-        pytest.skip("no C compiler")
-    path = fastwarp.library_path(tmp_path)
-    edited = tmp_path / "_warp.c"
-    edited.write_text(fastwarp.SOURCE.read_text() + "\n/* edited */\n")
-    with monkeypatch.context() as m:
-        m.setattr(fastwarp, "SOURCE", edited)
-        assert fastwarp.library_path(tmp_path) != path  # an edited kernel never loads a stale library
-    assert path.parent == tmp_path / "fastwarp" and path.name.startswith("warp-") and path.suffix == ".so"
-    assert fastwarp.build(path) == path and path.stat().st_size > 0
-    mtime = path.stat().st_mtime_ns
-    assert fastwarp.build(path) == path and path.stat().st_mtime_ns == mtime  # built once, then reused
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary file left behind
-
-
-def test_kernel_reads_only_inside_the_image(kernel_on):
-    """At the last row and column the next pixel has weight 0, but must not be read either: here
-    the memory right after the batch holds NaN, which 0 · NaN would carry into the output."""
+@pytest.mark.parametrize("path", ["opencv", "kernel"])
+def test_reads_only_inside_the_image(path):
+    """The memory right after the batch holds NaN: a read past the last row or column would carry it
+    into the output (0 · NaN is NaN)."""
+    implementation = _implementations().get(path) or pytest.skip("no C compiler: no kernel")
     storage = torch.full((2 * 9 * 11 + 64,), float("nan"))
     x = storage[: 2 * 9 * 11].view(2, 1, 9, 11)
     x.copy_(torch.rand(2, 1, 9, 11, generator=torch.Generator().manual_seed(0)))
     theta = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[0.5, 0.0, 3.0], [0.0, 0.5, 3.0]]])
-    out = fastwarp.augment(x, theta, torch.ones(2), torch.zeros(2), 0.0, 1.0)
+    out = implementation(x, theta, torch.ones(2), torch.zeros(2), 0.0, 1.0)
     assert torch.isfinite(out).all()
     assert torch.allclose(out[0], x[0], atol=1e-6) and torch.allclose(out[1], x[1, :, -1:, -1:].expand(1, 9, 11))
+
+
+def test_other_dtypes_take_the_torch_path(batch):
+    x = batch.double()
+    out = Augment(0.6)(x, torch.Generator().manual_seed(2))
+    assert out.dtype == torch.float64
+    ref = augment_torch(x, *Augment(0.6).draw(len(x), torch.Generator().manual_seed(2), x.device, x.dtype), 0.0, 1.0)
+    assert torch.equal(out, ref)
+
+
+# --- native code: only the kernel's own private build is ever loaded ---
+
+# The file name the old loader of train/fastwarp.py used on x86-64 for the current _warp.c: it
+# loaded `<cache>/fastwarp/warp-<hash>.so` whenever the file existed, whoever had written it.
+OLD_NAMES = ["fastwarp/warp-bc6e6d882da17f89.so", "fastwarp/warp-0000000000000000.so", "fastwarp/warp.so"]
+PLAUSIBLE = ["warp.so", "_warp.so", "libwarp.so", "fastwarp.so", "augment.so", "fastwarp/_warp.so"]
+
+PLANTED_C = """
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) {
+    FILE *f = fopen("%s", "a");
+    if (f) { fputs("loaded\\n", f); fclose(f); }
+}
+int augment_f32(void) { return 0; }
+"""
+
+CHILD = """
+import json, os, sys, torch
+from pneumo_ray.train import fastwarp
+from pneumo_ray.train.augment import Augment, Normalize
+import pneumo_ray.train.loop, pneumo_ray.train.protocol  # everything a CPU training run imports
+x = torch.rand(8, 1, 64, 64)
+for strength, hflip in ((0.5, False), (1.0, True)):
+    Augment(strength, hflip)(x, torch.Generator().manual_seed(0), Normalize())
+cache = os.path.realpath(os.environ["PNEUMO_RAY_CACHE"])
+mapped = sorted({line.split()[-1] for line in open("/proc/self/maps") if len(line.split()) >= 6})
+bad = [m for m in mapped if m.startswith(cache) or m.startswith(os.getcwd())]
+print(json.dumps({"mapped": bad, "kernel": fastwarp.kernel() is not None, "cache": os.listdir(cache)}))
+"""
+
+
+def test_a_planted_library_is_never_loaded(tmp_path):
+    """Shared objects whose constructor writes a marker file, planted where the old loader looked
+    (PNEUMO_RAY_CACHE/fastwarp/warp-<hash>.so) and at other plausible names in the cache and the
+    working directory; a process that augments CPU batches (with the kernel, where gcc is) must
+    neither map any of them nor run their constructor."""
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc to build the planted library (and no kernel to load one either)")
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs Linux's /proc/self/maps to list the libraries a process mapped")
+    cache, marker = tmp_path / "cache", tmp_path / "marker"
+    src = tmp_path / "planted.c"
+    src.write_text(PLANTED_C % marker)
+    lib = tmp_path / "planted.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", str(src), "-o", str(lib)], check=True, capture_output=True)
+    for name in OLD_NAMES + PLAUSIBLE:
+        (cache / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(lib, cache / name)
+        shutil.copy(lib, tmp_path / Path(name).name)  # and in the working directory
+    before = sorted(p.relative_to(cache) for p in cache.rglob("*"))
+    env = {k: v for k, v in os.environ.items() if k != "PNEUMO_RAY_NO_FASTWARP"}
+    env |= {"PNEUMO_RAY_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert seen["kernel"], "gcc is here, so the child should have used (and loaded) the kernel"
+    assert seen["mapped"] == []  # nothing mapped from the cache or the working directory
+    assert not marker.exists(), "a planted library's constructor ran"
+    assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == before  # and nothing written there
+    # the plant itself works: loading it on purpose runs its constructor
+    load = f"import ctypes; ctypes.CDLL({str(cache / OLD_NAMES[0])!r})"
+    subprocess.run([sys.executable, "-c", load], check=True, timeout=60)
+    assert marker.read_text() == "loaded\n"
+
+
+def test_kernel_is_built_in_a_fresh_private_folder_then_removed(monkeypatch):
+    if fastwarp.compiler() is None:
+        pytest.skip("no C compiler")
+    made, real = [], tempfile.mkdtemp
+
+    def spy(*args, **kwargs):
+        path = real(*args, **kwargs)
+        made.append((Path(path), stat.S_IMODE(os.stat(path).st_mode), os.stat(path).st_uid))
+        return path
+
+    monkeypatch.setattr(fastwarp.tempfile, "mkdtemp", spy)
+    first, second = fastwarp.load_private_build(), fastwarp.load_private_build()
+    assert first.augment_f32 is not None and second.augment_f32 is not None
+    assert len(made) == 2 and made[0][0] != made[1][0]  # a new folder each time: no path is reused
+    assert all(mode == 0o700 and uid == os.getuid() for _, mode, uid in made)  # only this user can write there
+    assert not any(path.exists() for path, _, _ in made)  # and nothing is left behind
+
+
+NATIVE_LOADERS = {"ctypes", "cffi", "distutils", "setuptools", "torch.utils.cpp_extension", "numpy.ctypeslib"}
+RUNS = {f"subprocess.{f}" for f in ("run", "Popen", "call", "check_call", "check_output")} | {"os.system", "os.popen"}
+COMPILERS = {"gcc", "cc", "clang", "g++", "c++", "nvcc", "icc", "tcc"}
+
+
+def _native_code_uses(source: str, name: str) -> list[str]:
+    """`name:line: what` for each import of a native-code loader or builder, each library-loading
+    call, and each subprocess call whose command is not a literal list led by a non-compiler."""
+    found = []
+    for node in ast.walk(ast.parse(source, name)):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [f"{name}:{node.lineno}: import {n}" for n in names if n.split(".")[0] in NATIVE_LOADERS]
+            found += [f"{name}:{node.lineno}: import {n}" for n in names if n in NATIVE_LOADERS and "." in n]
+        elif isinstance(node, ast.Attribute) and node.attr in {"CDLL", "PyDLL", "LoadLibrary", "dlopen", "load_inline"}:
+            found.append(f"{name}:{node.lineno}: {node.attr}")
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in RUNS:
+            cmd = node.args[0] if node.args else None
+            head = cmd.elts[0] if isinstance(cmd, ast.List) and cmd.elts else None
+            if not (isinstance(head, ast.Constant) and isinstance(head.value, str) and head.value not in COMPILERS):
+                found.append(f"{name}:{node.lineno}: {ast.unparse(node)[:80]}")
+    return found
+
+
+def test_only_the_kernel_module_compiles_or_loads_native_code():
+    """train/fastwarp.py is the one place (its private build is tested above); no other module may
+    load a library, call a compiler or build an extension, and _warp.c is the only C shipped."""
+    pkg = ROOT / "pneumo_ray"
+    kernel_module = pkg / "train" / "fastwarp.py"
+    found = [
+        f for p in sorted(pkg.rglob("*.py")) if p != kernel_module for f in _native_code_uses(p.read_text(), p.name)
+    ]
+    assert found == [], "\n".join(found)
+    assert _native_code_uses(kernel_module.read_text(), "fastwarp.py")  # the check does see the kernel's loader
+    shipped = sorted(p.name for ext in ("*.c", "*.cc", "*.cpp", "*.so") for p in pkg.rglob(ext))
+    assert shipped == ["_warp.c"]
+    probe = 'import ctypes\nimport subprocess\nctypes.CDLL("x.so")\nsubprocess.run(["gcc", "x.c"])\n'
+    found = sorted(f.split(": ")[1] for f in _native_code_uses(probe, "probe.py"))
+    assert found == ["CDLL", "import ctypes", "subprocess.run(['gcc', 'x.c'])"]

@@ -1,24 +1,23 @@
 """The fused C kernel of `_warp.c` (affine warp + bilinear + photometric + normalization in one
-pass over CPU float32 batches), compiled on first use and loaded with ctypes.
+pass over CPU float32 batches), compiled on first use in each process and loaded with ctypes.
 
-The shared library goes to `<cache dir>/fastwarp/warp-<hash>.so`, the hash covering the C source,
-the compiler flags and the machine type, so an edited kernel or a different CPU family gets its
-own file. It is compiled to a temporary name and renamed, so processes that start together never
-load a half-written library. Flags are portable (no -march=native): a shared cache may serve
-cluster nodes with different CPUs. No gcc, a failed compile or PNEUMO_RAY_NO_FASTWARP=1 → `kernel()`
-is None and Augment keeps its torch path (the first two with one warning).
+Security: the library is built into a fresh private directory (tempfile.mkdtemp: mode 0700, a
+random name, created by this process) and loaded from there, then deleted; no library is ever
+loaded from a path that existed before, so nothing planted in a shared cache folder (the old
+`<cache>/fastwarp/warp-<hash>.so`) or elsewhere can run. The price is one compile per process
+(about 0.2 s of CPU for gcc). Flags are portable (no -march=native). No gcc, a failed compile or
+PNEUMO_RAY_NO_FASTWARP=1 → `kernel()` is None and Augment takes its OpenCV path (the first two
+with one warning).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import platform
 import shutil
 import subprocess
-import uuid
+import tempfile
 from pathlib import Path
 
 import torch
@@ -34,47 +33,42 @@ def disabled() -> bool:
     return os.environ.get("PNEUMO_RAY_NO_FASTWARP", "") not in ("", "0")
 
 
-def library_path(cache_dir: Path | None = None) -> Path:
-    from pneumo_ray.data.cache import default_cache_dir
-
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + [platform.machine()]).encode()).hexdigest()[:16]
-    return Path(cache_dir or default_cache_dir()) / "fastwarp" / f"warp-{key}.so"
+def compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
 
 
-def build(path: Path) -> Path:
-    """Compile _warp.c to `path` (atomically), unless it is there already."""
-    if path.exists():
-        return path
-    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+def load_private_build() -> ctypes.CDLL:
+    """Compile _warp.c into a new private directory, load it, delete the directory."""
+    cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler (gcc) on PATH")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    private = Path(tempfile.mkdtemp(prefix="pneumo-ray-warp-"))  # 0700, a fresh name: only we write here
     try:
-        r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, timeout=300)
+        lib_path = private / "warp.so"
+        r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(lib_path)], capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             raise RuntimeError(f"{cc} failed: {r.stderr.strip()[-2000:]}")
-        os.replace(tmp, path)
+        lib = ctypes.CDLL(str(lib_path))  # mapped now: the file may go
     finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        shutil.rmtree(private, ignore_errors=True)
+    f, p = ctypes.c_float, ctypes.c_void_p
+    lib.augment_f32.argtypes = [p, p, ctypes.c_int, ctypes.c_int, ctypes.c_int, p, p, p, f, f, ctypes.c_int]
+    lib.augment_f32.restype = ctypes.c_int
+    return lib
 
 
 def kernel() -> ctypes.CDLL | None:
-    """The loaded library, or None (use the torch path). Compiles once per process at most."""
+    """The loaded library, or None (use the OpenCV path). Compiles once per process at most (a
+    forked child keeps its parent's library)."""
     global _kernel, _failed
     if disabled():
         return None
     if _kernel is None and not _failed:
         try:
-            lib = ctypes.CDLL(str(build(library_path())))
-            f, p = ctypes.c_float, ctypes.c_void_p
-            lib.augment_f32.argtypes = [p, p, ctypes.c_int, ctypes.c_int, ctypes.c_int, p, p, p, f, f, ctypes.c_int]
-            lib.augment_f32.restype = ctypes.c_int
-            _kernel = lib
-        except Exception as e:  # noqa: BLE001 - any failure means: keep the (slower) torch path
+            _kernel = load_private_build()
+        except Exception as e:  # noqa: BLE001 - any failure means: keep the OpenCV path
             _failed = True
-            log.warning("fast CPU augmentation kernel unavailable, using torch's grid_sample: %s", e)
+            log.warning("fast CPU augmentation kernel unavailable, using OpenCV's warpAffine: %s", e)
     return _kernel
 
 
