@@ -105,5 +105,7 @@ def test_cli_patients(kermany_root, capsys):
 
 
 def test_cli_patients_needs_data_root(capsys):
-    assert audit_main(["--patients"]) == 2
-    assert "--patients needs --data-root" in capsys.readouterr().err
+    from study.common import run_main
+
+    assert run_main(audit_main, ["--patients"]) == 2
+    assert capsys.readouterr().err.startswith("error: --patients needs --data-root")

@@ -212,7 +212,7 @@ def test_refuses_to_overwrite_and_bad_models(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "study.sweep", "--models", "vgg"], cwd=ROOT, capture_output=True, text=True
     )
-    assert r.returncode == 2 and "--models must name cnn and/or densenet" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: --models vgg: name cnn and/or densenet")
 
 
 def test_best_checkpoint_is_the_last_reported_one_even_if_the_last_epoch_had_none():
