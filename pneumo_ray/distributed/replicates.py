@@ -29,7 +29,14 @@ from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.config.train import TrainConfig
-from pneumo_ray.distributed.trials import TEST_KEYS, ModelSweep, TrialSpec, best_checkpoint_path, trial_trainable
+from pneumo_ray.distributed.trials import (
+    TEST_KEYS,
+    ModelSweep,
+    TrialSpec,
+    best_checkpoint_path,
+    trial_trainable,
+    tune_run_config,
+)
 from pneumo_ray.train.protocol import pretrain_key
 
 
@@ -123,21 +130,14 @@ def run_seeds(
             trainable,
             param_space={"seed": ray.tune.grid_search(list(seeds))},
             tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency),
-            run_config=ray.tune.RunConfig(
-                name=exp_name,
-                storage_path=storage,
-                verbose=1 if verbose else 0,
-                # a trial whose actor died with its node is run again (its Train job resumes from its checkpoint)
-                failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures),
-                callbacks=[
-                    TrialLines(
-                        f"{model} seed",
-                        epochs=cfg.epochs,
-                        num_samples=len(seeds),
-                        concurrency=concurrency,
-                        shown=("seed",),
-                    )
-                ],
+            run_config=tune_run_config(
+                exp_name,
+                storage,
+                verbose=verbose,
+                max_failures=sweep.max_failures,
+                lines=TrialLines(
+                    f"{model} seed", epochs=cfg.epochs, num_samples=len(seeds), concurrency=concurrency, shown=("seed",)
+                ),
             ),
         )
     grid = tuner.fit()

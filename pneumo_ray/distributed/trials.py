@@ -35,6 +35,7 @@ from pneumo_ray.distributed.jobs import (
 from pneumo_ray.train.protocol import pretrain_key
 
 if TYPE_CHECKING:
+    import ray.tune
     from ray.tune import Result
 
 METRIC = "best_val_auc"
@@ -197,25 +198,35 @@ def run_model_sweep(
                 ),
                 max_concurrent_trials=concurrency,
             ),
-            run_config=ray.tune.RunConfig(
-                name=exp_name,
-                storage_path=storage,
-                verbose=1 if verbose else 0,
-                # a trial whose actor died with its node is run again (its Train job resumes from its checkpoint)
-                failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures),
-                callbacks=[
-                    TrialLines(
-                        model,
-                        epochs=sweep.epochs,
-                        num_samples=sweep.num_samples,
-                        concurrency=concurrency,
-                        shown=searched,
-                    )
-                ],
+            run_config=tune_run_config(
+                exp_name,
+                storage,
+                verbose=verbose,
+                max_failures=sweep.max_failures,
+                lines=TrialLines(
+                    model, epochs=sweep.epochs, num_samples=sweep.num_samples, concurrency=concurrency, shown=searched
+                ),
             ),
         )
     grid = tuner.fit()
     return ModelSweep(model, exp_path, grid, time.time() - t0)
+
+
+def tune_run_config(
+    exp_name: str, storage: str, *, verbose: bool, max_failures: int, lines: object
+) -> ray.tune.RunConfig:
+    """The Tune RunConfig of an experiment (a sweep's model, an arm's seeds): Tune's own status only
+    with `verbose` (the `lines` callback prints the per-trial lines), and a trial whose actor died with
+    its node is run again (its Train job resumes from its checkpoint)."""
+    import ray.tune
+
+    return ray.tune.RunConfig(
+        name=exp_name,
+        storage_path=storage,
+        verbose=1 if verbose else 0,
+        failure_config=ray.tune.FailureConfig(max_failures=max_failures),
+        callbacks=[lines],
+    )
 
 
 def trial_trainable(spec: TrialSpec) -> Callable[[dict], None]:
