@@ -227,10 +227,13 @@ def test_best_checkpoint_is_the_last_reported_one_even_if_the_last_epoch_had_non
     assert best_checkpoint_path(SimpleNamespace(metrics_dataframe=none, metrics={})) is None
 
 
-def test_killed_worker_costs_at_most_one_epoch(tmp_path, cache_dir, ray_cleanup):
-    """SIGKILL the Ray Train worker after two reported epochs: Ray Train restarts the worker group, which
-    resumes from the last epoch's checkpoint (full training state), so each epoch is reported once and
-    the numbers are those of an uninterrupted run with the same seed."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_worker_costs_at_most_one_epoch(workers, tmp_path, cache_dir, ray_cleanup):
+    """SIGKILL the process training a trial after two reported epochs: with one worker, the Tune trial's
+    own process (Ray Train local mode), which Tune starts again from the trial's last checkpoint; with
+    two (DDP), rank 0's worker, whose group Ray Train restarts from the job's last checkpoint. Either
+    way each epoch is reported once (the checkpoint holds the full training state), and one worker's
+    numbers are those of an uninterrupted run with the same seed."""
     import json
 
     import torch
@@ -241,6 +244,8 @@ def test_killed_worker_costs_at_most_one_epoch(tmp_path, cache_dir, ray_cleanup)
     from pneumo_ray.train.protocol import finetune
 
     args = ["--preset", "smoke", "--models", "cnn", "--num-samples", "1", "--epochs", "4", "--grace-period", "4"]
+    if workers == 2:
+        args += ["--workers-per-trial", "2", "--cpus-per-trial", "2", "--batch-size", "16"]
     p = _sweep(*args, "--no-pretrain", "--name", "w", "--results", str(tmp_path), cache_dir=cache_dir)
     exp = tmp_path / "w" / "ray" / "w-cnn"
     deadline = time.time() + 600
@@ -252,8 +257,7 @@ def test_killed_worker_costs_at_most_one_epoch(tmp_path, cache_dir, ray_cleanup)
         time.sleep(0.5)
     else:
         pytest.fail("the trial never reported two epochs")
-    killed = subprocess.run(["pkill", "-9", "-f", "RayTrainWorker"], capture_output=True)
-    assert killed.returncode == 0, "no Ray Train worker process to kill"
+    os.kill(json.loads(reports[0])["pid"], signal.SIGKILL)  # the process the worker function runs in
     out, _ = p.communicate(timeout=900)
     assert p.returncode == 0, out[-4000:]
     res = read_results(tmp_path / "w")
@@ -262,6 +266,9 @@ def test_killed_worker_costs_at_most_one_epoch(tmp_path, cache_dir, ray_cleanup)
     assert e.epoch.tolist() == [1, 2, 3, 4]  # each epoch once (was: epochs 1 and 2 twice)
     reports = [json.loads(ln) for f in exp.glob("*/result.json") for ln in f.read_text().splitlines() if ln.strip()]
     assert len({r["worker_started_at"] for r in reports}) == 2, "the worker was not restarted"
+    assert len({r["pid"] for r in reports}) == 2 and {r["world_size"] for r in reports} == {workers}
+    if workers == 2:
+        return  # DDP's numbers are statistically, not bitwise, those of one worker (test_multinode)
     # the uninterrupted run: the same configuration, seed and threads in this process
     sweep, data, _ = specs_from_run(res.run, OutputSpec(name="w", results=str(tmp_path)))
     row = res.trials.iloc[0]

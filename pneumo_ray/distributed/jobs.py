@@ -6,10 +6,18 @@ Each worker re-opens the study data from the decoded cache (a memory map: no JPE
 again) and trains on its shard. A trial is one Ray Train job: when the content-addressed store lacks
 its pre-training, the job's workers compute it first (under the key's lock) and write it there, so
 every trial with the same key reuses it.
+
+A one-worker job runs in Ray Train's local mode (`ScalingConfig(num_workers=0)`): the worker function
+runs in the Tune trial's own process, which Tune keeps for the next trial, so a trial starts no
+process (a worker group costs a controller and a worker process, each importing torch: 12-21 s of
+the 2-core machine's time per trial). Its epochs then go to Tune directly (`ray.tune.report`, with
+the same checkpoint), and a restarted trial resumes from Tune's checkpoint. Jobs of two or more
+workers (DDP) start a worker group, whose reports reach Tune through `TuneReportCallback`.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
@@ -36,14 +44,17 @@ if TYPE_CHECKING:
     from ray.tune import Callback
 
 
-def _worker_context():
+def _worker_context(in_process: bool) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). A one-worker job in the Tune trial's process is rank 0 of 1 (Ray
+    refuses `ray.train.get_context`, `report` and `get_checkpoint` there: Tune's own API serves)."""
     import logging
 
     import ray.train
     import ray.train.torch
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not every report and checkpoint at INFO
-
+    if in_process:
+        return 0, 1, ray.train.torch.get_device()
     ctx = ray.train.get_context()
     return ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
 
@@ -51,7 +62,7 @@ def _worker_context():
 def _where() -> dict:
     import ray
 
-    return dict(hostname=socket.gethostname(), node_id=ray.get_runtime_context().get_node_id())
+    return dict(hostname=socket.gethostname(), node_id=ray.get_runtime_context().get_node_id(), pid=os.getpid())
 
 
 def finetune_worker(config: dict) -> None:
@@ -64,11 +75,10 @@ def finetune_worker(config: dict) -> None:
     touched here: `evaluate_checkpoint` applies the checkpoint to test once, after the trial.
     """
     worker_started = time.time()
-    import ray.train
-    import ray.train.torch
     import torch
 
-    rank, world, device = _worker_context()
+    to_tune = bool(config.get("in_process"))  # a one-worker job in the Tune trial's process
+    rank, world, device = _worker_context(to_tune)
     cfg: TrainConfig = config["train_config"]
     context_ready = time.time()
     data = load_study_data(config["data"], quiet=True, log=None)
@@ -76,7 +86,14 @@ def finetune_worker(config: dict) -> None:
     init_state, pre_meta, pre_stats = None, {}, {}
     if config.get("store") and cfg.pretrain_epochs > 0:
         init_state, pre_meta, pre_stats = shared_pretraining(
-            cfg, data, device, rank=rank, world=world, store=Path(config["store"]), source_hash=config["source_hash"]
+            cfg,
+            data,
+            device,
+            rank=rank,
+            world=world,
+            store=Path(config["store"]),
+            source_hash=config["source_hash"],
+            wrap=_wrap(to_tune),
         )
     best: dict = {}
     fixed = dict(
@@ -122,15 +139,32 @@ def finetune_worker(config: dict) -> None:
         init_state=init_state,
         rank=rank,
         world=world,
-        wrap=ray.train.torch.prepare_model,
-        on_state=lambda st: report_with_state(metrics(st), st, rank, extra=best_weights),
-        resume=resumed_state(),
+        wrap=_wrap(to_tune),
+        on_state=lambda st: report_with_state(metrics(st), st, rank, extra=best_weights, to_tune=to_tune),
+        resume=resumed_state(to_tune=to_tune),
         log=None,
     )
 
 
+def _wrap(in_process: bool):
+    """DDP through `prepare_model` in a worker group; none for the one-worker job in the trial's
+    process (`prepare_model` would only move the model to the device, which the loop does, and Ray
+    refuses its context lookup inside a Tune trial)."""
+    import ray.train.torch
+
+    return None if in_process else ray.train.torch.prepare_model
+
+
 def shared_pretraining(
-    cfg: TrainConfig, data: StudyData, device: torch.device, *, rank: int, world: int, store: Path, source_hash: str
+    cfg: TrainConfig,
+    data: StudyData,
+    device: torch.device,
+    *,
+    rank: int,
+    world: int,
+    store: Path,
+    source_hash: str,
+    wrap: Callable | None = None,
 ) -> tuple[dict, dict, dict]:
     """(weights, metadata, timing) of the content-addressed pre-training `cfg` starts from.
 
@@ -165,7 +199,7 @@ def shared_pretraining(
                 device,
                 rank=rank,
                 world=world,
-                wrap=ray.train.torch.prepare_model,
+                wrap=wrap,
                 on_state=keep,
                 resume=resume,
                 log=None,
@@ -189,12 +223,15 @@ def _numbers(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if isinstance(v, (int, float, str))}
 
 
-def resumed_state() -> TrainingState | None:
+def resumed_state(to_tune: bool = False) -> TrainingState | None:
     """The training state of the job's last checkpoint, after Ray Train restarted its worker group
-    (a killed worker, a lost node) or a new run of the same name continues it; None on a first start."""
+    (a killed worker, a lost node) or a new run of the same name continues it; None on a first start.
+    `to_tune`: a one-worker job in the trial's process, whose checkpoints are the Tune trial's own
+    (Tune restarts the trial from its last one)."""
     import ray.train
+    import ray.tune
 
-    ckpt = ray.train.get_checkpoint()
+    ckpt = ray.tune.get_checkpoint() if to_tune else ray.train.get_checkpoint()
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
@@ -202,22 +239,29 @@ def resumed_state() -> TrainingState | None:
 
 
 def report_with_state(
-    metrics: dict, state: TrainingState, rank: int, extra: Callable[[Path, TrainingState], None] | None = None
+    metrics: dict,
+    state: TrainingState,
+    rank: int,
+    extra: Callable[[Path, TrainingState], None] | None = None,
+    to_tune: bool = False,
 ) -> None:
     """Report an epoch's metrics with a checkpoint of the full training state (rank 0 writes it; every
     rank reports, as DDP needs), so a restarted worker group loses at most the epoch under way.
     `extra(folder, state)` adds files to the checkpoint (the fine-tuning's best-validation weights,
-    which the test evaluation applies). Ray keeps only the latest checkpoint of a job."""
+    which the test evaluation applies). Ray keeps only the latest checkpoint of a job.
+    `to_tune`: a one-worker job in the trial's process reports to the Tune trial itself."""
     import ray.train
+    import ray.tune
 
+    report, checkpoint = (ray.tune.report, ray.tune.Checkpoint) if to_tune else (ray.train.report, ray.train.Checkpoint)
     if rank != 0:
-        ray.train.report(dict(metrics))
+        report(dict(metrics))
         return
     with tempfile.TemporaryDirectory() as tmp:
         checkpoints.save_training_state(Path(tmp) / "state", state)
         if extra is not None:
             extra(Path(tmp), state)
-        ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        report(dict(metrics), checkpoint=checkpoint.from_directory(tmp))
 
 
 def evaluate_checkpoint(
@@ -242,10 +286,18 @@ def evaluate_checkpoint(
     return metrics, preds
 
 
+def in_process(res: Resources) -> bool:
+    """Whether a trial's job runs in the trial's own process (Ray Train local mode): one worker."""
+    return res.workers == 1
+
+
 def scaling(res: Resources) -> ScalingConfig:
-    """ScalingConfig for one job: the trial's CPUs and GPUs split evenly over its workers."""
+    """ScalingConfig for one job: the trial's CPUs and GPUs split evenly over its workers; a one-worker
+    job runs in local mode (`num_workers=0`), on the resources Tune gave the trial."""
     from ray.train import ScalingConfig
 
+    if in_process(res):
+        return ScalingConfig(num_workers=0)
     per = {"CPU": res.cpus / res.workers}
     if res.gpus:
         per["GPU"] = res.gpus / res.workers

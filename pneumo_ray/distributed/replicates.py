@@ -129,7 +129,7 @@ def run_seeds(
         tuner = ray.tune.Tuner(
             trainable,
             param_space={"seed": ray.tune.grid_search(list(seeds))},
-            tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency),
+            tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune_run_config(
                 exp_name,
                 storage,

@@ -1,5 +1,8 @@
-"""Ray Tune layer: one Tune trial = (shared, content-addressed) pre-training job + one fine-tuning
-Ray Train job; Optuna (TPE, seeded) proposes configurations, ASHA stops poor trials early.
+"""Ray Tune layer: one Tune trial = one Ray Train job (its shared, content-addressed pre-training
+first when the store lacks it, then the fine-tuning); Optuna (TPE, seeded) proposes configurations,
+ASHA stops poor trials early. Tune reuses a trial's process for the next trial (`reuse_actors`): a
+one-worker job runs in it (Ray Train local mode), so after the first trial of each slot no process
+starts and no torch is imported again.
 
 A trial gets its fixed settings as one frozen `TrialSpec` (base TrainConfig, DataSpec, resources;
 Ray pickles it) and the values Optuna proposed as Tune's config; its TrainConfig is the base with
@@ -15,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +32,7 @@ from pneumo_ray.config.train import TrainConfig
 from pneumo_ray.distributed.jobs import (
     evaluate_checkpoint,
     finetune_worker,
+    in_process,
     scaling,
     train_run_config,
 )
@@ -58,8 +62,8 @@ def search_space(sweep: SweepConfig) -> dict:
 def max_concurrent_trials(cluster: dict, cpus_per_trial: float, gpus_per_trial: float, cap: int = 0) -> int:
     """How many trials fit at once on a cluster with `cluster` resources ({"CPU": n, "GPU": m}).
 
-    A trial's Tune actor needs no CPU (it only waits on its Ray Train jobs); its workers need
-    `cpus_per_trial` CPUs and `gpus_per_trial` GPUs in all (fractions allowed)."""
+    A trial needs `cpus_per_trial` CPUs and `gpus_per_trial` GPUs in all (fractions allowed): its own
+    process holds them for a one-worker job, its workers for a DDP job (the trial then needs none)."""
     fits = []
     if cpus_per_trial > 0:
         fits.append(math.floor(cluster.get("CPU", 0) / cpus_per_trial + 1e-9))
@@ -100,6 +104,7 @@ def trial_fn(config: dict, spec: TrialSpec) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     imported = time.time()
     cfg = spec.base.replace(**{k: config[k] for k in spec.searched})
+    local = in_process(spec.resources)
     # when each step of the trial began (bench/ray_overhead.py turns these into the fixed-cost breakdown)
     extra = dict(trial_started_at=started, trial_imports_s=round(imported - started, 3), trainer_started_at=time.time())
     TorchTrainer(
@@ -111,12 +116,14 @@ def trial_fn(config: dict, spec: TrialSpec) -> None:
             extra=extra,
             store=str(spec.store) if spec.source_hash else None,
             source_hash=spec.source_hash,
+            in_process=local,
         ),
         scaling_config=scaling(spec.resources),
         run_config=train_run_config(
             f"finetune-{trial_id}",
             spec.storage,
-            callbacks=[TuneReportCallback()],
+            # a worker group's reports reach Tune through the callback; the local job reports to Tune itself
+            callbacks=[] if local else [TuneReportCallback()],
             max_failures=spec.resources.max_failures,
         ),
     ).fit()
@@ -146,6 +153,7 @@ def run_model_sweep(
     searched: list[str] | None = None,
     optuna_db: Path | None = None,
     verbose: bool = False,
+    callbacks: Sequence[object] = (),
 ) -> ModelSweep:
     """Run (or resume) one model's Tune experiment; returns its ResultGrid.
 
@@ -156,7 +164,8 @@ def run_model_sweep(
 
     `optuna_db`: the SQLite file of Optuna's own storage; the study is named `exp_name`, so
     `optuna-dashboard sqlite:///<optuna_db>` shows it while it runs and after, and `optuna.load_study`
-    reads it back (each Optuna trial carries the Tune trial id as user attribute `tune_trial_id`)."""
+    reads it back (each Optuna trial carries the Tune trial id as user attribute `tune_trial_id`).
+    `callbacks`: more Tune callbacks (bench/ray_overhead.py times each trial from the driver's side)."""
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -197,6 +206,7 @@ def run_model_sweep(
                     reduction_factor=sweep.reduction_factor,
                 ),
                 max_concurrent_trials=concurrency,
+                reuse_actors=True,  # the next trial runs in the same process: no start, no imports
             ),
             run_config=tune_run_config(
                 exp_name,
@@ -206,6 +216,7 @@ def run_model_sweep(
                 lines=TrialLines(
                     model, epochs=sweep.epochs, num_samples=sweep.num_samples, concurrency=concurrency, shown=searched
                 ),
+                callbacks=callbacks,
             ),
         )
     grid = tuner.fit()
@@ -213,7 +224,7 @@ def run_model_sweep(
 
 
 def tune_run_config(
-    exp_name: str, storage: str, *, verbose: bool, max_failures: int, lines: object
+    exp_name: str, storage: str, *, verbose: bool, max_failures: int, lines: object, callbacks: Sequence[object] = ()
 ) -> ray.tune.RunConfig:
     """The Tune RunConfig of an experiment (a sweep's model, an arm's seeds): Tune's own status only
     with `verbose` (the `lines` callback prints the per-trial lines), and a trial whose actor died with
@@ -225,17 +236,23 @@ def tune_run_config(
         storage_path=storage,
         verbose=1 if verbose else 0,
         failure_config=ray.tune.FailureConfig(max_failures=max_failures),
-        callbacks=[lines],
+        # a one-worker trial's checkpoints are Tune's: each holds the full state and the best weights
+        # so far, so the latest is all a restart or the test evaluation needs
+        checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
+        callbacks=[lines, *callbacks],
     )
 
 
 def trial_trainable(spec: TrialSpec) -> Callable[[dict], None]:
-    """`trial_fn` bound to `spec`, as Tune runs it. The trial itself only waits on its Ray Train jobs:
-    no CPU (a 0-CPU bundle needs some resource to be valid, hence the token memory), so concurrency
-    is set by the workers' resources alone."""
+    """`trial_fn` bound to `spec`, as Tune runs it, with the resources its process needs: the job's
+    CPUs and GPUs when the one-worker job runs in it; none when it only waits on a DDP worker group
+    (a 0-CPU bundle needs some resource to be valid, hence the token memory), so concurrency is set
+    by the workers' resources alone."""
     import ray.tune
 
-    return ray.tune.with_resources(ray.tune.with_parameters(trial_fn, spec=spec), {"cpu": 0, "memory": 64 * 1024**2})
+    res = spec.resources
+    need = {"cpu": res.cpus, "gpu": res.gpus} if in_process(res) else {"cpu": 0, "memory": 64 * 1024**2}
+    return ray.tune.with_resources(ray.tune.with_parameters(trial_fn, spec=spec), need)
 
 
 # when each step of a trial began or how long it took, as the trial and its worker report them
@@ -275,12 +292,16 @@ def _storage_filesystem(storage: str):
 
 
 def best_checkpoint_path(result: Result) -> str | None:
-    """The trial's last reported checkpoint, which is its best-validation one (the worker reports a
-    checkpoint only on improvement). The last report itself may carry none, so look through all."""
+    """The trial's last reported checkpoint, which holds its best-validation weights so far. A worker
+    group's checkpoints are Ray Train's (their paths come through the reports: the last report itself
+    may carry none, so look through all); a one-worker job's are the Tune trial's own."""
     df = result.metrics_dataframe
     if df is not None and "checkpoint_path" in df and df["checkpoint_path"].notna().any():
         return str(df["checkpoint_path"].dropna().iloc[-1])
-    return (result.metrics or {}).get("checkpoint_path")
+    if (result.metrics or {}).get("checkpoint_path"):
+        return result.metrics["checkpoint_path"]
+    ckpt = getattr(result, "checkpoint", None)
+    return None if ckpt is None else str(ckpt.path)
 
 
 def evaluate_trials(ms: ModelSweep, sweep: SweepConfig, data: DataSpec, storage: str) -> dict:
