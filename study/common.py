@@ -70,7 +70,12 @@ SEARCH_FLAGS = (
     Flag("--grace-period", "grace_period", "ASHA: epochs before a trial can be stopped", int),
 )
 RESOURCES = (
-    Flag("--workers-per-trial", "workers_per_trial", "Ray Train workers (DDP) per job", int),
+    Flag(
+        "--workers-per-trial",
+        "workers_per_trial",
+        "Ray Train workers (DDP) per job; 1 (default) trains in the trial's own, reused process",
+        int,
+    ),
     Flag("--cpus-per-trial", "cpus_per_trial", "CPUs per trial (split over its workers)", float),
     Flag("--gpus-per-trial", "gpus_per_trial", "GPUs per trial; fractions share a GPU (e.g. 0.25)", float),
     Flag(

@@ -1,13 +1,22 @@
-"""Shared fixtures: the real data in ../shared/data (skipped with a reason where it is absent) and
-an isolated decoded-image cache per test session."""
+"""Shared fixtures: the real data in ../shared/data (skipped with a reason where it is absent), an
+isolated decoded-image cache per test session, and a real local Ray cluster (`ray start` on
+loopback, token-authenticated as Ray >= 2.59 requires) that a module's drivers join."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 DATA = ROOT.parent / "shared" / "data"
 KERMANY = DATA / "chest_xray"
 CORONAHACK = DATA / "coronahack"
@@ -33,3 +42,47 @@ def coronahack_root() -> Path:
 def cache_dir(tmp_path_factory) -> Path:
     """One decoded cache for the whole session: real images are decoded once, as in real use."""
     return tmp_path_factory.mktemp("decoded-cache")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_cli(args: list[str], env: dict, timeout: float = 180) -> str:
+    r = subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"ray {' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    return r.stdout
+
+
+@contextlib.contextmanager
+def local_cluster(nodes: int = 1, cpus: int = 2) -> Iterator[tuple[str, dict]]:
+    """A head and `nodes` - 1 more `ray start` nodes on loopback, `cpus` CPUs each; yields (address, the
+    environment a driver needs to join it: RAY_ADDRESS and the auth token). `ray stop --force` after,
+    also when a test fails (it stops every Ray on this machine: tests never run Ray side by side)."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    port = free_port()
+    try:
+        # --generate creates ~/.ray/auth_token on a machine that has none (else prints the existing one)
+        token = ray_cli(["get-auth-token", "--generate"], env).strip().splitlines()[-1]
+        env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+        address = f"127.0.0.1:{port}"
+        # as study.sweep's own local Ray: no per-process metrics export (it slows epochs on 2 cores)
+        quiet = json.dumps({"enable_metrics_collection": False})
+        head = ["start", "--head", f"--port={port}", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1"]
+        ray_cli([*head, f"--system-config={quiet}"], env)
+        for _ in range(nodes - 1):
+            ray_cli(["start", f"--address={address}", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1"], env)
+        yield address, {**env, "RAY_ADDRESS": address}
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[tuple[str, dict]]:
+    """One local Ray (a head with 2 CPUs) for a module's tests: each driver joins it rather than
+    starting and stopping a Ray of its own (seconds each on 2 cores). A killed driver's trials end
+    with its job, so the next driver finds the CPUs free."""
+    with local_cluster(nodes=1) as cluster:
+        yield cluster

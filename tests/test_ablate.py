@@ -18,25 +18,15 @@ from pneumo_ray.distributed.replicates import base_configs
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _ablate(*args, cache_dir):
-    env = {**os.environ, "PNEUMO_RAY_CACHE": str(cache_dir), "RAY_DEDUP_LOGS": "1"}
+def _ablate(*args, cache_dir, cluster=None):
+    """study.ablate; with `cluster` (the `ray_head` fixture) it joins that Ray."""
+    env = {**(cluster[1] if cluster else os.environ), "PNEUMO_RAY_CACHE": str(cache_dir), "RAY_DEDUP_LOGS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "study.ablate", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
     )
 
 
-@pytest.fixture
-def ray_cleanup():
-    yield
-    subprocess.run(
-        ["ray", "stop", "--force"],
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-    )
-
-
-def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_cleanup):
+def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_head):
     common = [
         "--preset",
         "smoke",
@@ -54,9 +44,9 @@ def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_cleanup):
         str(tmp_path),
     ]
     cache = tmp_path / "cache"
-    r1 = _ablate(*common, cache_dir=cache)
+    r1 = _ablate(*common, cache_dir=cache, cluster=ray_head)
     assert r1.returncode == 0, (r1.stdout + r1.stderr)[-4000:]
-    r2 = _ablate(*common, "--no-pretrain", cache_dir=cache)
+    r2 = _ablate(*common, "--no-pretrain", cache_dir=cache, cluster=ray_head)
     assert r2.returncode == 0, (r2.stdout + r2.stderr)[-4000:]
     out = tmp_path / "abl"
     abl = pd.read_parquet(out / "ablations.parquet")
@@ -95,7 +85,7 @@ def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_cleanup):
     leak = audit[(audit.a_set == "pretraining") & audit.b_set.isin(["target-val", "target-test"])]
     assert len(leak) == 2 and (leak["any"] == 0).all()
     # re-running an arm with the same seeds adds nothing and trains nothing (its search is reused)
-    r3 = _ablate(*common, cache_dir=cache)
+    r3 = _ablate(*common, cache_dir=cache, cluster=ray_head)
     assert r3.returncode == 0 and "nothing to run" in r3.stdout
     assert len(pd.read_parquet(out / "ablations.parquet")) == 4
     # other settings under the same name are refused before any work: lengths, or another protocol
@@ -235,7 +225,7 @@ def test_summarize_names_a_damaged_table(tmp_path):
     assert line.startswith(f"error: {tmp_path / 'ablations.parquet'}: damaged or not a Parquet table")
 
 
-def test_killed_ablation_resumes_with_each_seed_once(tmp_path, cache_dir, ray_cleanup):
+def test_killed_ablation_resumes_with_each_seed_once(tmp_path, cache_dir, ray_head):
     """Kill study.ablate's driver once a seed has finished and the next is under way; the same command
     with --resume completes the arm: every seed once, none trained twice to completion."""
     import signal
@@ -243,7 +233,7 @@ def test_killed_ablation_resumes_with_each_seed_once(tmp_path, cache_dir, ray_cl
 
     args = ["--preset", "smoke", "--models", "cnn", "--seeds", "3", "--epochs", "2", "--no-pretrain"]
     args += ["--max-concurrent", "1", "--name", "ak", "--results", str(tmp_path)]
-    env = {**os.environ, "PNEUMO_RAY_CACHE": str(cache_dir)}
+    env = {**ray_head[1], "PNEUMO_RAY_CACHE": str(cache_dir)}
     p = subprocess.Popen(
         [sys.executable, "-m", "study.ablate", *args],
         cwd=ROOT,
@@ -265,16 +255,10 @@ def test_killed_ablation_resumes_with_each_seed_once(tmp_path, cache_dir, ray_cl
         time.sleep(0.5)
     else:
         pytest.fail("the ablation never reached a finished seed")
-    os.killpg(p.pid, signal.SIGKILL)
+    os.killpg(p.pid, signal.SIGKILL)  # Ray ends the dead driver's job: its trials stop with it
     p.wait()
-    subprocess.run(
-        ["ray", "stop", "--force"],
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-    )
     assert not (tmp_path / "ak" / "ablations.parquet").exists()  # killed before any row was collected
-    r = _ablate(*args, "--resume", cache_dir=cache_dir)
+    r = _ablate(*args, "--resume", cache_dir=cache_dir, cluster=ray_head)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     abl = pd.read_parquet(tmp_path / "ak" / "ablations.parquet")
     assert sorted(abl.seed) == [0, 1, 2] and abl.error.isna().all() and abl.test_auc.between(0, 1).all()

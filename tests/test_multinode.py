@@ -1,47 +1,26 @@
 """A real two-node Ray cluster on loopback: a head and a second `ray start` node (separate processes,
-each with its own CPUs, token-authenticated as Ray >= 2.59 requires), a smoke sweep submitted to it
-with --address, trials placed on both nodes, and DDP across the nodes matching one worker.
+each with its own CPUs, token-authenticated as Ray >= 2.59 requires); smoke sweeps submitted to it
+with --address: DDP across the nodes matching one worker and surviving a killed worker, and a third
+node that joins, gets trials and is lost.
 The cluster is stopped afterwards, also when a test fails."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port, local_cluster, ray_cli
 
 from pneumo_ray.storage.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ray(args, env, timeout=180):
-    r = subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"ray {' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
-    return r.stdout
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    port = _free_port()
-    try:
-        # --generate creates ~/.ray/auth_token on a machine that has none (else prints the existing one)
-        token = _ray(["get-auth-token", "--generate"], env).strip().splitlines()[-1]
-        env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-        _ray(["start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1"], env)
-        _ray(["start", f"--address=127.0.0.1:{port}", "--num-cpus=2", "--node-ip-address=127.0.0.1"], env)
-        yield f"127.0.0.1:{port}", env
-    finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=180)
+    with local_cluster(nodes=2) as (address, env):
+        yield address, env
 
 
 def _sweep(env, cache_dir, *args):
@@ -57,35 +36,16 @@ def _sweep(env, cache_dir, *args):
     return r.stdout
 
 
-def test_sweep_runs_on_both_nodes(cluster, tmp_path, cache_dir):
-    address, env = cluster
-    out = _sweep(
-        env,
-        cache_dir,
-        "--num-samples",
-        "4",
-        "--max-concurrent",
-        "4",
-        "--address",
-        address,
-        "--name",
-        "mn",
-        "--results",
-        str(tmp_path),
-    )
-    assert "on 2 node(s)" in out
-    t = read_results(tmp_path / "mn").trials
-    print(t[["trial_id", "node_id", "hostname", "best_val_auc", "test_auc"]].to_string())
-    assert len(t) == 4 and t.error.isna().all()
-    assert t.node_id.nunique() == 2  # trials ran on both nodes
-    run = read_results(tmp_path / "mn").run
-    assert run["cluster"]["nodes"] == 2 and run["cluster"]["resources"]["CPU"] == 4
-
-
 def test_two_worker_ddp_across_nodes_matches_one_worker(cluster, tmp_path, cache_dir):
     """Same seed, same sampled config, same global batch (2 workers x 16 vs 1 x 32): validation AUC
     agrees within 0.05 (DDP changes batch composition, BatchNorm statistics and augmentation draws,
-    so the numbers are statistically, not bitwise, equal)."""
+    so the numbers are statistically, not bitwise, equal). Rank 0's worker is SIGKILLed after the
+    first epoch: Ray Train restarts the worker group from the job's last checkpoint (full training
+    state), so each epoch is reported once."""
+    import json
+    import signal
+    import time
+
     address, env = cluster
     common = [
         "--num-samples",
@@ -112,21 +72,32 @@ def test_two_worker_ddp_across_nodes_matches_one_worker(cluster, tmp_path, cache
         "--batch-size",
         "32",
     )
-    _sweep(
-        env,
-        cache_dir,
-        *common,
-        "--name",
-        "two",
-        "--workers-per-trial",
-        "2",
-        "--cpus-per-trial",
-        "2",
-        "--batch-size",
-        "16",
-        "--placement-strategy",
-        "STRICT_SPREAD",
-    )  # one worker on each node
+    two_args = ["--workers-per-trial", "2", "--cpus-per-trial", "2", "--batch-size", "16"]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "study.sweep", "--preset", "smoke", "--models", "cnn", *common, "--name", "two"]
+        + [*two_args, "--placement-strategy", "STRICT_SPREAD"],  # one worker on each node
+        cwd=ROOT,
+        env={**env, "PNEUMO_RAY_CACHE": str(cache_dir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    exp = tmp_path / "two" / "ray" / "two-cnn"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        reports = [ln for f in exp.glob("*/result.json") for ln in f.read_text().splitlines() if ln.strip()]
+        if reports:
+            break
+        assert p.poll() is None, p.stdout.read()[-3000:]
+        time.sleep(0.5)
+    else:
+        pytest.fail("the DDP trial never reported an epoch")
+    os.kill(json.loads(reports[0])["pid"], signal.SIGKILL)  # rank 0's worker (its metrics reach Tune)
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out[-4000:]
+    reports = [json.loads(ln) for f in exp.glob("*/result.json") for ln in f.read_text().splitlines() if ln.strip()]
+    assert len({r["pid"] for r in reports}) == 2 and {r["world_size"] for r in reports} == {2}  # restarted
+    assert read_results(tmp_path / "two").epochs.sort_values("epoch").epoch.tolist() == [1, 2, 3]  # each once
     one, two = (read_results(tmp_path / n).trials.iloc[0] for n in ("one", "two"))
     print(
         f"1 worker: val AUC {one.best_val_auc:.4f} test AUC {one.test_auc:.4f}; "
@@ -139,18 +110,18 @@ def test_two_worker_ddp_across_nodes_matches_one_worker(cluster, tmp_path, cache
 
 
 def test_lost_node_trials_move_to_the_remaining_nodes(cluster, tmp_path, cache_dir):
-    """A third node joins, the sweep fills all six CPUs (so some trials run there), then that node's
-    processes are killed (raylet and agents, as when a machine goes away): Ray Train restarts the
-    affected worker groups, Tune re-runs trials whose actor died, each resuming from its last
-    checkpoint, and the sweep completes with every trial and every epoch exactly once. Runs last in
-    this module: it leaves the cluster with the two nodes the fixture made."""
+    """A third node joins and a sweep submitted with --address fills all six CPUs, so trials run on
+    every node; then that node's processes are killed (raylet and agents, as when a machine goes
+    away): Tune re-runs the trials whose process died (a DDP job's worker group Ray Train restarts),
+    each resuming from its last checkpoint, and the sweep completes with every trial and every epoch
+    exactly once. Runs last in this module: it leaves the cluster with the two nodes the fixture made."""
     import json
     import signal
     import time
 
     address, env = cluster
-    port = _free_port()
-    _ray(
+    port = free_port()
+    ray_cli(
         ["start", f"--address={address}", "--num-cpus=2", "--node-ip-address=127.0.0.1", f"--node-manager-port={port}"],
         env,
     )
@@ -201,6 +172,8 @@ def test_lost_node_trials_move_to_the_remaining_nodes(cluster, tmp_path, cache_d
         f.parent.name: {json.loads(ln)["node_id"] for ln in f.read_text().splitlines() if ln.strip()}
         for f in exp.glob("*/result.json")
     }
+    assert "on 3 node(s)" in out and res.run["cluster"]["nodes"] == 3 and res.run["cluster"]["resources"]["CPU"] == 6
+    assert len(set().union(*nodes.values())) == 3  # trials ran on every node
     moved = [trial for trial, ids in nodes.items() if len(ids) > 1]
     print(f"trials that moved off the lost node: {moved}")
     assert moved, "no trial ran on the lost node (it should have held two of the six)"

@@ -167,10 +167,11 @@ def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
     ray = init_ray(out.address, logs, out.verbose)
     try:
         resources = ray.cluster_resources()
+        nodes = len([n for n in ray.nodes() if n["Alive"]])  # the cluster the sweep started on
         concurrency = max_concurrent_trials(resources, sweep.cpus_per_trial, sweep.gpus_per_trial, sweep.max_concurrent)
         print(
             f"Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU on "
-            f"{len([n for n in ray.nodes() if n['Alive']])} node(s); {concurrency} concurrent trial(s) of "
+            f"{nodes} node(s); {concurrency} concurrent trial(s) of "
             f"{sweep.workers_per_trial} worker(s), {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU\n"
             f"Ray's own output: {logs}/ray.log{'' if out.verbose else ' (--verbose shows it live)'}\n"
             f"Optuna studies: optuna-dashboard sqlite:///{(folder / 'optuna.db').resolve()}"
@@ -202,7 +203,7 @@ def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
             per_model[model] = round(ms.seconds, 1)
         cluster = dict(
             resources={k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
-            nodes=len([n for n in ray.nodes() if n["Alive"]]),
+            nodes=nodes,
             concurrency=concurrency,
         )
     finally:

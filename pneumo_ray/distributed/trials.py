@@ -107,7 +107,7 @@ def trial_fn(config: dict, spec: TrialSpec) -> None:
     local = in_process(spec.resources)
     # when each step of the trial began (bench/ray_overhead.py turns these into the fixed-cost breakdown)
     extra = dict(trial_started_at=started, trial_imports_s=round(imported - started, 3), trainer_started_at=time.time())
-    TorchTrainer(
+    trainer = TorchTrainer(
         finetune_worker,
         # the job pre-trains first when the store lacks the key (jobs.shared_pretraining)
         train_loop_config=dict(
@@ -126,7 +126,22 @@ def trial_fn(config: dict, spec: TrialSpec) -> None:
             callbacks=[] if local else [TuneReportCallback()],
             max_failures=spec.resources.max_failures,
         ),
-    ).fit()
+    )
+    try:
+        trainer.fit()
+    finally:
+        if local:  # the process serves the next trial: hand back this one's memory (and GPU cache) now
+            _release_memory()
+
+
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @dataclass
