@@ -86,3 +86,37 @@ def ray_head() -> Iterator[tuple[str, dict]]:
     with its job, so the next driver finds the CPUs free."""
     with local_cluster(nodes=1) as cluster:
         yield cluster
+
+
+def start_sweep(*args: str, env: dict, cache_dir: Path) -> subprocess.Popen:
+    """`python -m study.sweep ARGS` in its own process group (a test can kill the driver and all it
+    started), output captured, the decoded cache at `cache_dir`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.sweep", *args],
+        cwd=ROOT,
+        env={**env, "PNEUMO_RAY_CACHE": str(cache_dir), "RAY_DEDUP_LOGS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def reported(exp: Path) -> list[dict]:
+    """Every result Tune recorded in the experiment folder `exp` (one per reported epoch)."""
+    return [json.loads(ln) for f in exp.glob("*/result.json") for ln in f.read_text().splitlines() if ln.strip()]
+
+
+def kill_after_first_report(p: subprocess.Popen, exp: Path, timeout: float = 600) -> None:
+    """Once the sweep `p` has reported an epoch in `exp`, SIGKILL the process the reporting worker
+    function runs in (its `pid`: a one-worker trial's own process, or rank 0 of a DDP group)."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not (reports := reported(exp)):
+        assert p.poll() is None, p.stdout.read()[-3000:]
+        if time.time() > deadline:
+            pytest.fail(f"no epoch was reported in {exp} within {timeout:g} s")
+        time.sleep(0.5)
+    os.kill(reports[0]["pid"], signal.SIGKILL)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, local_cluster, ray_cli
+from conftest import free_port, kill_after_first_report, local_cluster, ray_cli, reported, start_sweep
 
 from pneumo_ray.storage.results import read_results
 
@@ -42,9 +42,6 @@ def test_two_worker_ddp_across_nodes_matches_one_worker(cluster, tmp_path, cache
     so the numbers are statistically, not bitwise, equal). Rank 0's worker is SIGKILLed after the
     first epoch: Ray Train restarts the worker group from the job's last checkpoint (full training
     state), so each epoch is reported once."""
-    import json
-    import signal
-    import time
 
     address, env = cluster
     common = [
@@ -73,29 +70,17 @@ def test_two_worker_ddp_across_nodes_matches_one_worker(cluster, tmp_path, cache
         "32",
     )
     two_args = ["--workers-per-trial", "2", "--cpus-per-trial", "2", "--batch-size", "16"]
-    p = subprocess.Popen(
-        [sys.executable, "-m", "study.sweep", "--preset", "smoke", "--models", "cnn", *common, "--name", "two"]
-        + [*two_args, "--placement-strategy", "STRICT_SPREAD"],  # one worker on each node
-        cwd=ROOT,
-        env={**env, "PNEUMO_RAY_CACHE": str(cache_dir)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    p = start_sweep(
+        *["--preset", "smoke", "--models", "cnn", *common, "--name", "two", *two_args],
+        *["--placement-strategy", "STRICT_SPREAD"],  # one worker on each node
+        env=env,
+        cache_dir=cache_dir,
     )
     exp = tmp_path / "two" / "ray" / "two-cnn"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        reports = [ln for f in exp.glob("*/result.json") for ln in f.read_text().splitlines() if ln.strip()]
-        if reports:
-            break
-        assert p.poll() is None, p.stdout.read()[-3000:]
-        time.sleep(0.5)
-    else:
-        pytest.fail("the DDP trial never reported an epoch")
-    os.kill(json.loads(reports[0])["pid"], signal.SIGKILL)  # rank 0's worker (its metrics reach Tune)
+    kill_after_first_report(p, exp)  # rank 0's worker (its metrics are the ones that reach Tune)
     out, _ = p.communicate(timeout=900)
     assert p.returncode == 0, out[-4000:]
-    reports = [json.loads(ln) for f in exp.glob("*/result.json") for ln in f.read_text().splitlines() if ln.strip()]
+    reports = reported(exp)
     assert len({r["pid"] for r in reports}) == 2 and {r["world_size"] for r in reports} == {2}  # restarted
     assert read_results(tmp_path / "two").epochs.sort_values("epoch").epoch.tolist() == [1, 2, 3]  # each once
     one, two = (read_results(tmp_path / n).trials.iloc[0] for n in ("one", "two"))
@@ -137,14 +122,11 @@ def test_lost_node_trials_move_to_the_remaining_nodes(cluster, tmp_path, cache_d
         "--pretrain-epochs",
         "0",
     ]
-    p = subprocess.Popen(
-        [sys.executable, "-m", "study.sweep", "--preset", "smoke", "--models", "cnn", *args]
-        + ["--address", address, "--name", "lost", "--results", str(tmp_path)],
-        cwd=ROOT,
-        env={**env, "PNEUMO_RAY_CACHE": str(cache_dir)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    p = start_sweep(
+        *["--preset", "smoke", "--models", "cnn", *args, "--address", address, "--name", "lost"],
+        *["--results", str(tmp_path)],
+        env=env,
+        cache_dir=cache_dir,
     )
     exp = tmp_path / "lost" / "ray" / "lost-cnn"
     deadline = time.time() + 600

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import kill_after_first_report, reported, start_sweep
 
 from pneumo_ray.distributed.trials import max_concurrent_trials
 from pneumo_ray.storage.results import read_results
@@ -26,19 +27,9 @@ def test_concurrency_from_resources():
         max_concurrent_trials({"CPU": 8}, 1, 1)
 
 
-def _sweep(*args, cache_dir, cluster=None, **kw):
+def _sweep(*args, cache_dir, cluster=None):
     """study.sweep in its own process group; with `cluster` (the `ray_head` fixture) it joins that Ray."""
-    env = {**(cluster[1] if cluster else os.environ), "PNEUMO_RAY_CACHE": str(cache_dir), "RAY_DEDUP_LOGS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "study.sweep", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        **kw,
-    )
+    return start_sweep(*args, env=cluster[1] if cluster else dict(os.environ), cache_dir=cache_dir)
 
 
 def test_smoke_sweep_both_models(tmp_path, ray_head):
@@ -218,7 +209,6 @@ def test_killed_worker_costs_at_most_one_epoch(tmp_path, cache_dir, ray_head):
     after its first reported epoch: Tune starts the trial again from its last checkpoint (full training
     state), so each epoch is reported once and the numbers are those of an uninterrupted run with the
     same seed. (A DDP worker killed: tests/test_multinode.py.)"""
-    import json
 
     import torch
 
@@ -230,23 +220,14 @@ def test_killed_worker_costs_at_most_one_epoch(tmp_path, cache_dir, ray_head):
     args = ["--preset", "smoke", "--models", "cnn", "--num-samples", "1", "--epochs", "3", "--grace-period", "3"]
     p = _sweep(*args, "--no-pretrain", "--name", "w", "--results", str(tmp_path), cache_dir=cache_dir, cluster=ray_head)
     exp = tmp_path / "w" / "ray" / "w-cnn"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        reports = [ln for f in exp.glob("*/result.json") for ln in f.read_text().splitlines() if ln.strip()]
-        if reports:
-            break
-        assert p.poll() is None, p.stdout.read()[-3000:]
-        time.sleep(0.5)
-    else:
-        pytest.fail("the trial never reported an epoch")
-    os.kill(json.loads(reports[0])["pid"], signal.SIGKILL)  # the process the worker function runs in
+    kill_after_first_report(p, exp)  # the trial's own process: the worker function runs in it
     out, _ = p.communicate(timeout=900)
     assert p.returncode == 0, out[-4000:]
     res = read_results(tmp_path / "w")
     assert len(res.trials) == 1 and res.trials.error.isna().all() and int(res.trials.epochs_run.iloc[0]) == 3
     e = res.epochs.sort_values("epoch")
     assert e.epoch.tolist() == [1, 2, 3]  # each epoch once (a restart from scratch reported epoch 1 twice)
-    reports = [json.loads(ln) for f in exp.glob("*/result.json") for ln in f.read_text().splitlines() if ln.strip()]
+    reports = reported(exp)
     assert len({r["worker_started_at"] for r in reports}) == 2, "the worker was not restarted"
     assert len({r["pid"] for r in reports}) == 2 and {r["world_size"] for r in reports} == {1}
     # the uninterrupted run: the same configuration, seed and threads in this process
