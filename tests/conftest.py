@@ -10,7 +10,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -107,16 +107,24 @@ def reported(exp: Path) -> list[dict]:
     return [json.loads(ln) for f in exp.glob("*/result.json") for ln in f.read_text().splitlines() if ln.strip()]
 
 
-def kill_after_first_report(p: subprocess.Popen, exp: Path, timeout: float = 600) -> None:
-    """Once the sweep `p` has reported an epoch in `exp`, SIGKILL the process the reporting worker
-    function runs in (its `pid`: a one-worker trial's own process, or rank 0 of a DDP group)."""
-    import signal
+def wait_until(p: subprocess.Popen, ready: Callable[[], object], what: str, timeout: float = 600) -> object:
+    """Poll `ready()` every half second until it returns something true (returned), while the process
+    `p` is still running; fail the test if `p` ends first (with its output) or `timeout` passes."""
     import time
 
     deadline = time.time() + timeout
-    while not (reports := reported(exp)):
+    while not (got := ready()):
         assert p.poll() is None, p.stdout.read()[-3000:]
         if time.time() > deadline:
-            pytest.fail(f"no epoch was reported in {exp} within {timeout:g} s")
+            pytest.fail(f"{what} did not happen within {timeout:g} s")
         time.sleep(0.5)
+    return got
+
+
+def kill_after_first_report(p: subprocess.Popen, exp: Path) -> None:
+    """Once the sweep `p` has reported an epoch in `exp`, SIGKILL the process the reporting worker
+    function runs in (its `pid`: a one-worker trial's own process, or rank 0 of a DDP group)."""
+    import signal
+
+    reports = wait_until(p, lambda: reported(exp), f"an epoch reported in {exp}")
     os.kill(reports[0]["pid"], signal.SIGKILL)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import wait_until
 
 from pneumo_ray.analysis.verdicts import summarize
 from pneumo_ray.config.arms import Arm
@@ -229,7 +230,6 @@ def test_killed_ablation_resumes_with_each_seed_once(tmp_path, cache_dir, ray_he
     """Kill study.ablate's driver once a seed has finished and the next is under way; the same command
     with --resume completes the arm: every seed once, none trained twice to completion."""
     import signal
-    import time
 
     args = ["--preset", "smoke", "--models", "cnn", "--seeds", "3", "--epochs", "2", "--no-pretrain"]
     args += ["--max-concurrent", "1", "--name", "ak", "--results", str(tmp_path)]
@@ -244,17 +244,14 @@ def test_killed_ablation_resumes_with_each_seed_once(tmp_path, cache_dir, ray_he
         start_new_session=True,
     )
     ray_dir = tmp_path / "ak" / "ray"
-    deadline = time.time() + 600
-    while time.time() < deadline:
+
+    def one_seed_done_next_started() -> bool:
         # a seed is done when it reported its 2 epochs (a trial run to its end writes no "done": true)
         results = list(ray_dir.glob("no-pretrain-cnn-seeds-*/*/result.json"))
         done = [f for f in results if len(f.read_text().splitlines()) >= 2]
-        if done and len(list(ray_dir.glob("no-pretrain-cnn-seeds-*/trial_fn_*"))) >= 2:
-            break
-        assert p.poll() is None, p.stdout.read()[-3000:]
-        time.sleep(0.5)
-    else:
-        pytest.fail("the ablation never reached a finished seed")
+        return bool(done) and len(list(ray_dir.glob("no-pretrain-cnn-seeds-*/trial_fn_*"))) >= 2
+
+    wait_until(p, one_seed_done_next_started, "a finished seed with the next one under way")
     os.killpg(p.pid, signal.SIGKILL)  # Ray ends the dead driver's job: its trials stop with it
     p.wait()
     assert not (tmp_path / "ak" / "ablations.parquet").exists()  # killed before any row was collected

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, kill_after_first_report, local_cluster, ray_cli, reported, start_sweep
+from conftest import free_port, kill_after_first_report, local_cluster, ray_cli, reported, start_sweep, wait_until
 
 from pneumo_ray.storage.results import read_results
 
@@ -102,7 +102,6 @@ def test_lost_node_trials_move_to_the_remaining_nodes(cluster, tmp_path, cache_d
     exactly once. Runs last in this module: it leaves the cluster with the two nodes the fixture made."""
     import json
     import signal
-    import time
 
     address, env = cluster
     port = free_port()
@@ -129,14 +128,7 @@ def test_lost_node_trials_move_to_the_remaining_nodes(cluster, tmp_path, cache_d
         cache_dir=cache_dir,
     )
     exp = tmp_path / "lost" / "ray" / "lost-cnn"
-    deadline = time.time() + 600
-    while time.time() < deadline:  # every trial under way (one epoch reported)
-        if sum(1 for f in exp.glob("*/result.json") if f.read_text().strip()) >= 6:
-            break
-        assert p.poll() is None, p.stdout.read()[-3000:]
-        time.sleep(0.5)
-    else:
-        pytest.fail("the sweep never had six trials under way")
+    wait_until(p, lambda: len({r["trial_id"] for r in reported(exp)}) >= 6, "six trials under way (an epoch each)")
     # the third node's raylet and agents carry its node-manager port on their command lines
     pids = subprocess.run(["pgrep", "-f", f"node.manager.port={port}"], capture_output=True, text=True).stdout.split()
     assert pids, "the third node's processes were not found"

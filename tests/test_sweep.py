@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import kill_after_first_report, reported, start_sweep
+from conftest import kill_after_first_report, reported, start_sweep, wait_until
 
 from pneumo_ray.distributed.trials import max_concurrent_trials
 from pneumo_ray.storage.results import read_results
@@ -136,17 +136,12 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, cache_dir, ray_head):
     ]
     p = _sweep(*args, cache_dir=cache_dir, cluster=ray_head)
     exp = tmp_path / "k" / "ray" / "k-cnn"
-    deadline = time.time() + 600
-    # kill the driver once one trial has finished and the next one is under way
-    while time.time() < deadline:
-        done = [f for f in exp.glob("*/result.json") if '"done": true' in f.read_text()]
+
+    def one_done_next_started() -> bool:  # kill the driver once one trial has finished and the next one is under way
         started = list(exp.glob("*/result.json"))
-        if done and len(started) >= 2:
-            break
-        assert p.poll() is None, p.stdout.read()[-3000:]
-        time.sleep(1)
-    else:
-        pytest.fail("sweep never reached a finished trial")
+        return len(started) >= 2 and any('"done": true' in f.read_text() for f in started)
+
+    wait_until(p, one_done_next_started, "a finished trial with the next one under way")
     os.killpg(p.pid, signal.SIGKILL)  # Ray ends the dead driver's job: its trials stop with it
     p.wait()
     assert not (tmp_path / "k" / "trials.parquet").exists()  # killed before anything was collected

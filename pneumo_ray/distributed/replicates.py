@@ -30,6 +30,7 @@ from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.config.train import TrainConfig
 from pneumo_ray.distributed.trials import (
+    REUSE_TRIAL_PROCESSES,
     TEST_KEYS,
     ModelSweep,
     TrialSpec,
@@ -129,7 +130,7 @@ def run_seeds(
         tuner = ray.tune.Tuner(
             trainable,
             param_space={"seed": ray.tune.grid_search(list(seeds))},
-            tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
+            tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=REUSE_TRIAL_PROCESSES),
             run_config=tune_run_config(
                 exp_name,
                 storage,

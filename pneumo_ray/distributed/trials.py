@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from ray.tune import Result
 
 METRIC = "best_val_auc"
+# Tune's `reuse_actors` for every experiment (a sweep's model, an arm's seeds): the next trial runs in
+# the process the last one used, so it starts no process and imports nothing
+REUSE_TRIAL_PROCESSES = True
 
 
 def search_space(sweep: SweepConfig) -> dict:
@@ -221,7 +224,7 @@ def run_model_sweep(
                     reduction_factor=sweep.reduction_factor,
                 ),
                 max_concurrent_trials=concurrency,
-                reuse_actors=True,  # the next trial runs in the same process: no start, no imports
+                reuse_actors=REUSE_TRIAL_PROCESSES,
             ),
             run_config=tune_run_config(
                 exp_name,
