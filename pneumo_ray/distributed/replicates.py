@@ -30,12 +30,12 @@ from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.config.train import TrainConfig
 from pneumo_ray.distributed.trials import (
-    REUSE_TRIAL_PROCESSES,
     TEST_KEYS,
     ModelSweep,
     TrialSpec,
     best_checkpoint_path,
     trial_trainable,
+    tune_config,
     tune_run_config,
 )
 from pneumo_ray.train.protocol import pretrain_key
@@ -130,7 +130,7 @@ def run_seeds(
         tuner = ray.tune.Tuner(
             trainable,
             param_space={"seed": ray.tune.grid_search(list(seeds))},
-            tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=REUSE_TRIAL_PROCESSES),
+            tune_config=tune_config(concurrency),
             run_config=tune_run_config(
                 exp_name,
                 storage,

@@ -43,9 +43,6 @@ if TYPE_CHECKING:
     from ray.tune import Result
 
 METRIC = "best_val_auc"
-# Tune's `reuse_actors` for every experiment (a sweep's model, an arm's seeds): the next trial runs in
-# the process the last one used, so it starts no process and imports nothing
-REUSE_TRIAL_PROCESSES = True
 
 
 def search_space(sweep: SweepConfig) -> dict:
@@ -212,7 +209,8 @@ def run_model_sweep(
         tuner = ray.tune.Tuner(
             trainable,
             param_space={k: space[k] for k in searched},
-            tune_config=ray.tune.TuneConfig(
+            tune_config=tune_config(
+                concurrency,
                 search_alg=optuna_search(sweep.seed, exp_name, optuna_db),
                 metric=METRIC,
                 mode="max",
@@ -223,8 +221,6 @@ def run_model_sweep(
                     grace_period=sweep.grace_period,
                     reduction_factor=sweep.reduction_factor,
                 ),
-                max_concurrent_trials=concurrency,
-                reuse_actors=REUSE_TRIAL_PROCESSES,
             ),
             run_config=tune_run_config(
                 exp_name,
@@ -239,6 +235,15 @@ def run_model_sweep(
         )
     grid = tuner.fit()
     return ModelSweep(model, exp_path, grid, time.time() - t0)
+
+
+def tune_config(concurrency: int, **search: object) -> ray.tune.TuneConfig:
+    """The TuneConfig of an experiment (a sweep's model with its searcher and ASHA in `search`, an arm's
+    seeds with none): at most `concurrency` trials at once, and the next trial runs in the process the
+    last one used (`reuse_actors`), so it starts no process and imports nothing."""
+    import ray.tune
+
+    return ray.tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True, **search)
 
 
 def tune_run_config(
