@@ -254,7 +254,7 @@ def main(argv=None) -> int:
         "--startup-s",
         type=float,
         default=ASSUMED_STARTUP_S,
-        help="GPU-held start-up seconds per job/task (default: assumed %(default)g)",
+        help="GPU-held set-up seconds per trial / test task (default: assumed %(default)g)",
     )
     p.add_argument("--gpus", type=int, default=4, help="GPUs in the cluster, for the wall-clock (default 4)")
     p.add_argument("--num-samples", type=int, help="override the preset's trials per model")
@@ -279,6 +279,21 @@ def main(argv=None) -> int:
         given = _throughputs(args.img_per_s)
     except ValueError as e:
         p.error(str(e))
+    for flag, value, low in (
+        ("--startup-s", args.startup_s, 0),
+        ("--eval-speedup", args.eval_speedup, 1e-9),
+        ("--gpus", args.gpus, 1),
+        ("--num-samples", args.num_samples, 1),
+        ("--epochs", args.epochs, 1),
+        ("--pretrain-epochs", args.pretrain_epochs, 0),
+        ("--target-train", args.target_train, 1),
+        ("--source", args.source, 0),
+        ("--test", args.test, 1),
+    ):
+        if value is not None and not value >= low:  # also NaN
+            p.error(f"{flag} {value:g}: must be at least {low:g}")
+    if not 0 <= args.source_val < 1:
+        p.error(f"--source-val {args.source_val:g}: must be a fraction from 0 up to (not including) 1")
     img_per_s = {**ASSUMED_IMG_PER_S, **given}
     missing = [m for m in cfg["models"] if m not in img_per_s]
     if missing:

@@ -153,3 +153,25 @@ def test_gpu_check_runs_on_the_cpu(tmp_path, capsys):
         assert r["loop"]["syncs"] is None and not r["loop"]["resident"]  # CPU: host path, no CUDA syncs
     assert {row["model"] for row in figures["gpu_hours"]} == {"cnn", "densenet"}
     assert all(row["total_exp_h"] > 0 for row in figures["gpu_hours"])
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--startup-s", "-5"], "--startup-s"),
+        (["--gpus", "0"], "--gpus"),
+        (["--eval-speedup", "nan"], "--eval-speedup"),
+        (["--source-val", "1"], "--source-val"),
+        (["--img-per-s", "cnn=abc"], "--img-per-s"),
+    ],
+)
+def test_gpu_hours_refuses_a_bad_value_in_one_line(argv, flag, capsys):
+    """bench/gpu_hours.py turns nonsense (negative set-up seconds, no GPUs, NaN) into one usage error
+    naming the flag, never into an estimate."""
+    spec = importlib.util.spec_from_file_location("gpu_hours", ROOT / "bench" / "gpu_hours.py")
+    gpu_hours = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_hours)
+    with pytest.raises(SystemExit) as e:
+        gpu_hours.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and flag in err[-1] and "error:" in err[-1]
