@@ -268,7 +268,8 @@ def evaluate_checkpoint(
     checkpoint_path: str, data_spec: DataSpec, storage_filesystem: pyarrow.fs.FileSystem | None = None
 ) -> tuple[dict, pd.DataFrame]:
     """Apply a trial's best-validation checkpoint, with its decision threshold, to test.
-    Returns (test_* metrics, per-image predictions). Runs as a Ray task with the trial's resources."""
+    Returns (test_* metrics, per-image predictions). `trials.evaluate_trials` runs it in the driver on
+    a one-node cluster, else as a Ray task with the trial's resources."""
     from ray.train import Checkpoint
 
     from pneumo_ray.train.augment import Normalize
