@@ -1,6 +1,6 @@
 """Shared fixtures: the real data in ../shared/data (skipped with a reason where it is absent), an
 isolated decoded-image cache per test session, and a real local Ray cluster (`ray start` on
-loopback, token-authenticated as Ray >= 2.59 requires) that a module's drivers join."""
+loopback, token-authenticated as Ray >= 2.59 requires) that the single-node tests' drivers join."""
 
 from __future__ import annotations
 
@@ -59,8 +59,10 @@ def ray_cli(args: list[str], env: dict, timeout: float = 180) -> str:
 @contextlib.contextmanager
 def local_cluster(nodes: int = 1, cpus: int = 2) -> Iterator[tuple[str, dict]]:
     """A head and `nodes` - 1 more `ray start` nodes on loopback, `cpus` CPUs each; yields (address, the
-    environment a driver needs to join it: RAY_ADDRESS and the auth token). `ray stop --force` after,
-    also when a test fails (it stops every Ray on this machine: tests never run Ray side by side)."""
+    environment a driver needs to join it: RAY_ADDRESS and the auth token). Every Ray on this machine
+    is stopped before (the shared head of `ray_head` included: tests never run Ray side by side) and
+    after, also when a test fails."""
+    _stop_shared_head()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     port = free_port()
     try:
@@ -76,16 +78,71 @@ def local_cluster(nodes: int = 1, cpus: int = 2) -> Iterator[tuple[str, dict]]:
             ray_cli(["start", f"--address={address}", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1"], env)
         yield address, {**env, "RAY_ADDRESS": address}
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=180)
+        stop_all_ray()
 
 
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[tuple[str, dict]]:
-    """One local Ray (a head with 2 CPUs) for a module's tests: each driver joins it rather than
-    starting and stopping a Ray of its own (seconds each on 2 cores). A killed driver's trials end
+def stop_all_ray(timeout: float = 60) -> None:
+    """`ray stop --force` without its waits: SIGKILL every Ray process on this machine (found as `ray
+    stop` finds them) and wait until each has exited. `ray stop` also waits for every killed daemon to
+    leave the process table, which takes it 6 s here (PID 1 reaps them only about once a second),
+    though an exited (zombie) process holds no port, file or CPU any more."""
+    import time
+
+    from ray.scripts.scripts import RAY_PROCESSES, psutil  # Ray's bundled psutil
+
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        for keyword, by_name in RAY_PROCESSES:
+            text = proc.info["name"] if by_name else subprocess.list2cmdline(proc.info["cmdline"] or [])
+            if keyword in (text or ""):
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+                    found.append(proc)
+                break
+
+    def running(proc) -> bool:
+        try:
+            return proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.time() + timeout
+    while (alive := [p for p in found if running(p)]) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not alive, f"Ray processes still running after SIGKILL: {alive}"
+
+
+_SHARED: dict = {}  # the single-node tests' local Ray: its ExitStack
+
+
+def _stop_shared_head() -> None:
+    if "stack" in _SHARED:
+        _SHARED.pop("head")
+        _SHARED.pop("stack").close()
+
+
+@pytest.fixture
+def ray_head() -> tuple[str, dict]:
+    """One local Ray (a head with 2 CPUs) for every single-node Ray test of the session: each driver
+    joins it rather than starting and stopping a Ray of its own (seconds each on 2 cores). Started on
+    first use; stopped when a test builds a multi-node cluster (`local_cluster`; those tests run last,
+    see `pytest_collection_modifyitems`) and at the end of the session. A killed driver's trials end
     with its job, so the next driver finds the CPUs free."""
-    with local_cluster(nodes=1) as cluster:
-        yield cluster
+    if "head" not in _SHARED:
+        stack = contextlib.ExitStack()
+        _SHARED["head"] = stack.enter_context(local_cluster(nodes=1))
+        _SHARED["stack"] = stack
+    return _SHARED["head"]
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """The tests that build a multi-node cluster (fixture `cluster`) run last, so the single-node tests
+    before them share one local Ray (`ray_head`) instead of one per module."""
+    items.sort(key=lambda item: "cluster" in getattr(item, "fixturenames", ()))
+
+
+def pytest_sessionfinish() -> None:
+    _stop_shared_head()
 
 
 def start_sweep(*args: str, env: dict, cache_dir: Path) -> subprocess.Popen:
@@ -121,10 +178,12 @@ def wait_until(p: subprocess.Popen, ready: Callable[[], object], what: str, time
     return got
 
 
-def kill_after_first_report(p: subprocess.Popen, exp: Path) -> None:
+def kill_after_first_report(p: subprocess.Popen, exp: Path) -> dict:
     """Once the sweep `p` has reported an epoch in `exp`, SIGKILL the process the reporting worker
-    function runs in (its `pid`: a one-worker trial's own process, or rank 0 of a DDP group)."""
+    function runs in (its `pid`: a one-worker trial's own process, or rank 0 of a DDP group); returns
+    that report."""
     import signal
 
-    reports = wait_until(p, lambda: reported(exp), f"an epoch reported in {exp}")
-    os.kill(reports[0]["pid"], signal.SIGKILL)
+    first = wait_until(p, lambda: reported(exp), f"an epoch reported in {exp}")[0]
+    os.kill(first["pid"], signal.SIGKILL)
+    return first

@@ -1,20 +1,16 @@
 """A real two-node Ray cluster on loopback: a head and a second `ray start` node (separate processes,
 each with its own CPUs, token-authenticated as Ray >= 2.59 requires); smoke sweeps submitted to it
-with --address: DDP across the nodes matching one worker and surviving a killed worker, and a third
-node that joins, gets trials and is lost.
+with --address: DDP across the nodes matching the one-worker fine-tuning and surviving a killed
+worker, and a third node that joins, gets trials and is lost.
 The cluster is stopped afterwards, also when a test fails."""
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from conftest import free_port, kill_after_first_report, local_cluster, ray_cli, reported, start_sweep, wait_until
 
 from pneumo_ray.storage.results import read_results
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -23,55 +19,25 @@ def cluster():
         yield address, env
 
 
-def _sweep(env, cache_dir, *args):
-    r = subprocess.run(
-        [sys.executable, "-m", "study.sweep", "--preset", "smoke", "--models", "cnn", *args],
-        cwd=ROOT,
-        env={**env, "PNEUMO_RAY_CACHE": str(cache_dir)},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    return r.stdout
-
-
 def test_two_worker_ddp_across_nodes_matches_one_worker(cluster, tmp_path, cache_dir):
     """Same seed, same sampled config, same global batch (2 workers x 16 vs 1 x 32): validation AUC
     agrees within 0.05 (DDP changes batch composition, BatchNorm statistics and augmentation draws,
-    so the numbers are statistically, not bitwise, equal). Rank 0's worker is SIGKILLed after the
-    first epoch: Ray Train restarts the worker group from the job's last checkpoint (full training
-    state), so each epoch is reported once."""
+    so the numbers are statistically, not bitwise, equal). The one-worker run is the project's
+    fine-tuning in this process (a one-worker trial gives its numbers bit for bit: test_sweep.py).
+    Rank 0's worker is SIGKILLed after the first epoch: Ray Train restarts the worker group from the
+    job's last checkpoint (full training state), so each epoch is reported once."""
+    import torch
+
+    from pneumo_ray.config.output import OutputSpec
+    from pneumo_ray.data.study_data import load_study_data
+    from pneumo_ray.distributed.sweep import specs_from_run
+    from pneumo_ray.train.protocol import finetune
 
     address, env = cluster
-    common = [
-        "--num-samples",
-        "1",
-        "--pretrain-epochs",
-        "0",
-        "--epochs",
-        "3",
-        "--address",
-        address,
-        "--results",
-        str(tmp_path),
-    ]
-    _sweep(
-        env,
-        cache_dir,
-        *common,
-        "--name",
-        "one",
-        "--workers-per-trial",
-        "1",
-        "--cpus-per-trial",
-        "1",
-        "--batch-size",
-        "32",
-    )
-    two_args = ["--workers-per-trial", "2", "--cpus-per-trial", "2", "--batch-size", "16"]
     p = start_sweep(
-        *["--preset", "smoke", "--models", "cnn", *common, "--name", "two", *two_args],
+        *["--preset", "smoke", "--models", "cnn", "--num-samples", "1", "--pretrain-epochs", "0", "--epochs", "3"],
+        *["--address", address, "--results", str(tmp_path), "--name", "two"],
+        *["--workers-per-trial", "2", "--cpus-per-trial", "2", "--batch-size", "16"],
         *["--placement-strategy", "STRICT_SPREAD"],  # one worker on each node
         env=env,
         cache_dir=cache_dir,
@@ -82,14 +48,16 @@ def test_two_worker_ddp_across_nodes_matches_one_worker(cluster, tmp_path, cache
     assert p.returncode == 0, out[-4000:]
     reports = reported(exp)
     assert len({r["pid"] for r in reports}) == 2 and {r["world_size"] for r in reports} == {2}  # restarted
-    assert read_results(tmp_path / "two").epochs.sort_values("epoch").epoch.tolist() == [1, 2, 3]  # each once
-    one, two = (read_results(tmp_path / n).trials.iloc[0] for n in ("one", "two"))
-    print(
-        f"1 worker: val AUC {one.best_val_auc:.4f} test AUC {one.test_auc:.4f}; "
-        f"2 workers: val AUC {two.best_val_auc:.4f} test AUC {two.test_auc:.4f}"
-    )
-    assert one.lr == two.lr and one.aug_strength == two.aug_strength  # the same Optuna proposal
-    assert one.workers == 1 and two.workers == 2
+    res = read_results(tmp_path / "two")
+    assert res.epochs.sort_values("epoch").epoch.tolist() == [1, 2, 3]  # each once
+    two = res.trials.iloc[0]
+    assert two.workers == 2 and two.batch_size == 16
+    # one worker, batch 32, the configuration Optuna proposed to the two-worker trial
+    sweep, data, _ = specs_from_run(res.run, OutputSpec(name="two", results=str(tmp_path)))
+    searched = {k: float(two[k]) for k in ("aug_strength", "class_weight_scale", "lr")}
+    cfg = sweep.base_config("cnn").replace(batch_size=32, **searched)
+    _, one = finetune(cfg, load_study_data(data, quiet=True, log=None), torch.device("cpu"), log=None)
+    print(f"val AUC: 1 worker {one.best_val_auc:.4f}, 2 workers {two.best_val_auc:.4f}")
     assert abs(one.best_val_auc - two.best_val_auc) < 0.05
     assert one.best_val_auc > 0.6 and two.best_val_auc > 0.6
 

@@ -119,27 +119,31 @@ def dashboard_lists_studies(db: Path, names: set[str]) -> None:
         proc.wait()
 
 
-def test_killed_sweep_resumes_without_duplicates(tmp_path, cache_dir, ray_head):
-    args = [
-        "--preset",
-        "smoke",
-        "--models",
-        "cnn",
-        "--num-samples",
-        "3",
-        "--max-concurrent",
-        "1",
-        "--name",
-        "k",
-        "--results",
-        str(tmp_path),
-    ]
+def test_killed_trial_and_killed_sweep_resume_without_duplicates(tmp_path, cache_dir, ray_head):
+    """Two faults in one sweep of three one-worker CNN trials, one at a time.
+    1. The process training the first trial (the Tune trial's own: Ray Train local mode) is SIGKILLed
+       after its first reported epoch: Tune starts the trial again from its last checkpoint (full
+       training state), so each epoch is reported once and the numbers are those of an uninterrupted
+       run with the same seed. (A DDP worker killed: tests/test_multinode.py.)
+    2. The driver is SIGKILLed once a trial has finished and the next is under way: the same command
+       with --resume finishes the sweep with every trial once and the stored Optuna study continued;
+       a second --resume changes nothing."""
+    import torch
+
+    from pneumo_ray.config.output import OutputSpec
+    from pneumo_ray.data.study_data import load_study_data
+    from pneumo_ray.distributed.sweep import specs_from_run
+    from pneumo_ray.train.protocol import finetune
+
+    args = ["--preset", "smoke", "--models", "cnn", "--num-samples", "3", "--epochs", "2", "--grace-period", "2"]
+    args += ["--no-pretrain", "--max-concurrent", "1", "--name", "k", "--results", str(tmp_path)]
     p = _sweep(*args, cache_dir=cache_dir, cluster=ray_head)
     exp = tmp_path / "k" / "ray" / "k-cnn"
+    killed = kill_after_first_report(p, exp)["trial_id"]  # the trial's own process: the worker function runs in it
 
     def one_done_next_started() -> bool:  # kill the driver once one trial has finished and the next one is under way
-        started = list(exp.glob("*/result.json"))
-        return len(started) >= 2 and any('"done": true' in f.read_text() for f in started)
+        done = any(r["epoch"] == 2 for r in reported(exp))
+        return done and len(list(exp.glob("*/result.json"))) >= 2
 
     wait_until(p, one_done_next_started, "a finished trial with the next one under way")
     os.killpg(p.pid, signal.SIGKILL)  # Ray ends the dead driver's job: its trials stop with it
@@ -151,11 +155,32 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, cache_dir, ray_head):
     assert "resuming sweep k" in out
     res = read_results(tmp_path / "k")
     assert len(res.trials) == 3 and res.trials.trial_id.is_unique
-    assert res.trials.error.isna().all()
+    assert res.trials.error.isna().all() and res.trials.epochs_run.eq(2).all()
     assert not res.epochs.duplicated(["trial_id", "epoch"]).any()
     assert res.predictions.groupby("trial_id").size().eq(624).all() and res.predictions.trial_id.nunique() == 3
     # --resume continued the same stored Optuna study: its finished trials are the sweep's three
     assert_optuna_study_matches(tmp_path / "k", "k-cnn", res.trials)
+
+    # the killed trial: each epoch once (a restart from scratch reported epoch 1 twice), two processes
+    e = res.epochs[res.epochs.trial_id == killed].sort_values("epoch")
+    assert e.epoch.tolist() == [1, 2]
+    reports = [x for x in reported(exp) if x["trial_id"] == killed]
+    assert len({x["worker_started_at"] for x in reports}) == 2, "the worker was not restarted"
+    assert len({x["pid"] for x in reports}) == 2 and {x["world_size"] for x in reports} == {1}
+    # ... and the numbers of the uninterrupted run: the same configuration, seed and threads in this process
+    sweep, data, _ = specs_from_run(res.run, OutputSpec(name="k", results=str(tmp_path)))
+    row = res.trials.set_index("trial_id").loc[killed]
+    cfg = sweep.base_config("cnn").replace(**{k: float(row[k]) for k in ("aug_strength", "class_weight_scale", "lr")})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(reports[0]["torch_threads"]))
+    try:
+        _, ref = finetune(cfg, load_study_data(data, quiet=True, log=None), torch.device("cpu"), log=None)
+    finally:
+        torch.set_num_threads(threads)
+    assert e.val_auc.tolist() == pytest.approx([h["val_auc"] for h in ref.history], abs=1e-9)
+    assert e.train_loss.tolist() == pytest.approx([h["train_loss"] for h in ref.history], abs=1e-9)
+    assert row.best_val_auc == pytest.approx(ref.best_val_auc, abs=1e-9)
+
     # re-collecting (a second --resume of a finished sweep) changes nothing
     before = res.trials.sort_values("trial_id").reset_index(drop=True)
     r2 = _sweep("--name", "k", "--results", str(tmp_path), "--resume", cache_dir=cache_dir, cluster=ray_head)
@@ -197,44 +222,3 @@ def test_best_checkpoint_is_the_last_reported_one_even_if_the_last_epoch_had_non
     assert best_checkpoint_path(SimpleNamespace(metrics_dataframe=None, metrics={"checkpoint_path": "/c/9"})) == "/c/9"
     none = pd.DataFrame(dict(epoch=[1]))
     assert best_checkpoint_path(SimpleNamespace(metrics_dataframe=none, metrics={})) is None
-
-
-def test_killed_worker_costs_at_most_one_epoch(tmp_path, cache_dir, ray_head):
-    """SIGKILL the process training a one-worker trial (the Tune trial's own: Ray Train local mode)
-    after its first reported epoch: Tune starts the trial again from its last checkpoint (full training
-    state), so each epoch is reported once and the numbers are those of an uninterrupted run with the
-    same seed. (A DDP worker killed: tests/test_multinode.py.)"""
-
-    import torch
-
-    from pneumo_ray.config.output import OutputSpec
-    from pneumo_ray.data.study_data import load_study_data
-    from pneumo_ray.distributed.sweep import specs_from_run
-    from pneumo_ray.train.protocol import finetune
-
-    args = ["--preset", "smoke", "--models", "cnn", "--num-samples", "1", "--epochs", "3", "--grace-period", "3"]
-    p = _sweep(*args, "--no-pretrain", "--name", "w", "--results", str(tmp_path), cache_dir=cache_dir, cluster=ray_head)
-    exp = tmp_path / "w" / "ray" / "w-cnn"
-    kill_after_first_report(p, exp)  # the trial's own process: the worker function runs in it
-    out, _ = p.communicate(timeout=900)
-    assert p.returncode == 0, out[-4000:]
-    res = read_results(tmp_path / "w")
-    assert len(res.trials) == 1 and res.trials.error.isna().all() and int(res.trials.epochs_run.iloc[0]) == 3
-    e = res.epochs.sort_values("epoch")
-    assert e.epoch.tolist() == [1, 2, 3]  # each epoch once (a restart from scratch reported epoch 1 twice)
-    reports = reported(exp)
-    assert len({r["worker_started_at"] for r in reports}) == 2, "the worker was not restarted"
-    assert len({r["pid"] for r in reports}) == 2 and {r["world_size"] for r in reports} == {1}
-    # the uninterrupted run: the same configuration, seed and threads in this process
-    sweep, data, _ = specs_from_run(res.run, OutputSpec(name="w", results=str(tmp_path)))
-    row = res.trials.iloc[0]
-    cfg = sweep.base_config("cnn").replace(**{k: float(row[k]) for k in ("aug_strength", "class_weight_scale", "lr")})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(reports[0]["torch_threads"]))
-    try:
-        _, ref = finetune(cfg, load_study_data(data, quiet=True, log=None), torch.device("cpu"), log=None)
-    finally:
-        torch.set_num_threads(threads)
-    assert e.val_auc.tolist() == pytest.approx([h["val_auc"] for h in ref.history], abs=1e-9)
-    assert e.train_loss.tolist() == pytest.approx([h["train_loss"] for h in ref.history], abs=1e-9)
-    assert row.best_val_auc == pytest.approx(ref.best_val_auc, abs=1e-9)
