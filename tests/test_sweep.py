@@ -222,3 +222,41 @@ def test_best_checkpoint_is_the_last_reported_one_even_if_the_last_epoch_had_non
     assert best_checkpoint_path(SimpleNamespace(metrics_dataframe=None, metrics={"checkpoint_path": "/c/9"})) == "/c/9"
     none = pd.DataFrame(dict(epoch=[1]))
     assert best_checkpoint_path(SimpleNamespace(metrics_dataframe=none, metrics={})) is None
+
+
+def test_trial_lines_pickle_after_something_replaced_print(monkeypatch):
+    """Tune pickles its callbacks with the experiment. Ray's distributed tqdm replaces builtins.print in
+    the driver the first time it shows a worker's line (a race with ray.init: CI saw it); a callback
+    holding the original print then failed to pickle and the sweep ended in a traceback."""
+    import builtins
+
+    from ray import cloudpickle
+
+    from pneumo_ray.distributed.console import TrialLines
+
+    lines = TrialLines("cnn", epochs=2, num_samples=2, concurrency=1)
+    said = []
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: said.append(a))
+    copy = cloudpickle.loads(cloudpickle.dumps(lines))
+    copy.log("a line")
+    assert said == [("a line",)]  # print is looked up when a line is written, as Ray replaced it
+
+
+def test_the_driver_keeps_its_print(monkeypatch):
+    """init_ray tells Ray's distributed tqdm not to replace builtins.print (nothing here uses it)."""
+    import builtins
+
+    import ray
+
+    from pneumo_ray.distributed import sweep
+
+    # init_ray sets its environment variables in this copy, not in the test session's
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != "RAY_TQDM_PATCH_PRINT"})
+    monkeypatch.setattr(ray, "init", lambda **kw: None)
+    before = builtins.print
+    sweep.init_ray("127.0.0.1:1")
+    from ray.experimental import tqdm_ray
+
+    monkeypatch.setattr(tqdm_ray, "_manager", None)
+    tqdm_ray.instance()  # what Ray's driver calls for the first worker line it prints
+    assert builtins.print is before

@@ -105,15 +105,20 @@ class TrialLines(Callback):
         num_samples: int,
         concurrency: int,
         shown: Sequence[str] = (),
-        log: Log = print,
+        log: Log | None = None,
     ):
         self.label, self.epochs, self.num_samples = label, epochs, num_samples
-        self.concurrency, self.shown, self.log = max(1, concurrency), tuple(shown), log
+        # None = print, looked up when a line is written: Tune pickles its callbacks with the experiment,
+        # and a `print` captured here no longer pickles once something replaced builtins.print
+        self.concurrency, self.shown, self._log = max(1, concurrency), tuple(shown), log
         self.epoch_times: list[float] = []
         self.done_epochs: dict[str, int] = {}
         self.finished: set[str] = set()
         self.best = float("-inf")
         self.t0 = time.time()
+
+    def log(self, line: str) -> None:
+        (self._log or print)(line)
 
     def _eta(self) -> str:
         if not self.epoch_times:

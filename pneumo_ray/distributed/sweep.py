@@ -39,6 +39,10 @@ def init_ray(address: str | None, logs: Path | None = None, verbose: bool = Fals
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.0")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray's distributed tqdm replaces builtins.print in the driver the first time it shows any worker's
+    # line (also one that arrives during ray.init, before quiet_ray routes them to the log); nothing
+    # here uses it, and Tune then cannot pickle a callback that holds print
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     env = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "PNEUMO_RAY_CACHE") if k in os.environ}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     address = address or os.environ.get("RAY_ADDRESS")
