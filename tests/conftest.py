@@ -110,6 +110,10 @@ def stop_all_ray(timeout: float = 60) -> None:
     while (alive := [p for p in found if running(p)]) and time.time() < deadline:
         time.sleep(0.05)
     assert not alive, f"Ray processes still running after SIGKILL: {alive}"
+    # and, as `ray stop` does, forget the address the last `ray start` recorded in Ray's temp folder
+    from ray._common.utils import reset_ray_address
+
+    reset_ray_address()
 
 
 _SHARED: dict = {}  # the single-node tests' local Ray: its ExitStack

@@ -260,3 +260,23 @@ def test_the_driver_keeps_its_print(monkeypatch):
     monkeypatch.setattr(tqdm_ray, "_manager", None)
     tqdm_ray.instance()  # what Ray's driver calls for the first worker line it prints
     assert builtins.print is before
+
+
+def test_without_an_address_the_driver_starts_its_own_ray(monkeypatch):
+    """No --address and no $RAY_ADDRESS: a new local Ray (with the small-machine settings), never the
+    cluster a past `ray start` recorded on this machine (ray.init() without an address joins that one,
+    even when it is dead, and then refused the settings in a traceback)."""
+    import ray
+
+    from pneumo_ray.distributed import sweep
+
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    seen = []
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.append(kw))
+    sweep.init_ray(None)
+    sweep.init_ray("10.0.0.1:6379")
+    os.environ["RAY_ADDRESS"] = "10.0.0.2:6379"
+    sweep.init_ray(None)
+    assert seen[0]["address"] == "local" and "_system_config" in seen[0]
+    assert [s["address"] for s in seen[1:]] == ["10.0.0.1:6379", "10.0.0.2:6379"]
+    assert not any("_system_config" in s for s in seen[1:])  # a running cluster keeps its own settings

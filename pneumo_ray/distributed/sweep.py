@@ -45,10 +45,13 @@ def init_ray(address: str | None, logs: Path | None = None, verbose: bool = Fals
     os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     env = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "PNEUMO_RAY_CACHE") if k in os.environ}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    address = address or os.environ.get("RAY_ADDRESS")
+    # No address: a new local Ray, as documented ("local"). ray.init() without one would join the
+    # cluster the last `ray start` on this machine recorded in /tmp/ray, even a dead one, and then
+    # refuse the _system_config below with a traceback.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     # A local Ray on a small machine: skip the per-process metrics export that the dashboard agent
     # and raylet otherwise do every few seconds (measured: it slows training epochs on 2 cores).
-    extra = {} if address else {"_system_config": {"enable_metrics_collection": False}}
+    extra = {"_system_config": {"enable_metrics_collection": False}} if address == "local" else {}
     kwargs = dict(address=address, runtime_env={"env_vars": env}, log_to_driver=True, logging_level="WARNING")
     if logs is not None and not verbose:
         from pneumo_ray.distributed.console import quiet_ray_init
