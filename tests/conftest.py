@@ -184,10 +184,10 @@ def wait_until(p: subprocess.Popen, ready: Callable[[], object], what: str, time
 
 def kill_after_first_report(p: subprocess.Popen, exp: Path) -> dict:
     """Once the sweep `p` has reported an epoch in `exp`, SIGKILL the process the reporting worker
-    function runs in (its `pid`: a one-worker trial's own process, or rank 0 of a DDP group); returns
+    function runs in (its `worker_pid`: a one-worker trial's own process, or rank 0 of a DDP group); returns
     that report."""
     import signal
 
     first = wait_until(p, lambda: reported(exp), f"an epoch reported in {exp}")[0]
-    os.kill(first["pid"], signal.SIGKILL)
+    os.kill(first["worker_pid"], signal.SIGKILL)
     return first

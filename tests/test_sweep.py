@@ -166,7 +166,8 @@ def test_killed_trial_and_killed_sweep_resume_without_duplicates(tmp_path, cache
     assert e.epoch.tolist() == [1, 2]
     reports = [x for x in reported(exp) if x["trial_id"] == killed]
     assert len({x["worker_started_at"] for x in reports}) == 2, "the worker was not restarted"
-    assert len({x["pid"] for x in reports}) == 2 and {x["world_size"] for x in reports} == {1}
+    assert len({x["worker_pid"] for x in reports}) == 2 and {x["world_size"] for x in reports} == {1}
+    assert all(x["worker_pid"] == x["pid"] for x in reports)  # the job ran in the Tune trial's own process
     # ... and the numbers of the uninterrupted run: the same configuration, seed and threads in this process
     sweep, data, _ = specs_from_run(res.run, OutputSpec(name="k", results=str(tmp_path)))
     row = res.trials.set_index("trial_id").loc[killed]
@@ -280,3 +281,30 @@ def test_without_an_address_the_driver_starts_its_own_ray(monkeypatch):
     assert seen[0]["address"] == "local" and "_system_config" in seen[0]
     assert [s["address"] for s in seen[1:]] == ["10.0.0.1:6379", "10.0.0.2:6379"]
     assert not any("_system_config" in s for s in seen[1:])  # a running cluster keeps its own settings
+
+
+def test_an_epoch_whose_report_never_reached_tune_comes_from_the_checkpoint(tmp_path):
+    """A DDP trial's Tune process dies just after Ray Train took epoch 2's report: the restarted trial
+    resumes after epoch 2 and Tune records epochs 1 and 3 only (CI saw it). The checkpoint's training
+    state holds every epoch: the missing one is filled from there, without a report time."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+    from safetensors.torch import save_file
+
+    from pneumo_ray.distributed.trials import epochs_with_unreported
+    from pneumo_ray.train.checkpoints import STATE_FILE
+
+    history = [dict(epoch=e, train_loss=1.0 / e, val_auc=0.6 + e / 100, lr=1e-3) for e in (1, 2, 3)]
+    ckpt = tmp_path / "checkpoint_3"
+    (ckpt / "state").mkdir(parents=True)
+    header = {"training_state": json.dumps({"result": {"history": history}})}
+    save_file({"x": torch.zeros(1)}, str(ckpt / "state" / STATE_FILE), metadata=header)
+    seen = pd.DataFrame(dict(epoch=[1, 3], train_loss=[1.0, 1 / 3], val_auc=[0.61, 0.63], reported_at=[10.0, 30.0]))
+    result = SimpleNamespace(metrics_dataframe=seen.assign(checkpoint_path=[None, str(ckpt)]), metrics={})
+    got = epochs_with_unreported(seen, result, SimpleNamespace(experiment_path=str(tmp_path)))
+    assert got.epoch.tolist() == [1, 2, 3] and got.val_auc.tolist() == pytest.approx([0.61, 0.62, 0.63])
+    assert got.reported_at.isna().tolist() == [False, True, False]
+    complete = seen.assign(epoch=[1, 2])
+    assert epochs_with_unreported(complete, result, SimpleNamespace(experiment_path=str(tmp_path))) is complete

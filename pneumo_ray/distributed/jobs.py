@@ -60,9 +60,15 @@ def _worker_context(in_process: bool) -> tuple[int, int, torch.device]:
 
 
 def _where() -> dict:
+    """Where this worker runs. Tune fills `pid` and `hostname` of every result with its trial's process
+    (for a DDP job, a process that trains nothing), so the worker's own go under names of their own."""
     import ray
 
-    return dict(hostname=socket.gethostname(), node_id=ray.get_runtime_context().get_node_id(), pid=os.getpid())
+    return dict(
+        worker_hostname=socket.gethostname(),
+        node_id=ray.get_runtime_context().get_node_id(),
+        worker_pid=os.getpid(),
+    )
 
 
 def finetune_worker(config: dict) -> None:

@@ -180,7 +180,7 @@ def seed_rows(
                 test_threshold=m.get("best_threshold"),
                 **{f"test_{k}": metrics.get(f"test_{k}") for k in TEST_KEYS},
                 wall_s=m.get("time_total_s"),
-                hostname=m.get("hostname"),
+                hostname=m.get("worker_hostname"),
                 error=None if result.error is None else str(result.error)[:500],
                 checkpoint_path=best_checkpoint_path(result),
             )

@@ -356,6 +356,29 @@ def driver_is_the_cluster() -> bool:
     return alive == [ray.get_runtime_context().get_node_id()]
 
 
+def epochs_with_unreported(epochs: pd.DataFrame, result: Result, ms: ModelSweep) -> pd.DataFrame:
+    """The trial's epochs as Tune recorded them, plus any its job trained and checkpointed that never
+    reached Tune: when a DDP trial's Tune process dies (its node lost) just after Ray Train took an
+    epoch's report, the restarted trial resumes after that epoch and its report is gone. The
+    checkpoint's training state holds every epoch's record; those rows have no `reported_at`."""
+    if "epoch" not in epochs or not len(epochs):
+        return epochs
+    done = set(epochs["epoch"].astype(int))
+    if done == set(range(1, max(done) + 1)):
+        return epochs
+    path = best_checkpoint_path(result)
+    if path is None:
+        return epochs
+    from ray.train import Checkpoint
+
+    from pneumo_ray.train.checkpoints import training_history
+
+    with Checkpoint(path, filesystem=_storage_filesystem(ms.experiment_path)).as_directory() as d:
+        history = training_history(Path(d) / "state")
+    lost = [{k: h.get(k) for k in epochs.columns if k in h} for h in history if int(h["epoch"]) not in done]
+    return pd.concat([epochs, pd.DataFrame(lost)], ignore_index=True).sort_values("epoch", ignore_index=True)
+
+
 def trial_rows(
     ms: ModelSweep,
     sweep: SweepConfig,
@@ -406,7 +429,7 @@ def trial_rows(
             workers=sweep.workers_per_trial,
             cpus=sweep.cpus_per_trial,
             gpus=sweep.gpus_per_trial,
-            hostname=m.get("hostname"),
+            hostname=m.get("worker_hostname"),  # rank 0's machine (Tune's `hostname` is its trial process's)
             node_id=m.get("node_id"),
             error=None if result.error is None else str(result.error)[:500],
             checkpoint_path=best_checkpoint_path(result),
@@ -425,11 +448,11 @@ def trial_rows(
                     "epoch_seconds",
                     "train_images_per_s",
                     "reported_at",
-                    "hostname",
+                    "worker_hostname",
                 )
                 if c in hist
             ]
-            e = hist[cols].copy()
+            e = epochs_with_unreported(hist[cols].rename(columns={"worker_hostname": "hostname"}), result, ms)
             e.insert(0, "model", ms.model)
             e.insert(0, "trial_id", trial_id)
             epochs.append(e)

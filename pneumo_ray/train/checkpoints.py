@@ -139,6 +139,16 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], saved: dict) -> dict:
     return {"state": dict(sorted(state.items())), "param_groups": groups}
 
 
+def training_history(folder: str | os.PathLike) -> list[dict]:
+    """The per-epoch records of the TrainingState in `folder`, read from its header alone (no tensors)."""
+    path = Path(folder) / STATE_FILE
+    with safe_open(str(path), "pt") as f:
+        text = (f.metadata() or {}).get("training_state")
+    if text is None:
+        raise ValueError(f"{path}: not a training state (no 'training_state' in its header)")
+    return json.loads(text)["result"]["history"]
+
+
 def load_training_state(folder: str | os.PathLike) -> TrainingState:
     """The TrainingState that save_training_state wrote to `folder` (tensors on the CPU)."""
     path = Path(folder) / STATE_FILE
