@@ -294,12 +294,12 @@ def test_an_epoch_whose_report_never_reached_tune_comes_from_the_checkpoint(tmp_
     from safetensors.torch import save_file
 
     from pneumo_ray.distributed.trials import epochs_with_unreported
-    from pneumo_ray.train.checkpoints import STATE_FILE
+    from pneumo_ray.train.checkpoints import STATE_FILE, STATE_FORMAT
 
     history = [dict(epoch=e, train_loss=1.0 / e, val_auc=0.6 + e / 100, lr=1e-3) for e in (1, 2, 3)]
     ckpt = tmp_path / "checkpoint_3"
     (ckpt / "state").mkdir(parents=True)
-    header = {"training_state": json.dumps({"result": {"history": history}})}
+    header = {"training_state": json.dumps({"format": STATE_FORMAT, "result": {"history": history}})}
     save_file({"x": torch.zeros(1)}, str(ckpt / "state" / STATE_FILE), metadata=header)
     seen = pd.DataFrame(dict(epoch=[1, 3], train_loss=[1.0, 1 / 3], val_auc=[0.61, 0.63], reported_at=[10.0, 30.0]))
     result = SimpleNamespace(metrics_dataframe=seen.assign(checkpoint_path=[None, str(ckpt)]), metrics={})
@@ -308,3 +308,8 @@ def test_an_epoch_whose_report_never_reached_tune_comes_from_the_checkpoint(tmp_
     assert got.reported_at.isna().tolist() == [False, True, False]
     complete = seen.assign(epoch=[1, 2])
     assert epochs_with_unreported(complete, result, SimpleNamespace(experiment_path=str(tmp_path))) is complete
+    # a checkpoint without its training state: the gap stays, with a warning naming it
+    (ckpt / "state" / STATE_FILE).unlink()
+    with pytest.warns(UserWarning, match="checkpoint_3: the missing ones are not in its training state"):
+        kept = epochs_with_unreported(seen, result, SimpleNamespace(experiment_path=str(tmp_path)))
+    assert kept.epoch.tolist() == [1, 3]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,8 +374,13 @@ def epochs_with_unreported(epochs: pd.DataFrame, result: Result, ms: ModelSweep)
 
     from pneumo_ray.train.checkpoints import training_history
 
-    with Checkpoint(path, filesystem=_storage_filesystem(ms.experiment_path)).as_directory() as d:
-        history = training_history(Path(d) / "state")
+    try:
+        with Checkpoint(path, filesystem=_storage_filesystem(ms.experiment_path)).as_directory() as d:
+            history = training_history(Path(d) / "state")
+    except (OSError, ValueError) as e:  # the gap stays, said once, the rest of the sweep is collected
+        missing = f"epochs {sorted(done)} of {path}: the missing ones are not in its training state ({e})"
+        warnings.warn(missing, stacklevel=2)
+        return epochs
     lost = [{k: h.get(k) for k in epochs.columns if k in h} for h in history if int(h["epoch"]) not in done]
     return pd.concat([epochs, pd.DataFrame(lost)], ignore_index=True).sort_values("epoch", ignore_index=True)
 

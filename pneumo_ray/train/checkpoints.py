@@ -139,19 +139,8 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], saved: dict) -> dict:
     return {"state": dict(sorted(state.items())), "param_groups": groups}
 
 
-def training_history(folder: str | os.PathLike) -> list[dict]:
-    """The per-epoch records of the TrainingState in `folder`, read from its header alone (no tensors)."""
-    path = Path(folder) / STATE_FILE
-    with safe_open(str(path), "pt") as f:
-        text = (f.metadata() or {}).get("training_state")
-    if text is None:
-        raise ValueError(f"{path}: not a training state (no 'training_state' in its header)")
-    return json.loads(text)["result"]["history"]
-
-
-def load_training_state(folder: str | os.PathLike) -> TrainingState:
-    """The TrainingState that save_training_state wrote to `folder` (tensors on the CPU)."""
-    path = Path(folder) / STATE_FILE
+def _state_header(path: Path) -> dict:
+    """The JSON part of the training state at `path` (its safetensors header; no tensor is read)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no training state")
     with safe_open(str(path), "pt") as f:
@@ -161,6 +150,18 @@ def load_training_state(folder: str | os.PathLike) -> TrainingState:
     meta = json.loads(text)
     if meta.get("format") != STATE_FORMAT:
         raise ValueError(f"{path}: training state format {meta.get('format')}, this code reads {STATE_FORMAT}")
+    return meta
+
+
+def training_history(folder: str | os.PathLike) -> list[dict]:
+    """The per-epoch records of the TrainingState in `folder`, read from its header alone."""
+    return _state_header(Path(folder) / STATE_FILE)["result"]["history"]
+
+
+def load_training_state(folder: str | os.PathLike) -> TrainingState:
+    """The TrainingState that save_training_state wrote to `folder` (tensors on the CPU)."""
+    path = Path(folder) / STATE_FILE
+    meta = _state_header(path)
     tensors = load_file(str(path))
     r = meta["result"]
     probs = tensors.get("best_val_probs")
