@@ -137,6 +137,7 @@ def specs(args: argparse.Namespace) -> tuple[SweepConfig, AblationSpec, OutputSp
     run = common.read_run_json(out.folder, "--name")  # arms are added to it: a damaged one stops here
     if args.resume and run is None:
         raise UserError(f"--resume: {out.folder / 'run.json'} not found (which --name was interrupted?)")
+    common.check_address(out.address)
     common.check_local_gpus(sweep, out, typed=args.gpus_per_trial is not None)
     return sweep, ablation, out
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -268,6 +269,31 @@ def local_gpu_count() -> int | None:
         return None
     gpus = Path("/proc/driver/nvidia/gpus")
     return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
+def check_address(address: str | None) -> None:
+    """--address (else $RAY_ADDRESS): 'auto', 'local', a ray:// client address, or the host:port of a
+    running cluster's head, checked before any work. Ray took a malformed one for a traceback, and
+    retried one where nothing listens for minutes before failing."""
+    flag, local = ("--address", "leave --address out") if address else ("$RAY_ADDRESS", "unset RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(
+            f"{flag} {address}: not an address; give the head's host:port (e.g. 10.0.0.5:6379), 'auto' for "
+            f"the cluster this machine belongs to, or {local} to run on a local Ray"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise UserError(
+            f"{flag} {address}: no Ray cluster answers there ({e.strerror or e}); start one "
+            f"(`ray start --head` or `ray up cluster.yaml`), give its head's host:port, or {local} to run on "
+            "a local Ray"
+        ) from None
 
 
 def check_local_gpus(sweep: SweepConfig, out: OutputSpec, typed: bool) -> None:

@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         fixed = {"pretrain_epochs": 0} if args.no_pretrain else {}
         sweep = common.sweep_config(args.preset, args, FLAGS, **fixed)
         data = sweep.data_spec(common.data_spec(args, allow_overlap=args.allow_test_overlap))
+    common.check_address(out.address)
     common.check_local_gpus(sweep, out, typed=args.gpus_per_trial is not None)
     from pneumo_ray.distributed.sweep import run_sweep
 

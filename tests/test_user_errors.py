@@ -137,8 +137,11 @@ ROWS = [
     ),
     ("sweep", ["--data-root", "{tmp}/nope"], "--data-root {tmp}/nope: no such folder"),
     ("sweep", ["--epochs", "2.5"], "argument --epochs: invalid int value: '2.5'"),
+    ("sweep", ["--address", "nonsense:::"], "--address nonsense:::: not an address; give the head's host:port"),
+    ("sweep", ["--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray cluster answers there"),
     # study.ablate
     ("ablate", ["--seeds", "0"], "--seeds 0: give the number of seeds per model"),
+    ("ablate", ["--address", "10.0.0.1:http"], "--address 10.0.0.1:http: not an address"),
     ("ablate", ["--seeds", "-2"], "--seeds -2: give the number of seeds per model"),
     ("ablate", ["--seeds", "0,1"], "argument --seeds: invalid int value: '0,1'"),
     ("ablate", ["--tune", "0"], "--tune 0: the search budget must be a whole number, at least 1"),
