@@ -194,7 +194,11 @@ def add_output_args(p: argparse.ArgumentParser, name_help: str, resume_help: str
     o.add_argument("--results", default="results", help="results folder")
     o.add_argument("--name", help=name_help)
     o.add_argument("--resume", action="store_true", help=resume_help)
-    o.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
+    o.add_argument(
+        "--address",
+        help="Ray cluster to join: its head's host:port, or 'auto' for the cluster this machine is part of "
+        "(default: $RAY_ADDRESS, else a new local Ray)",
+    )
     o.add_argument("--storage", help="Ray Tune/Train storage, a shared PATH or s3://… (default: <results>/<name>/ray)")
     o.add_argument(
         "--verbose",
