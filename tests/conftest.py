@@ -191,3 +191,27 @@ def kill_after_first_report(p: subprocess.Popen, exp: Path) -> dict:
     first = wait_until(p, lambda: reported(exp), f"an epoch reported in {exp}")[0]
     os.kill(first["worker_pid"], signal.SIGKILL)
     return first
+
+
+def finetune_like_trial(results: Path, name: str, trial: object, threads: int | None = None, **fixed: object):
+    """The FitResult of the project's fine-tuning in this process with the configuration of sweep
+    `name`'s `trial` (a trials.parquet row): its searched values on the sweep's base, `fixed` on top,
+    the sweep's data and seed, and `threads` torch threads if given (the trial's, for equal numbers)."""
+    import torch
+
+    from pneumo_ray.config.output import OutputSpec
+    from pneumo_ray.data.study_data import load_study_data
+    from pneumo_ray.distributed.sweep import specs_from_run
+    from pneumo_ray.storage.results import read_results
+    from pneumo_ray.train.protocol import finetune
+
+    run = read_results(results / name).run
+    sweep, data, _ = specs_from_run(run, OutputSpec(name=name, results=str(results)))
+    searched = {k: float(getattr(trial, k)) for k in ("aug_strength", "class_weight_scale", "lr")}
+    cfg = sweep.base_config(str(trial.model)).replace(**searched, **fixed)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        return finetune(cfg, load_study_data(data, quiet=True, log=None), torch.device("cpu"), log=None)[1]
+    finally:
+        torch.set_num_threads(before)

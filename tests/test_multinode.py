@@ -8,7 +8,16 @@ import os
 import subprocess
 
 import pytest
-from conftest import free_port, kill_after_first_report, local_cluster, ray_cli, reported, start_sweep, wait_until
+from conftest import (
+    finetune_like_trial,
+    free_port,
+    kill_after_first_report,
+    local_cluster,
+    ray_cli,
+    reported,
+    start_sweep,
+    wait_until,
+)
 
 from pneumo_ray.storage.results import read_results
 
@@ -26,13 +35,6 @@ def test_two_worker_ddp_across_nodes_matches_one_worker(cluster, tmp_path, cache
     fine-tuning in this process (a one-worker trial gives its numbers bit for bit: test_sweep.py).
     Rank 0's worker is SIGKILLed after the first epoch: Ray Train restarts the worker group from the
     job's last checkpoint (full training state), so each epoch is reported once."""
-    import torch
-
-    from pneumo_ray.config.output import OutputSpec
-    from pneumo_ray.data.study_data import load_study_data
-    from pneumo_ray.distributed.sweep import specs_from_run
-    from pneumo_ray.train.protocol import finetune
-
     address, env = cluster
     p = start_sweep(
         *["--preset", "smoke", "--models", "cnn", "--num-samples", "1", "--pretrain-epochs", "0", "--epochs", "3"],
@@ -53,11 +55,7 @@ def test_two_worker_ddp_across_nodes_matches_one_worker(cluster, tmp_path, cache
     assert res.epochs.sort_values("epoch").epoch.tolist() == [1, 2, 3]  # each once
     two = res.trials.iloc[0]
     assert two.workers == 2 and two.batch_size == 16
-    # one worker, batch 32, the configuration Optuna proposed to the two-worker trial
-    sweep, data, _ = specs_from_run(res.run, OutputSpec(name="two", results=str(tmp_path)))
-    searched = {k: float(two[k]) for k in ("aug_strength", "class_weight_scale", "lr")}
-    cfg = sweep.base_config("cnn").replace(batch_size=32, **searched)
-    _, one = finetune(cfg, load_study_data(data, quiet=True, log=None), torch.device("cpu"), log=None)
+    one = finetune_like_trial(tmp_path, "two", two, batch_size=32)  # one worker, the same proposal
     print(f"val AUC: 1 worker {one.best_val_auc:.4f}, 2 workers {two.best_val_auc:.4f}")
     assert abs(one.best_val_auc - two.best_val_auc) < 0.05
     assert one.best_val_auc > 0.6 and two.best_val_auc > 0.6

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import kill_after_first_report, reported, start_sweep, wait_until
+from conftest import finetune_like_trial, kill_after_first_report, reported, start_sweep, wait_until
 
 from pneumo_ray.distributed.trials import max_concurrent_trials
 from pneumo_ray.storage.results import read_results
@@ -128,13 +128,6 @@ def test_killed_trial_and_killed_sweep_resume_without_duplicates(tmp_path, cache
     2. The driver is SIGKILLed once a trial has finished and the next is under way: the same command
        with --resume finishes the sweep with every trial once and the stored Optuna study continued;
        a second --resume changes nothing."""
-    import torch
-
-    from pneumo_ray.config.output import OutputSpec
-    from pneumo_ray.data.study_data import load_study_data
-    from pneumo_ray.distributed.sweep import specs_from_run
-    from pneumo_ray.train.protocol import finetune
-
     args = ["--preset", "smoke", "--models", "cnn", "--num-samples", "3", "--epochs", "2", "--grace-period", "2"]
     args += ["--no-pretrain", "--max-concurrent", "1", "--name", "k", "--results", str(tmp_path)]
     p = _sweep(*args, cache_dir=cache_dir, cluster=ray_head)
@@ -169,15 +162,8 @@ def test_killed_trial_and_killed_sweep_resume_without_duplicates(tmp_path, cache
     assert len({x["worker_pid"] for x in reports}) == 2 and {x["world_size"] for x in reports} == {1}
     assert all(x["worker_pid"] == x["pid"] for x in reports)  # the job ran in the Tune trial's own process
     # ... and the numbers of the uninterrupted run: the same configuration, seed and threads in this process
-    sweep, data, _ = specs_from_run(res.run, OutputSpec(name="k", results=str(tmp_path)))
     row = res.trials.set_index("trial_id").loc[killed]
-    cfg = sweep.base_config("cnn").replace(**{k: float(row[k]) for k in ("aug_strength", "class_weight_scale", "lr")})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(reports[0]["torch_threads"]))
-    try:
-        _, ref = finetune(cfg, load_study_data(data, quiet=True, log=None), torch.device("cpu"), log=None)
-    finally:
-        torch.set_num_threads(threads)
+    ref = finetune_like_trial(tmp_path, "k", row, threads=int(reports[0]["torch_threads"]))
     assert e.val_auc.tolist() == pytest.approx([h["val_auc"] for h in ref.history], abs=1e-9)
     assert e.train_loss.tolist() == pytest.approx([h["train_loss"] for h in ref.history], abs=1e-9)
     assert row.best_val_auc == pytest.approx(ref.best_val_auc, abs=1e-9)
