@@ -43,12 +43,14 @@ import torch
 import torch.nn.functional as F
 
 from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.train import COMPILE_MODES
 from pneumo_ray.data.study_data import ImageSet, load_study_data
 from pneumo_ray.train.augment import Augment
 from pneumo_ray.train.device_data import on_device
 from pneumo_ray.train.loop import (
     Phase,
     class_weights,
+    compiled,
     make_optimizer,
     normalizer_for,
     pick_device,
@@ -117,7 +119,7 @@ def loop_rates(model_name: str, train: ImageSet, val: ImageSet, args: argparse.N
     train_data, val_data = on_device(train, device), on_device(val, device)
     _sync(device)
     upload_s = time.time() - t0
-    forward = torch.compile(model) if args.compile else model
+    forward = compiled(model, args.compile)
     kw = dict(
         augment=Augment(phase.aug_strength),
         normalize=normalizer_for(train),
@@ -167,7 +169,7 @@ def data_free_rate(model_name: str, args: argparse.Namespace, device: torch.devi
     model = build_model(model_name).to(device)
     fmt = torch.channels_last if cuda else torch.contiguous_format
     model.to(memory_format=fmt)
-    forward = torch.compile(model) if args.compile else model
+    forward = compiled(model, args.compile)
     phase = Phase(name="check", epochs=1, lr=1e-3, batch_size=args.batch_size)
     optimizer, scheduler = make_optimizer(model, phase, 2 * steps)
     b, s = args.batch_size, args.image_size
@@ -202,6 +204,8 @@ def data_free_rate(model_name: str, args: argparse.Namespace, device: torch.devi
 def header(device: torch.device, args: argparse.Namespace) -> str:
     amp = "bf16 autocast, channels-last" if device.type == "cuda" else "float32"
     size = f"batch {args.batch_size}, {args.image_size} px, {args.epochs} epochs (first one excluded)"
+    if args.compile:
+        size += f", torch.compile {args.compile}"
     if device.type != "cuda":
         return f"no GPU: CPU figures ({torch.get_num_threads()} threads, {amp}, {size}; a smoke run, not GPU rates)"
     name = torch.cuda.get_device_name(device)
@@ -235,7 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic", action="store_true", help="use the synthetic phantoms even where real data is")
     p.add_argument("--cache-dir", help="decoded-image cache (default: $PNEUMO_RAY_CACHE or ~/.cache/pneumo_ray)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--compile", action="store_true", help="train through torch.compile(model)")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=COMPILE_MODES,
+        metavar="MODE",
+        help="train through torch.compile (MODE: default, reduce-overhead = CUDA graphs, max-autotune); its "
+        "compile time falls in the first epoch, which the rates leave out",
+    )
     p.add_argument("--quick", action="store_true", help="tiny CPU-sized run (seconds), to keep this script working")
     p.add_argument(
         "--threads",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -135,11 +137,50 @@ def test_compile_trains_through_torch_compile(tiny, monkeypatch):
     assert [h["train_loss"] for h in result.history] == [h["train_loss"] for h in plain.history]
 
 
-def test_gpu_check_runs_on_the_cpu(tmp_path, capsys):
-    """bench/gpu_check.py's CPU mode on tiny settings, so that the GPU check does not rot between GPU runs."""
+def test_compile_mode_is_checked():
+    model = build_model("cnn")
+    assert loop.compiled(model, False) is model and loop.compiled(model, None) is model
+    with pytest.raises(ValueError, match="compile mode 'fast'"):
+        loop.compiled(model, "fast")
+
+
+def test_study_train_compile_runs(tmp_path, cache_dir):
+    """`python -m study.train --compile` as a user types it, with a real torch.compile on the CPU (it
+    crashed on every machine: `forward or model` asked the compiled module for its len()). Inductor
+    writes its generated kernels to TORCHINDUCTOR_CACHE_DIR: they prove the steps ran compiled."""
+    inductor = tmp_path / "inductor"
+    cmd = [sys.executable, "-m", "study.train", "--image-size", "32", "--epochs", "1", "--no-pretrain", "--compile"]
+    cmd += ["--out", str(tmp_path / "out"), "--cache-dir", str(cache_dir)]
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor)}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_auc"] <= 1.0 and metrics["val_auc"] > 0.5
+    assert list(inductor.rglob("*.py")), "torch.compile generated no kernels"
+
+
+def _gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
+    return gpu_check
+
+
+def test_gpu_check_compiles_on_the_cpu(tmp_path, capsys, monkeypatch):
+    """bench/gpu_check.py --compile (it crashed as study.train did), in the mode a GPU uses for small
+    batches (reduce-overhead: CUDA graphs there; on the CPU inductor alone)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    argv = ["--quick", "--synthetic", "--device", "cpu", "--models", "cnn", "--compile", "reduce-overhead"]
+    assert _gpu_check().main([*argv, "--cache-dir", str(tmp_path), "--json", str(tmp_path / "o")]) == 0
+    assert "torch.compile reduce-overhead" in capsys.readouterr().out
+    figures = json.loads((tmp_path / "o").read_text())
+    assert set(figures["results"]) == {"cnn"} and figures["results"]["cnn"]["loop"]["rate"] > 0
+    assert list((tmp_path / "inductor").rglob("*.py")), "torch.compile generated no kernels"
+
+
+def test_gpu_check_runs_on_the_cpu(tmp_path, capsys):
+    """bench/gpu_check.py's CPU mode on tiny settings, so that the GPU check does not rot between GPU runs."""
+    gpu_check = _gpu_check()
     threads = torch.get_num_threads()
     argv = ["--quick", "--synthetic", "--device", "cpu", "--cache-dir", str(tmp_path), "--json", str(tmp_path / "o")]
     assert gpu_check.main(argv) == 0

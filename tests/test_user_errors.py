@@ -88,6 +88,7 @@ ROWS = [
     ("train", ["--data-root", "{tmp}/nope"], "--data-root {tmp}/nope: no such folder"),
     ("train", ["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
     ("train", ["--model", "resnet"], "argument --model: invalid choice: 'resnet'"),
+    ("train", ["--compile", "fast"], "argument --compile: invalid choice: 'fast'"),
     ("train", ["--bogus"], "unrecognized arguments: --bogus (python -m study.train --help lists the flags)"),
     # study.sweep
     ("sweep", ["--epochs", "0"], "--epochs 0: the number of fine-tuning epochs"),

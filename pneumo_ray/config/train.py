@@ -15,6 +15,8 @@ from pneumo_ray.config.errors import at_least, positive, require
 MODELS = ("cnn", "densenet")
 # the smallest image each model's poolings leave something of (measured: cnn fails at 15, densenet at 24)
 MIN_IMAGE_SIZE = {"cnn": 16, "densenet": 32}
+# torch.compile modes (train/loop.py `compiled`); reduce-overhead adds CUDA graphs
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 MAX_LR = 1.0  # Adam(W) moves each weight by about lr per step: above 1 a step exceeds the weights' scale
 
 

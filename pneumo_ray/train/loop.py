@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
 from pneumo_ray.analysis.metrics import decision_threshold, roc_auc
+from pneumo_ray.config.train import COMPILE_MODES
 from pneumo_ray.data.study_data import ImageSet
 from pneumo_ray.storage.progress import progress as progress_report
 from pneumo_ray.train.augment import Augment, Normalize, to_float
@@ -178,6 +179,19 @@ def _weighted_bce(logits, y, weights) -> torch.Tensor:
     return (F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none") * w).sum() / w.sum()
 
 
+def compiled(model: torch.nn.Module, mode: bool | str | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the training steps call: `model` itself (mode False/None) or torch.compile(model, mode=...)
+    (True = "default"; "reduce-overhead" adds CUDA graphs on a GPU). The compiled module shares the
+    model's parameters; evaluation calls the model itself. An epoch's last, smaller batch is a second
+    shape: it is compiled once more (and gets its own CUDA graph), then both are reused."""
+    if mode is None or mode is False:
+        return model
+    mode = "default" if mode is True else mode
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode {mode!r}: choose one of {', '.join(COMPILE_MODES)}")
+    return torch.compile(model, mode=mode)
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     data: Batches,
@@ -204,7 +218,7 @@ def train_one_epoch(
     `loss.item() * len(rows)` on the host gave."""
     model.train()
     train_mode(unwrap(model))
-    forward = forward or model
+    forward = model if forward is None else forward  # an OptimizedModule has no truth value (it asks len())
     cuda = device.type == "cuda"
     gen = torch.Generator().manual_seed(_sub_seed(seed, epoch, rank, 7))
     w = torch.tensor(weights, device=device)
@@ -212,7 +226,8 @@ def train_one_epoch(
     seen, t0 = 0, time.time()
     order = epoch_order(len(data), batch_size, seed, epoch, rank, world)
     bar = progress_report(sum(map(len, order)), progress or "", enabled=progress is not None, unit="img")
-    for batch_u8, y in batches(data, order, device):
+    last = len(order) - 1
+    for step, (batch_u8, y) in enumerate(batches(data, order, device)):
         x = augment(_inputs(batch_u8, cuda), gen, normalize)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             logits = forward(x)
@@ -224,7 +239,10 @@ def train_one_epoch(
             scheduler.step()
         total += loss.detach().double() * len(y)
         seen += len(y)
-        bar.update(len(y), loss=lambda t=total, n=seen: t.item() / n)  # read only when a line is written
+        # the running loss is read only when a line is written, and on a GPU only at the epoch's end:
+        # a terminal's bar redraws every 0.5 s, and each read would make the host wait for the device
+        shown = step == last or not cuda
+        bar.update(len(y), **({"loss": lambda t=total, n=seen: t.item() / n} if shown else {}))
     train_loss = total.item() / max(seen, 1)  # the epoch's one wait for the device
     bar.close()
     seconds = time.time() - t0
@@ -326,7 +344,7 @@ def fit(
     on_state: Callable[[TrainingState], object] | None = None,
     resume: TrainingState | None = None,
     resident: bool | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     progress: bool = True,
     log: Callable[[str], object] | None = print,
 ) -> FitResult:
@@ -345,7 +363,8 @@ def fit(
     history keeps each epoch once, and on the CPU every number is what the uninterrupted run gives.
 
     `resident`: hold the training and validation images on `device` and gather batches there (None:
-    on CUDA only; the numbers are the same either way). `compile`: train through torch.compile(model).
+    on CUDA only; the numbers are the same either way). `compile`: train through torch.compile(model)
+    (True or a mode of COMPILE_MODES; see `compiled`).
     """
     net = unwrap(model)
     if device.type == "cuda":
@@ -363,7 +382,7 @@ def fit(
     first = resume.epoch + 1 if resume is not None else 1
     train_data = on_device(train, device, resident)
     val_data = on_device(val, device, resident) if val is not None and len(val) else None
-    forward = torch.compile(model) if compile else model
+    forward = compiled(model, compile)
     show = progress and rank == 0
     for epoch in range(first, phase.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]

@@ -86,7 +86,7 @@ def pretrain(
     on_state: OnState | None = None,
     resume: TrainingState | None = None,
     resident: bool | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     log: Log | None = print,
 ) -> tuple[dict, dict]:
     """Train a fresh model on the source data; returns (final state dict, metadata).
@@ -144,7 +144,7 @@ def finetune(
     on_state: OnState | None = None,
     resume: TrainingState | None = None,
     resident: bool | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     log: Log | None = print,
 ) -> tuple[torch.nn.Module, FitResult]:
     """Fresh model ← pre-trained weights (if any) → fine-tune on target train, validate every epoch.
@@ -229,7 +229,7 @@ def run_study(
     device: torch.device,
     log: Log = print,
     *,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> dict:
     """One pretrain → finetune run without Ray; writes metrics.json, predictions.parquet,
     history.parquet and the weights (safetensors + JSON) under out_dir."""
