@@ -414,3 +414,73 @@ def test_only_the_kernel_module_compiles_or_loads_native_code():
     probe = 'import ctypes\nimport subprocess\nctypes.CDLL("x.so")\nsubprocess.run(["gcc", "x.c"])\n'
     found = sorted(f.split(": ")[1] for f in _native_code_uses(probe, "probe.py"))
     assert found == ["CDLL", "import ctypes", "subprocess.run(['gcc', 'x.c'])"]
+
+
+def _reference_draw(aug: Augment, b: int, generator: torch.Generator, dtype: torch.dtype):
+    """The parameters as drawn before they went to the device in one copy (seven copies of seven draws):
+    the numbers a seed gave then, which it must still give on the CPU."""
+    s = aug.strength
+
+    def u(scale):
+        return ((torch.rand(b, generator=generator, dtype=torch.float64) * 2 - 1) * scale).to(dtype)
+
+    angle, zoom = u(np.radians(15.0 * s)), 1.0 + u(0.15 * s)
+    shear, tx, ty = u(0.15 * s), u(0.2 * s), u(0.2 * s)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack(
+        [torch.stack([cos, -sin + shear * cos, tx], 1), torch.stack([sin, cos + shear * sin, ty], 1)], 1
+    )
+    theta[:, :, :2] /= zoom.view(b, 1, 1)
+    if aug.hflip:
+        flip = torch.rand(b, generator=generator) < 0.5
+        theta[:, :, 0] = torch.where(flip.view(b, 1), -theta[:, :, 0], theta[:, :, 0])
+    brightness = u(0.15 * s)
+    return theta, 1.0 + u(0.25 * s), brightness
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_draw_gives_what_a_seed_gave(hflip, dtype):
+    for seed, strength in [(0, 0.5), (7, 1.0), (123, 0.05)]:
+        aug = Augment(strength, hflip)
+        got = aug.draw(33, torch.Generator().manual_seed(seed), torch.device("cpu"), dtype)
+        ref = _reference_draw(aug, 33, torch.Generator().manual_seed(seed), dtype)
+        assert all(torch.equal(g, r) for g, r in zip(got, ref, strict=True))
+
+
+class _HostToMeta(torch.overrides.TorchFunctionMode):
+    """Counts the operations that turn host tensors into device tensors (the meta device stands in for
+    a GPU on a machine without one): each such copy from pageable memory makes the host wait on CUDA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [a for a in args if isinstance(a, torch.Tensor)]
+        if isinstance(out, torch.Tensor) and out.device.type == "meta" and any(a.device.type == "cpu" for a in inputs):
+            self.copies += 1
+        return out
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_parameters_reach_the_device_in_one_copy(hflip):
+    """One training step's augmentation parameters go to the device as one tensor (they were seven
+    `.to(device)` copies: 7 host waits per step on an H200)."""
+    meta = torch.device("meta")
+    with _HostToMeta() as mode:
+        theta, contrast, brightness = Augment(0.5, hflip).draw(
+            32, torch.Generator().manual_seed(0), meta, torch.float32
+        )
+    assert mode.copies == 1
+    assert theta.shape == (32, 2, 3) and contrast.shape == brightness.shape == (32,)
+    assert {t.device.type for t in (theta, contrast, brightness)} == {"meta"}
+
+
+def test_one_copy_views_augment_as_the_tensors_do(batch):
+    """The views of the one copied tensor (strided) give the torch path's result bit for bit."""
+    params = Augment(0.8, hflip=True).draw(len(batch), torch.Generator().manual_seed(4), batch.device, batch.dtype)
+    viewed = augment_module.in_one_copy(*params, torch.device("cpu"))
+    assert viewed[1].stride() == (8,)  # really views of the packed [B, 8] tensor
+    assert torch.equal(augment_torch(batch, *params, 0.4, 0.2), augment_torch(batch, *viewed, 0.4, 0.2))

@@ -75,6 +75,19 @@ def pixel_affine(theta: torch.Tensor, h: int, w: int) -> np.ndarray:
     return np.concatenate([linear, ((origin + 1) * half[..., 0] - 0.5)[..., None]], axis=2)
 
 
+def in_one_copy(
+    theta: torch.Tensor, contrast: torch.Tensor, brightness: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """theta [B, 2, 3], contrast and brightness [B] from the host on `device`, in one copy of one
+    [B, 8] tensor (from pinned memory on CUDA, so the host does not wait); views of it are returned."""
+    b = theta.shape[0]
+    packed = torch.cat([theta.reshape(b, 6), contrast.view(b, 1), brightness.view(b, 1)], 1)
+    if device.type == "cuda":
+        packed = packed.pin_memory()
+    packed = packed.to(device, non_blocking=True)
+    return packed[:, :6].view(b, 2, 3), packed[:, 6], packed[:, 7]
+
+
 @dataclass(frozen=True)
 class Augment:
     strength: float = 0.5
@@ -88,11 +101,14 @@ class Augment:
         self, b: int, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Random parameters for `b` images: output→input affine maps theta [B, 2, 3] in grid units,
-        contrast and brightness [B]. Drawn on the CPU generator (reproducible on any device)."""
+        contrast and brightness [B]. Drawn on the CPU generator and computed on the CPU in `dtype`
+        (reproducible on any device), then moved to `device` in ONE copy, non-blocking from pinned
+        memory on CUDA: seven small `.to(device)` copies each made the host wait for the GPU
+        (7 syncs per training step on an H200)."""
         s = self.strength
 
         def u(scale):  # uniform in [-scale, scale]
-            return ((torch.rand(b, generator=generator, dtype=torch.float64) * 2 - 1) * scale).to(device, dtype)
+            return ((torch.rand(b, generator=generator, dtype=torch.float64) * 2 - 1) * scale).to(dtype)
 
         angle = u(math.radians(FULL["rotation_deg"] * s))
         zoom = 1.0 + u(FULL["zoom"] * s)
@@ -105,11 +121,13 @@ class Augment:
         )
         theta[:, :, :2] /= zoom.view(b, 1, 1)
         if self.hflip:  # a mirror is a sign flip of the x input coordinate: free inside the warp
-            flip = (torch.rand(b, generator=generator) < 0.5).to(device)
+            flip = torch.rand(b, generator=generator) < 0.5
             theta[:, :, 0] = torch.where(flip.view(b, 1), -theta[:, :, 0], theta[:, :, 0])
         brightness = u(FULL["brightness"] * s)
         contrast = 1.0 + u(FULL["contrast"] * s)
-        return theta, contrast, brightness
+        if device.type == "cpu":
+            return theta, contrast, brightness
+        return in_one_copy(theta, contrast, brightness, device)
 
     def __call__(
         self, x: torch.Tensor, generator: torch.Generator | None = None, normalize: Normalize | None = None
