@@ -8,6 +8,7 @@ Layers (each folder's __init__ states what it may import; tests/test_layers.py c
     train/        models, augmentation, the loop, pretrain → finetune — plain PyTorch, never Ray
     distributed/  Ray Train jobs, Tune trials, the sweep and ablation drivers — the only folder that imports Ray
     report/       figures, tables and report.html from results — never Ray
+    deploy/       offline bundles (wheelhouse, data) in checked parts — standard library only
 """
 
 __version__ = "0.1.0"

@@ -394,7 +394,15 @@ def _native_code_uses(source: str, name: str) -> list[str]:
         elif isinstance(node, ast.Call) and ast.unparse(node.func) in RUNS:
             cmd = node.args[0] if node.args else None
             head = cmd.elts[0] if isinstance(cmd, ast.List) and cmd.elts else None
-            if not (isinstance(head, ast.Constant) and isinstance(head.value, str) and head.value not in COMPILERS):
+            # pip run from wheels only (deploy/: --only-binary downloads, --no-index installs) builds nothing
+            pip = isinstance(cmd, ast.List) and [ast.unparse(e) for e in cmd.elts[:3]] == [
+                "sys.executable",
+                "'-m'",
+                "'pip'",
+            ]
+            if not pip and not (
+                isinstance(head, ast.Constant) and isinstance(head.value, str) and head.value not in COMPILERS
+            ):
                 found.append(f"{name}:{node.lineno}: {ast.unparse(node)[:80]}")
     return found
 
