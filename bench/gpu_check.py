@@ -19,6 +19,7 @@ Without a GPU it runs on the CPU at small sizes (header "no GPU: CPU figures"), 
     python bench/gpu_check.py                       # GPU: 224 px, both models, all of Kermany train
     python bench/gpu_check.py --compile             # also torch.compile'd (adds its compile time)
     python bench/gpu_check.py --quick --synthetic   # a seconds-long smoke run (tests/test_device_path.py)
+    python bench/gpu_check.py --models densenet --share 1,2,4   # several trials per GPU: summed img/s
 """
 
 from __future__ import annotations
@@ -201,6 +202,37 @@ def data_free_rate(model_name: str, args: argparse.Namespace, device: torch.devi
     return dict(rate=steps * b / seconds, peak_gib=_peak_gib(device))
 
 
+def shared_rates(model: str, args: argparse.Namespace) -> dict:
+    """{N: summed images/s} of N processes training `model` at once on the one device, each through the
+    loop as above (its first epoch left out); they start together and do the same work, so their
+    measured epochs overlap."""
+    import subprocess
+    import tempfile
+
+    same = ["--models", model, "--loop-only", "--device", args.device, "--image-size", str(args.image_size)]
+    same += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--max-images", str(args.max_images)]
+    same += ["--data-root", str(args.data_root)] + (["--synthetic"] if args.synthetic else [])
+    same += (["--cache-dir", args.cache_dir] if args.cache_dir else []) + (
+        ["--compile", args.compile] if args.compile else []
+    )
+    same += ["--threads", str(args.threads)] if args.threads else []
+    out = {}
+    for n in [int(x) for x in args.share.split(",") if x.strip()]:
+        with tempfile.TemporaryDirectory() as tmp:
+            procs = [subprocess.Popen([sys.executable, __file__, *same, "--json", f"{tmp}/{i}.json"]) for i in range(n)]
+            if any(p.wait() != 0 for p in procs):
+                print(f"          --share {n}: a process failed", flush=True)
+                continue
+            each = [json.loads(Path(f"{tmp}/{i}.json").read_text())["results"][model]["loop"]["rate"] for i in range(n)]
+        out[n] = dict(total=sum(each), each=each)
+        print(
+            f"{model:<9} {n} process(es) on one device: {sum(each):8.0f} img/s in all "
+            f"({', '.join(f'{r:.0f}' for r in each)})",
+            flush=True,
+        )
+    return out
+
+
 def header(device: torch.device, args: argparse.Namespace) -> str:
     amp = "bf16 autocast, channels-last" if device.type == "cuda" else "float32"
     size = f"batch {args.batch_size}, {args.image_size} px, {args.epochs} epochs (first one excluded)"
@@ -255,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         help="CPU threads for torch (default: torch's on a GPU machine, else 1: on a busy 2-core machine, 2 OpenMP "
         "threads made DenseNet's first epoch 200 times slower than 1 thread did)",
     )
+    p.add_argument(
+        "--share",
+        help="also N[,N...] processes training the same model at once on the one device (what Ray's fractional "
+        "--gpus-per-trial 1/N does): their summed images/s, e.g. --share 1,2,4",
+    )
+    p.add_argument("--loop-only", action="store_true", help=argparse.SUPPRESS)  # a --share process
     p.add_argument("--gpus", type=int, default=4, help="cluster GPUs for gpu_hours' wall-clock (default 4)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
@@ -276,18 +314,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, device: torch.device, models: list[str]) -> int:
     t_start = time.time()
-    print(header(device, args), flush=True)
+    say = (lambda *a, **k: None) if args.loop_only else print  # a --share process reports in its JSON only
+    say(header(device, args), flush=True)
     train, val, what = load_sets(args)
-    print(f"data: {what}", flush=True)
+    say(f"data: {what}", flush=True)
     results = {}
     for model in models:
         loop = loop_rates(model, train, val, args, device)
+        if args.loop_only:
+            results[model] = dict(loop=loop)
+            continue
         steps = math.ceil(len(train) / args.batch_size)
         free = data_free_rate(model, args, device, steps)
         results[model] = dict(loop=loop, data_free=free, ratio=loop["rate"] / free["rate"])
         print(_line(model, results[model]), flush=True)
         if loop["syncs"] and loop["syncs"]["sources"]:
             print(f"          host syncs by source: {loop['syncs']['sources']}", flush=True)
+    if args.loop_only:
+        Path(args.json).write_text(json.dumps(dict(results=results), default=str))
+        return 0
+    if args.share:
+        for model in models:
+            results[model]["share"] = shared_rates(model, args)
 
     rates = {m: r["loop"]["rate"] for m, r in results.items()}
     speedup = min(r["loop"]["eval_rate"] / r["loop"]["rate"] for r in results.values())

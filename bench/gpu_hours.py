@@ -1,7 +1,7 @@
 """GPU-hour and wall-clock estimate of a sweep preset (default: `--preset paper`), from its config and a
 training throughput per model.
 
-    python bench/gpu_hours.py                                   # paper preset, assumed throughputs, 4 GPUs
+    python bench/gpu_hours.py                                   # paper preset, H200 rates, 4 GPUs
     python bench/gpu_hours.py --img-per-s densenet=410,cnn=1900 --gpus 8   # your measured figures
 
 From Python, `estimate_from_rates(measured)` does the same for measured figures (bench/gpu_check.py
@@ -30,9 +30,14 @@ What is counted, per model (the sweep runs one Tune experiment per model, one af
 Validation and test passes run at `--eval-speedup` x the training throughput (forward only, batch 128).
 
 The throughputs are per trial (one trial = `gpus_per_trial` GPUs, 1 in the paper preset); GPU-hours
-are trial-seconds x gpus_per_trial. The DEFAULT THROUGHPUTS ARE ASSUMPTIONS, NOT MEASUREMENTS (no GPU
-was available when this was written): plausible single-A10G (the cluster's g5 GPU) bf16-autocast
-training rates at 224 px, batch 32. Replace them with the `img/s` that
+are trial-seconds x gpus_per_trial. The DEFAULT THROUGHPUTS ARE MEASURED on one NVIDIA H200 (torch 2.11,
+bf16 autocast, channels-last, 224 px, batch 32, the real Kermany training set resident on the GPU):
+bench/gpu_check.py's loop rates reported in issue 20 (2026-12), before the one-copy augmentation
+parameters; DenseNet-121 is launch-bound at batch 32 there (574 img/s; 2649 at batch 256). An A10G
+(cluster.yaml's g5 nodes) is slower: measure yours and pass it. The evaluation speed-up stays an
+assumption (not reported). Measure with
+    python bench/gpu_check.py                   # both models, loop rates, syncs, GPU-hours
+or the `img/s` that
     python -m study.train --data-root ... --pretrain-root ... --model densenet --image-size 224 \\
         --pretrain-epochs 0 --epochs 2 --device cuda
 prints for each fine-tuning epoch on your GPU (take the second epoch; the same figure is in
@@ -54,8 +59,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# ASSUMED single-GPU (A10G-class, bf16 autocast, channels-last, batch 32, 224 px) training throughputs, img/s.
-ASSUMED_IMG_PER_S = {"cnn": 1500.0, "densenet": 350.0}
+# MEASURED single-GPU training throughputs, img/s: one H200, bf16 autocast, channels-last, batch 32,
+# 224 px, the project's loop (bench/gpu_check.py, issue 20). The name stays: it is what the estimate
+# assumes when no --img-per-s is given.
+ASSUMED_IMG_PER_S = {"cnn": 5380.0, "densenet": 574.0}
+MEASURED_ON = "one H200, bf16, batch 32, 224 px (issue 20)"
 ASSUMED_EVAL_SPEEDUP = 3.0  # forward-only passes vs training, img/s ratio
 # per trial / evaluation task, GPU held: a trial in a reused process measured a 2.2 s median fixed cost
 # on CPU (bench/ray_overhead.py: model build, data map, reports); a slot's first trial and each
@@ -240,7 +248,9 @@ def main(argv=None) -> int:
         action="append",
         default=[],
         metavar="MODEL=N[,MODEL=N]",
-        help="training images/s of one trial, per model (default: ASSUMED "
+        help="training images/s of one trial, per model (default: measured on "
+        + MEASURED_ON
+        + ": "
         + ", ".join(f"{k}={v:g}" for k, v in ASSUMED_IMG_PER_S.items())
         + ")",
     )
@@ -327,7 +337,7 @@ def main(argv=None) -> int:
     print(
         "throughput (training img/s per trial): "
         + ", ".join(
-            f"{m} {img_per_s[m]:g} ({'given' if m in given else 'ASSUMED, not measured'})" for m in cfg["models"]
+            f"{m} {img_per_s[m]:g} ({'given' if m in given else 'measured on ' + MEASURED_ON})" for m in cfg["models"]
         )
         + f"; eval x{args.eval_speedup:g}; start-up {args.startup_s:g} s/job"
     )

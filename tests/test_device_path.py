@@ -178,6 +178,16 @@ def test_gpu_check_compiles_on_the_cpu(tmp_path, capsys, monkeypatch):
     assert list((tmp_path / "inductor").rglob("*.py")), "torch.compile generated no kernels"
 
 
+def test_gpu_check_shares_the_device(tmp_path, capsys):
+    """--share N: N processes train the same model at once on the one device (Ray's fractional GPUs) and
+    their images/s are summed; here on the CPU, two of them."""
+    argv = ["--quick", "--synthetic", "--device", "cpu", "--models", "cnn", "--share", "2"]
+    assert _gpu_check().main([*argv, "--cache-dir", str(tmp_path), "--json", str(tmp_path / "o")]) == 0
+    share = json.loads((tmp_path / "o").read_text())["results"]["cnn"]["share"]["2"]
+    assert len(share["each"]) == 2 and all(r > 0 for r in share["each"]) and share["total"] == sum(share["each"])
+    assert "2 process(es) on one device" in capsys.readouterr().out
+
+
 def test_gpu_check_runs_on_the_cpu(tmp_path, capsys):
     """bench/gpu_check.py's CPU mode on tiny settings, so that the GPU check does not rot between GPU runs."""
     gpu_check = _gpu_check()
