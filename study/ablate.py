@@ -23,6 +23,11 @@ Training lengths and resources come from --preset and the flags.
 Pre-training excludes every source image whose name, patient or content is in the target's
 validation or test set (the leakage audit is written beside the results).
 
+How many seeds? After a pilot of 2-3 seeds (both arms, or one), `--plan --name NAME` prints the power
+of the primary test at ΔAUC 0.005 / 0.01 / 0.02 for 3, 5, 10 and 20 seeds from the variance measured
+in those seeds, the seeds needed for 80 % power at --delta, and their cost at the measured time per
+seed; it reads the results only (no Ray, seconds).
+
 Results: <results>/<name>/ablations.parquet, ablation_predictions.parquet, ablation_summary.parquet,
 audit_summary.parquet, run.json. Re-running an arm runs only seeds it lacks.
 """
@@ -55,6 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "  python -m study.ablate --preset smoke --seeds 2 --name demo\n"
         "  python -m study.ablate --preset smoke --seeds 2 --name demo --no-pretrain\n"
         "  python -m study.ablate --summarize results/demo\n"
+        "  python -m study.ablate --plan --name demo --delta 0.01       # how many seeds, from those run\n"
         "  python -m study.ablate --preset cpu --models cnn --seeds 5 --tune 6 --name real \\\n"
         "      --data-root ~/data/chest_xray --pretrain-root ~/data/coronahack\n"
         "      # then the same with --no-pretrain: each arm tuned on its own\n"
@@ -62,6 +68,28 @@ def get_args_parser() -> argparse.ArgumentParser:
         "      --pretrain-root ~/data/coronahack --from results/my-sweep --name cnn-transfer",
     )
     p.add_argument("--summarize", metavar="FOLDER", help="only print (and write) the statistics of an ablation folder")
+    plan = p.add_argument_group("planning: how many seeds (reads --results/--name only; no training, no Ray)")
+    plan.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the power of the primary test for 3-20 seeds and the seeds needed for 80%% power at --delta, "
+        "from the seeds already run under --name (a pilot of 2-3 seeds per arm is enough to start)",
+    )
+    plan.add_argument(
+        "--delta",
+        type=float,
+        default=None,
+        metavar="ΔAUC",
+        help="with --plan: the smallest test-AUC difference worth finding (default 0.01)",
+    )
+    plan.add_argument(
+        "--pair-correlation",
+        type=float,
+        default=None,
+        metavar="R",
+        help="with --plan, where only one arm has run: the assumed correlation of two arms' test AUCs at the "
+        "same seed (default 0: pairing helps nothing, the cautious choice)",
+    )
     arms = p.add_argument_group("arm (no flag: transfer)")
     for flag in FLAGS:
         arms.add_argument(flag, action="store_true")
@@ -119,6 +147,43 @@ def summarize(args: argparse.Namespace) -> int:
     return print_summary(Path(args.summarize))  # a damaged table: UserError naming it
 
 
+def plan(args: argparse.Namespace) -> int:
+    """--plan: the seed plan of the ablation in --results/--name; reads its tables, nothing runs."""
+    ignored = [f for f in (*FLAGS, "--allow-test-overlap") if getattr(args, f[2:].replace("-", "_"))]
+    ignored += [f for f, v in (("--tune", args.tune), ("--from", args.from_), ("--summarize", args.summarize)) if v]
+    ignored += ["--resume"] if args.resume else []
+    if ignored:
+        raise UserError(f"--plan only reads the seeds already run, so {', '.join(ignored)} would be ignored: drop them")
+    delta = 0.01 if args.delta is None else args.delta
+    if not 0 < delta < 0.5:
+        raise UserError(
+            f"--delta {args.delta:g}: give the smallest AUC difference worth finding, above 0 and below 0.5 (e.g. 0.01)"
+        )
+    r = 0.0 if args.pair_correlation is None else args.pair_correlation
+    if not -1 < r < 1:
+        raise UserError(f"--pair-correlation {r:g}: a correlation strictly between -1 and 1 (default 0)")
+    folder = OutputSpec(name=args.name or f"ablate-{args.preset}", results=args.results).folder
+    from pneumo_ray.analysis.plan import format_plan, seed_plans
+    from pneumo_ray.storage.results import read_table
+
+    pilot = f"python -m study.ablate --name {folder.name} --seeds 3 ... (and again with --no-pretrain)"
+    if not (folder / "ablations.parquet").is_file():
+        where = "no such folder" if not folder.is_dir() else "no ablations.parquet in it (no seeds run there yet)"
+        raise UserError(f"--plan: {folder}: {where}; run a pilot of 2-3 seeds first: {pilot}")
+    try:
+        tables = [read_table(folder, t) for t in ("ablations", "ablation_predictions")]
+    except ValueError as e:  # a damaged table, named
+        raise UserError(f"--plan: {e}") from None
+    plans = seed_plans(*tables, delta=delta, pair_correlation=r)
+    if not plans:
+        raise UserError(
+            f"--plan: {folder}: no arm has 2 finished seeds with test predictions, and the seed-to-seed variance "
+            f"needs 2; run more: {pilot}"
+        )
+    print(format_plan(plans))
+    return 0
+
+
 def specs(args: argparse.Namespace) -> tuple[SweepConfig, AblationSpec, OutputSpec]:
     """The arm's settings from the flags; UserError, naming the flag, for any that is not valid."""
     split = {} if args.split_seed is None else {"seed": args.split_seed}
@@ -146,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = get_args_parser()
     args = parser.parse_args(common.attach_negative_values(argv, parser))
+    if args.plan:
+        return plan(args)
+    given = [f for f, v in (("--delta", args.delta), ("--pair-correlation", args.pair_correlation)) if v is not None]
+    if given:
+        it = "it" if len(given) == 1 else "them"
+        raise UserError(
+            f"{' and '.join(given)}: only with --plan (planning from the seeds run): add --plan or drop {it}"
+        )
     if args.summarize:
         return summarize(args)
     sweep, ablation, out = specs(args)

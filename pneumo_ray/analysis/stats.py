@@ -84,7 +84,7 @@ def structural_components(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndar
     return v10.mean(axis=-1), v10, v01
 
 
-def _delong_var(v10: np.ndarray, v01: np.ndarray) -> np.ndarray:
+def delong_var(v10: np.ndarray, v01: np.ndarray) -> np.ndarray:
     """DeLong's test-sampling variance of the AUC whose structural components are given (last axis)."""
     return v10.var(axis=-1, ddof=1) / v10.shape[-1] + v01.var(axis=-1, ddof=1) / v01.shape[-1]
 
@@ -97,7 +97,7 @@ def delong(scores_a: ArrayLike, scores_b: ArrayLike, labels: ArrayLike) -> dict:
     if y.all() or not y.any():
         raise ValueError("DeLong's test needs both classes")
     aucs, v10, v01 = structural_components(np.stack([np.asarray(scores_a, float), np.asarray(scores_b, float)]), y)
-    var = float(_delong_var(v10[0] - v10[1], v01[0] - v01[1]))  # = S_aa + S_bb - 2 S_ab of the 2x2 covariances
+    var = float(delong_var(v10[0] - v10[1], v01[0] - v01[1]))  # = S_aa + S_bb - 2 S_ab of the 2x2 covariances
     diff = aucs[0] - aucs[1]
     if var <= 0:
         z, p = (0.0, 1.0) if diff == 0 else (math.copysign(math.inf, diff), 0.0)
@@ -122,14 +122,14 @@ def _two_level(per_seed: np.ndarray, v10: np.ndarray, v01: np.ndarray, level: fl
 
     k = len(per_seed)
     est = float(per_seed.mean())
-    var_test = float(_delong_var(v10.mean(axis=0), v01.mean(axis=0)))  # test sampling of the seed average
+    var_test = float(delong_var(v10.mean(axis=0), v01.mean(axis=0)))  # test sampling of the seed average
     if k < 2:
         var_seed, df = math.nan, math.inf
         var = var_test
     else:
         s2 = float(per_seed.var(ddof=1))
         if subtract_overlap:  # s2 also holds the non-shared part of each seed's test noise: take it out
-            s2 = max(s2 - (float(_delong_var(v10, v01).mean()) - var_test) * k / (k - 1), 0.0)
+            s2 = max(s2 - (float(delong_var(v10, v01).mean()) - var_test) * k / (k - 1), 0.0)
         var_seed = s2 / k
         var = var_seed + var_test
         df = var**2 / (var_seed**2 / (k - 1)) if var_seed > 0 else math.inf

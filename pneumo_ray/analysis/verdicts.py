@@ -33,7 +33,7 @@ ARM_HEADER = (
 )
 
 
-def _probs(preds: pd.DataFrame, model: str, arm: str, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def seed_probs(preds: pd.DataFrame, model: str, arm: str, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """[seeds, images] probabilities (images in one fixed order, by path) and the labels."""
     mats, labels = [], None
     for seed in seeds:
@@ -46,7 +46,7 @@ def _probs(preds: pd.DataFrame, model: str, arm: str, seeds: list[int]) -> tuple
     return np.stack(mats), labels
 
 
-def _has_preds(preds: pd.DataFrame, model: str, arm: str, seeds) -> bool:
+def has_preds(preds: pd.DataFrame, model: str, arm: str, seeds: list[int]) -> bool:
     if preds.empty:
         return False
     mine = preds[(preds.model == model) & (preds.arm == arm)]
@@ -69,8 +69,8 @@ def arm_row(model: str, arm: str, g: pd.DataFrame, preds: pd.DataFrame) -> dict:
         lo, hi = max(lo, 0.0), min(hi, 1.0)  # metrics live in [0, 1] (nan stays nan)
         row.update({f"{col}_mean": mean, f"{col}_ci_low": lo, f"{col}_ci_high": hi})
     row["test_auc_ci_covers"] = "seeds only (no predictions)"
-    if _has_preds(preds, model, arm, seeds):
-        p, y = _probs(preds, model, arm, seeds)
+    if has_preds(preds, model, arm, seeds):
+        p, y = seed_probs(preds, model, arm, seeds)
         two = auc_two_level(p, y)
         row.update(
             test_auc_mean=two["mean"],
@@ -108,10 +108,10 @@ def comparison_row(model: str, arm: str, ok: pd.DataFrame, preds: pd.DataFrame) 
         seeds=",".join(map(str, seeds)),
         warning=fairness_warning(arm, _provenance(other)["tuned_for"], _provenance(ref)["tuned_for"]),
     )
-    if not seeds or not (_has_preds(preds, model, arm, seeds) and _has_preds(preds, model, REFERENCE, seeds)):
+    if not seeds or not (has_preds(preds, model, arm, seeds) and has_preds(preds, model, REFERENCE, seeds)):
         return row
-    a, y = _probs(preds, model, arm, seeds)
-    b, y_ref = _probs(preds, model, REFERENCE, seeds)
+    a, y = seed_probs(preds, model, arm, seeds)
+    b, y_ref = seed_probs(preds, model, REFERENCE, seeds)
     if a.shape != b.shape or not np.array_equal(y, y_ref):
         raise ValueError(f"{model}: arm {arm} and {REFERENCE} were tested on different images")
     two = auc_diff_two_level(a, b, y)

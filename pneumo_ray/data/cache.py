@@ -3,8 +3,9 @@
 The cache for a manifest is `<dir>/<key>.u8` (a raw [N, size, size] uint8 array, opened as a
 read-only memory map, so processes on one machine share its pages) plus `<key>.json` (which
 manifest rows it holds, the `.u8`'s exact byte size and BLAKE2b checksum, and which files could
-not be decoded, with the reason). The key hashes size + each file's path, byte size and mtime: any
-change to the files makes a new cache. Files are written to a temporary name and renamed, so a
+not be decoded, with the reason). The key hashes size + each file's real path (symbolic links
+resolved: reached through a link or directly, a file is one file), byte size and mtime: any change to
+the files makes a new cache. Files are written to a temporary name and renamed, so a
 crash never leaves a half cache.
 
 Nothing damaged is ever used: every open checks the `.u8`'s size against its metadata, and the
@@ -169,7 +170,27 @@ def _decode_chunk(args: tuple[list[str], int]) -> tuple[np.ndarray, dict[int, tu
     return out, errors
 
 
+def _real_paths(paths: list[str]) -> list[str]:
+    """Each file's path with every symbolic link resolved (its folder resolved once per folder)."""
+    folders: dict[str, str] = {}
+    out = []
+    for p in paths:
+        head, name = os.path.split(p)
+        if head not in folders:
+            folders[head] = os.path.realpath(head)
+        real = os.path.join(folders[head], name)
+        out.append(os.path.realpath(real) if os.path.islink(real) else real)
+    return out
+
+
 def cache_key(manifest: pd.DataFrame, size: int) -> str:
+    """The entry of a manifest at `size`: each file's real path (links resolved), byte size and
+    modification time, and its label. A data set reached through symbolic links and directly is one
+    entry: the link's path names the way to a file, not the file. The real path, not (device, inode):
+    a cache on shared storage serves every node, and a network file system's device number is each
+    node's own. Not the content: hashing every file to find the entry would read the whole data set
+    (1.2 GB as Kaggle ships Kermany) on every process start."""
+
     def stat(p):
         try:
             s = os.stat(p)
@@ -177,16 +198,16 @@ def cache_key(manifest: pd.DataFrame, size: int) -> str:
         except OSError:
             return None
 
+    real = _real_paths(manifest["path"].tolist())
     return stable_id(
-        [CACHE_VERSION, int(size), [[p, int(label), stat(p)] for p, label in zip(manifest["path"], manifest["label"])]],
-        20,
+        [CACHE_VERSION, int(size), [[p, int(label), stat(p)] for p, label in zip(real, manifest["label"])]], 20
     )
 
 
 # --- verified entries -------------------------------------------------------------------------------
 
 _VERIFIED: dict[tuple[str, int, int, int], str] = {}  # (path, inode, mtime_ns, size) → checksum this process checked
-_RETRIED: dict[tuple[str, int, int, int], list[Problem]] = {}  # same key → failures this process retried
+_RETRIED: dict[tuple[str, int, int, int], list[list]] = {}  # same key → failures this process retried
 
 
 def _hasher() -> hashlib.blake2b:
@@ -311,9 +332,10 @@ def decoded(
     return Decoded(images, manifest.iloc[keep].reset_index(drop=True), problems, key, data_path)
 
 
-def _problem(failure: list) -> Problem:
-    _, path, reason, kind = failure
-    return Problem(path, reason, kind)
+def _problems(failures: list, paths: list[str]) -> list[Problem]:
+    """The failures recorded in an entry, named by this manifest's paths (the entry may have been built
+    through other links to the same files)."""
+    return [Problem(paths[row], reason, kind) for row, _, reason, kind in failures]
 
 
 def _build(paths: list[str], size: int, data_path: Path, meta_path: Path, workers: int, bar) -> dict:
@@ -351,14 +373,14 @@ def _retry_failures(
         return meta, []
     memo = _stat_key(data_path)
     if memo in _RETRIED:
-        return meta, _RETRIED[memo]
+        return meta, _problems(_RETRIED[memo], paths)
     fixed: dict[int, np.ndarray] = {}
     still = []
-    for row, path, *_ in meta["failed"]:
+    for row, *_ in meta["failed"]:
         try:
             fixed[row] = decode_image(paths[row], size)
         except Exception as e:  # noqa: BLE001 - reported with its reason, as when it was built
-            still.append([row, path, *_failure(e)])
+            still.append([row, paths[row], *_failure(e)])
     if fixed:
         old = np.memmap(data_path, np.uint8, "r", shape=(len(meta["kept"]), size, size)) if meta["kept"] else None
         position = {row: i for i, row in enumerate(meta["kept"])}
@@ -372,8 +394,8 @@ def _retry_failures(
         unchecked = {k: v for k, v in meta.items() if k not in ("format", "bytes", "blake2b")}
         meta = _write_entry(data_path, meta_path, chunks(), dict(unchecked, kept=kept, failed=still))
         memo = _stat_key(data_path)
-    _RETRIED[memo] = [_problem(f) for f in still]
-    return meta, _RETRIED[memo]
+    _RETRIED[memo] = still
+    return meta, _problems(still, paths)
 
 
 # --- generated arrays -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from pneumo_ray.config.errors import UserError
+from pneumo_ray.data.walk import resolved_folder, walk
 
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff"}
 CLASSES = {"NORMAL": 0, "PNEUMONIA": 1}
@@ -130,7 +131,7 @@ KERMANY_LAYOUT = "train/ and test/, each with NORMAL/ and PNEUMONIA/ image folde
 
 def _folder(root: str | os.PathLike, what: str) -> Path:
     """`root` resolved, or UserError if it is not a folder or holds nothing but OS clutter."""
-    path = Path(root).expanduser().resolve()
+    path = resolved_folder(root)
     if not path.is_dir():
         raise UserError(f"{path}: no such folder; give {what}")
     if not any(not _is_clutter(p.name) for p in path.iterdir()):
@@ -183,9 +184,8 @@ def kermany_manifest(root: str | os.PathLike) -> Scan:
     problems, ignored = [], []
     found: dict[tuple[str, str], tuple[int, Path, str, str]] = {}  # (split, name) -> (depth, path, cls, orig)
     split_dirs: dict[str, Path] = {}  # the shallowest folder of each split (for messages)
-    for dirpath, dirnames, filenames in os.walk(root):
+    for here, dirnames, filenames in walk(root):  # linked folders and files are followed
         dirnames[:] = sorted(d for d in dirnames if not _is_clutter(d))
-        here = Path(dirpath)
         rel = here.relative_to(root).parts
         parent = rel[-2].lower() if len(rel) >= 2 else None
         if parent not in KERMANY_SPLITS:
@@ -213,6 +213,9 @@ def kermany_manifest(root: str | os.PathLike) -> Scan:
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 why = f"not an image file (extension {path.suffix or 'none'!r})"
                 problems.append(Problem(str(path), why, "files that are not images (by their extension)"))
+                continue
+            if broken := _broken_link(path):
+                problems.append(broken)
                 continue
             key = (split, f)
             depth = len(rel)
@@ -246,17 +249,36 @@ def kermany_manifest(root: str | os.PathLike) -> Scan:
     return Scan(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), problems, ignored)
 
 
+def _broken_link(path: Path) -> Problem | None:
+    """A Problem for a symbolic link whose target does not exist (None for anything else)."""
+    if path.exists() or not path.is_symlink():
+        return None
+    why = f"broken symbolic link: it points to {os.readlink(path)}, which does not exist"
+    return Problem(str(path), why, "broken symbolic links (their target does not exist)")
+
+
+def _shallowest(paths: list[Path]) -> list[Path]:
+    return sorted(paths, key=lambda p: (len(p.parts), str(p)))
+
+
 def _find(root: Path, name: str) -> Path | None:
-    hits = sorted(root.rglob(name), key=lambda p: len(p.parts))
-    return hits[0] if hits else None
+    """The shallowest file called `name` under `root` (through links, outside OS clutter)."""
+    hits = []
+    for here, dirnames, filenames in walk(root):
+        dirnames[:] = [d for d in dirnames if not _is_clutter(d)]
+        hits += [here / name] if name in filenames else []
+    return _shallowest(hits)[0] if hits else None
 
 
 def _coronahack_image_dirs(root: Path) -> dict[str, Path]:
-    """The flat train/ and test/ image folders (shallowest of each, ignoring __MACOSX)."""
+    """The flat train/ and test/ image folders (shallowest of each, through links, ignoring __MACOSX)."""
+    found = []
+    for here, dirnames, _ in walk(root):
+        dirnames[:] = [d for d in dirnames if not _is_clutter(d)]
+        found += [here / d for d in dirnames if d.lower() in ("train", "test")]
     dirs: dict[str, Path] = {}
-    for p in sorted(root.rglob("*"), key=lambda p: len(p.parts)):
-        if p.is_dir() and p.name.lower() in ("train", "test") and not any(_is_clutter(x) for x in p.parts):
-            dirs.setdefault(p.name.upper(), p)
+    for p in _shallowest(found):
+        dirs.setdefault(p.name.upper(), p)
     return dirs
 
 
@@ -348,6 +370,8 @@ def coronahack_manifest(root: str | os.PathLike, subset: str = "all") -> Scan:
         path = dirs[split] / name
         if not path.is_file():
             why = f"image file missing (listed in {csv.name} row {i + 2}, {r['Label']}/{split})"
+            if broken := _broken_link(path):
+                why = f"{broken.reason} (listed in {csv.name} row {i + 2})"
             problems.append(Problem(str(path), why, f"image files listed in {csv.name} but missing"))
             continue
         covid = r["Label_2_Virus_category"].strip()

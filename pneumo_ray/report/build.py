@@ -472,6 +472,7 @@ def _ablation_section(b: _Builder, summary_section: Section) -> Section:
             "Per arm: mean test metric across seeds with its 95% t-interval (clipped to [0, 1]); dots are seeds.",
             (*summary_tables, "ablations"),
         )
+    _seed_plan(b, s)
     at = b.attempt(s, "the leakage audit table", ("audit_summary",), lambda: audit_table(abl["audit_summary"]))
     if at is not None and len(at):
         b.table(
@@ -482,6 +483,32 @@ def _ablation_section(b: _Builder, summary_section: Section) -> Section:
             at,
         )
     return s
+
+
+def _seed_plan(b: _Builder, s: Section) -> None:
+    """The table of `study.ablate --plan`: the power of the primary test for 3-20 seeds and the seeds
+    needed for 80 % power at ΔAUC 0.01, from the variance measured in the seeds run."""
+    from pneumo_ray.analysis.plan import DEFAULT_DELTA, plan_lines, plan_table, seed_plans
+
+    abl = b.data.ablation
+    tables = ("ablations", "ablation_predictions")
+    plans = b.attempt(s, "the seed plan", tables, lambda: seed_plans(abl["ablations"], abl["ablation_predictions"]))
+    if not plans:
+        return
+    b.table(
+        s,
+        "seed_plan",
+        "How many seeds: power of the primary test (α = 0.05) if the true ΔAUC were each column's, from the "
+        "variance measured in the seeds run (python -m study.ablate --plan --name … prints the same)",
+        plan_table(plans),
+    )
+    s.blocks.append(
+        (
+            "list",
+            f"Seeds needed for 80 % power at ΔAUC {DEFAULT_DELTA:g}",
+            [x for p in plans for x in (p.title, *plan_lines(p))],
+        )
+    )
 
 
 def _recompute_summary(b: _Builder, s: Section) -> pd.DataFrame:
