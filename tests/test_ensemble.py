@@ -187,3 +187,154 @@ def test_scores_from_a_long_table_and_the_row():
         scores_from_predictions(short, dict(zip(ids, thr)), "trial_id", "val_predictions.parquet")
     with pytest.raises(ValueError, match="no predictions of trial_id zz"):
         scores_from_predictions(preds, {"zz": 0.5}, "trial_id", "val_predictions.parquet")
+
+
+# --- a results folder: the drivers' tables, study.ensemble and the report (no Ray) -----------------
+
+
+def _with_validation(folder, n_val: int = 90, seed: int = 0):
+    """val_predictions.parquet for every finished trial of a report-test sweep folder, and each
+    trial's best_val_auc made the AUC of those predictions (as a sweep records it)."""
+    rng = np.random.default_rng(seed)
+    every = pd.read_parquet(folder / "trials.parquet")
+    trials = every.dropna(subset=["best_val_auc"])
+    y = (np.arange(n_val) % 3 != 0).astype(int)
+    shared = rng.normal(size=n_val)
+    rows = []
+    for t in trials.itertuples():
+        z = 4 * t.best_val_auc * (y - 0.5) + shared + rng.normal(size=n_val)
+        p = (1 / (1 + np.exp(-z.astype(np.float32)))).astype(float)
+        rows.append(
+            pd.DataFrame(
+                dict(trial_id=t.trial_id, model=t.model, path=[f"val/{j:04d}" for j in range(n_val)], label=y)
+            ).assign(name=lambda f: f.path, probability=p)
+        )
+    val = pd.concat(rows)
+    val.to_parquet(folder / "val_predictions.parquet")
+    auc = {t: roc_auc_score(g.label, g.probability) for t, g in val.groupby("trial_id")}
+    every.assign(best_val_auc=every.trial_id.map(auc)).to_parquet(folder / "trials.parquet")
+    return folder
+
+
+def test_the_folder_ensemble_never_reads_test_before_its_choice(tmp_path):
+    """build_ensembles on a sweep folder, then on the same folder with predictions.parquet poisoned
+    (labels flipped, probabilities replaced): the same members, counts and K; other test numbers."""
+    from test_report import make_sweep
+
+    from pneumo_ray.distributed.ensembles import build_ensembles
+
+    folder = _with_validation(make_sweep(tmp_path, tmp_path / "cache", checkpoint=False))
+    before = build_ensembles(folder, 5, n_boot=200, log=None).set_index("model")
+    assert before.loc["cnn", "k"] >= 2 and set(before.index) == {"cnn", "densenet"}
+    preds = pd.read_parquet(folder / "predictions.parquet")
+    rng = np.random.default_rng(7)
+    preds.assign(label=1 - preds.label, probability=rng.random(len(preds))).to_parquet(folder / "predictions.parquet")
+    after = build_ensembles(folder, 5, n_boot=200, log=None).set_index("model")
+    cols = ["members", "counts", "k", "val_auc_steps", "best_single"]
+    pd.testing.assert_frame_equal(before[cols], after[cols])
+    assert (before.test_auc != after.test_auc).all()
+    # the ensemble tables replace their rows when rebuilt: one per model
+    assert len(pd.read_parquet(folder / "ensemble.parquet")) == 2
+    assert pd.read_parquet(folder / "ensemble_predictions.parquet").groupby("model").size().eq(120).all()
+
+
+def test_k_1_of_a_folder_is_its_best_trial_and_the_report_shows_the_ensemble(tmp_path):
+    from test_report import make_sweep
+
+    from pneumo_ray.distributed.ensembles import build_ensembles
+    from pneumo_ray.report.build import build_report
+
+    folder = _with_validation(make_sweep(tmp_path, tmp_path / "cache", checkpoint=False))
+    one = build_ensembles(folder, 1, n_boot=200, log=None).set_index("model")
+    trials = pd.read_parquet(folder / "trials.parquet").set_index("trial_id")
+    preds = pd.read_parquet(folder / "predictions.parquet")
+    ens = pd.read_parquet(folder / "ensemble_predictions.parquet")
+    for model in ("cnn", "densenet"):
+        best = one.loc[model, "best_single"]
+        assert best == trials[trials.model == model].best_val_auc.idxmax()  # the sweep's best trial
+        mine = preds[preds.trial_id == best].sort_values("path")
+        e = ens[ens.model == model].sort_values("path")
+        assert (e.prediction.to_numpy() == mine.prediction.to_numpy()).all()
+        assert one.loc[model, "test_auc"] == trials.loc[best, "test_auc"]
+        assert one.loc[model, "test_accuracy"] == trials.loc[best, "test_accuracy"]
+    build_ensembles(folder, 5, n_boot=200, log=None)
+    report = build_report([folder], n_boot=200, images=False, log=None)
+    labels = [c.label for c in report.candidates]
+    assert any(lab.startswith("cnn ensemble (K = ") for lab in labels) and "cnn" in labels
+    table = report.tables["ensembles"]
+    assert len(table) == 4 and table["model"].str.startswith("best single trial").sum() == 2
+    assert table["balanced accuracy"].str.contains(r"\[").all()
+    lines = {ln.get_gid() for ln in report.figures["roc"].axes[0].get_lines() if ln.get_gid()}
+    assert any(g.startswith("roc:cnn ensemble") for g in lines)
+
+
+def test_study_ensemble_builds_a_finished_sweeps_ensemble_from_its_checkpoints(tmp_path, cache_dir):
+    """A sweep folder written before validation predictions were kept: study.ensemble applies each
+    best-validation checkpoint that is on this machine to validation (no training, no Ray), then builds
+    the ensemble; trials whose checkpoint is elsewhere are left out, said by name."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_report import make_sweep
+
+    folder = make_sweep(tmp_path, cache_dir)  # cnn trials have checkpoints, densenet trials none
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, "-m", "study.ensemble", str(folder), "--ensemble", "3", "--n-boot", "200"],
+        cwd=root,
+        env={**os.environ, "PNEUMO_RAY_CACHE": str(cache_dir)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    val = pd.read_parquet(folder / "val_predictions.parquet")
+    assert sorted(val.trial_id.unique()) == [f"cnn{k:05d}" for k in range(5)]
+    assert val.groupby("trial_id").size().nunique() == 1 and val.probability.between(0, 1).all()
+    ens = pd.read_parquet(folder / "ensemble.parquet")
+    assert list(ens.model) == ["cnn"] and ens.max_k.iloc[0] == 3 and 1 <= ens.k.iloc[0] <= 3
+    assert "trial_id den00000: no checkpoint recorded; left out" in r.stdout
+    assert "ensemble densenet: no candidate with validation and test predictions" in r.stdout
+    assert "cnn: K = " in r.stdout and "DeLong p = " in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{tmp}/nowhere"], "{tmp}/nowhere: no such results folder"),
+        (["{tmp}"], "neither trials.parquet (a sweep) nor ablations.parquet (an ablation) is there"),
+        (["{sweep}", "--ensemble", "0"], "--ensemble 0: the cap on the ensemble's picks must be a whole number from 1"),
+        (["{sweep}", "--n-boot", "10"], "--n-boot 10: must be at least 100"),
+        (["{sweep}", "--ensemble", "x"], "argument --ensemble: invalid int value: 'x'"),
+    ],
+)
+def test_study_ensemble_mistakes_are_one_line(tmp_path, capsys, argv, message):
+    from study import common, ensemble
+
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    (sweep / "trials.parquet").write_bytes(b"")
+    fill = dict(tmp=str(tmp_path), sweep=str(sweep))
+    code = common.run_main(ensemble.main, [a.format(**fill) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message.format(**fill) in err
+
+
+def test_sweep_and_ablate_take_ensemble_k():
+    from pneumo_ray.config.arms import AblationSpec
+    from pneumo_ray.config.errors import FieldError
+    from pneumo_ray.config.sweep import SweepConfig
+    from study import ablate, sweep
+
+    args = sweep.get_args_parser().parse_args(["--ensemble", "3"])
+    assert args.ensemble == 3 and SweepConfig().ensemble == 5
+    for argv, k in (([], 0), (["--ensemble"], 5), (["--ensemble", "2"], 2)):
+        a = ablate.get_args_parser().parse_args(argv)
+        assert ablate.specs(a)[1].ensemble == k
+    with pytest.raises(FieldError, match="--ensemble -1: the cap on the ensemble's picks must be a whole number"):
+        SweepConfig(ensemble=-1)
+    with pytest.raises(FieldError, match="--ensemble 101"):
+        AblationSpec(ensemble=101)
