@@ -317,8 +317,13 @@ def describe(row: Mapping) -> list[str]:
     def cell(prefix: str, k: str) -> str:
         return f"{row[prefix + k]:.3f} [{row[prefix + k + '_ci_low']:.3f}, {row[prefix + k + '_ci_high']:.3f}]"
 
+    if row["k"] == 1:
+        alone = "no other candidate raised its validation AUC" if row["n_candidates"] > 1 else "the only candidate"
+        lines.append(f"  the validation chose the best single model alone ({alone}): the ensemble is that model")
     for label, prefix in (("ensemble   ", "test_"), ("best single", "single_test_")):
         lines.append(f"  {label}  " + "  ".join(f"{k.replace('_', ' ')} {cell(prefix, k)}" for k in CI_METRICS))
+    if row["k"] == 1:
+        return lines
     p = row["p_delong"]
     lines.append(
         f"  test AUC ensemble − best single {row['delong_auc_diff']:+.4f} (SE {row['delong_se']:.4f}), DeLong "
