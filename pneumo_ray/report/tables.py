@@ -182,9 +182,9 @@ def ensemble_table(ens: pd.DataFrame) -> pd.DataFrame:
                 key = f"{prefix}{m}"
                 label = "test AUC" if m == "auc" else m.replace("_", " ")
                 row[label] = ci(r.get(key), r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high"))
-            first = prefix == "test_"
-            row["ΔAUC vs best single, DeLong"] = (
-                f"{num(r['delong_auc_diff'], 4)} ({pval(r['p_delong'])})".replace("p=", "p = ") if first else ""
-            )
+            versus = f"{num(r['delong_auc_diff'], 4)} ({pval(r['p_delong'])})".replace("p=", "p = ")
+            if int(r["k"]) == 1:
+                versus = "the same model (validation chose it alone)"
+            row["ΔAUC vs best single, DeLong"] = versus if prefix == "test_" else ""
             rows.append(row)
     return pd.DataFrame(rows)
