@@ -28,8 +28,9 @@ of the primary test at ΔAUC 0.005 / 0.01 / 0.02 for 3, 5, 10 and 20 seeds from 
 in those seeds, the seeds needed for 80 % power at --delta, and their cost at the measured time per
 seed; it reads the results only (no Ray, seconds).
 
-Results: <results>/<name>/ablations.parquet, ablation_predictions.parquet, ablation_summary.parquet,
-audit_summary.parquet, run.json. Re-running an arm runs only seeds it lacks.
+Results: <results>/<name>/ablations.parquet, ablation_predictions.parquet, ablation_val_predictions.parquet,
+ablation_summary.parquet, audit_summary.parquet, run.json (with --ensemble: ensemble.parquet,
+ensemble_predictions.parquet). Re-running an arm runs only seeds it lacks.
 """
 
 from __future__ import annotations
@@ -116,6 +117,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         "seeds at the arm's best configuration (the fair protocol; reused when the arm runs again)",
     )
     a.add_argument(
+        "--ensemble",
+        type=int,
+        nargs="?",
+        const=5,
+        default=0,
+        metavar="K",
+        help="also build the arm's ensemble of its seeds: at most K picks (default 5 when given without K), chosen "
+        "on validation AUC only, then applied once to test and shown beside the arm's mean over seeds",
+    )
+    a.add_argument(
         "--from",
         dest="from_",
         metavar="SWEEP",
@@ -138,8 +149,12 @@ def summarize(args: argparse.Namespace) -> int:
     """--summarize FOLDER: the statistics of the arms already there; nothing runs."""
     given = [f for f in (*FLAGS, "--allow-test-overlap") if getattr(args, f[2:].replace("-", "_"))]
     given += [f for f, v in (("--tune", args.tune), ("--from", args.from_)) if v is not None]
+    given += ["--ensemble"] if args.ensemble else []
     if given:
-        raise UserError(f"--summarize only reads {args.summarize}, so {', '.join(given)} would be ignored: drop them")
+        raise UserError(
+            f"--summarize only reads {args.summarize}, so {', '.join(given)} would be ignored: drop them "
+            f"(python -m study.ensemble {args.summarize} builds the arms' ensembles)"
+        )
     if not Path(args.summarize).is_dir():
         raise UserError(f"--summarize {args.summarize}: no such folder; give a study.ablate results folder")
     from pneumo_ray.distributed.ablation import print_summary
@@ -152,6 +167,7 @@ def plan(args: argparse.Namespace) -> int:
     ignored = [f for f in (*FLAGS, "--allow-test-overlap") if getattr(args, f[2:].replace("-", "_"))]
     ignored += [f for f, v in (("--tune", args.tune), ("--from", args.from_), ("--summarize", args.summarize)) if v]
     ignored += ["--resume"] if args.resume else []
+    ignored += ["--ensemble"] if args.ensemble else []
     if ignored:
         raise UserError(f"--plan only reads the seeds already run, so {', '.join(ignored)} would be ignored: drop them")
     delta = 0.01 if args.delta is None else args.delta
@@ -191,7 +207,9 @@ def specs(args: argparse.Namespace) -> tuple[SweepConfig, AblationSpec, OutputSp
     if args.seeds < 1:
         raise FieldError("seeds", args.seeds, "give the number of seeds per model (seeds 0..K-1), at least 1")
     arm = Arm(tuple(change for change in CHANGES if getattr(args, change)), allow_overlap=args.allow_test_overlap)
-    ablation = AblationSpec(arm=arm, seeds=tuple(range(args.seeds)), tune=args.tune, from_=args.from_)
+    ablation = AblationSpec(
+        arm=arm, seeds=tuple(range(args.seeds)), tune=args.tune, from_=args.from_, ensemble=args.ensemble
+    )
     if arm.pretrains and sweep.pretrain_epochs == 0:
         raise UserError(f"arm {arm.name} pre-trains, but --pretrain-epochs is 0: use --no-pretrain for that arm")
     if ablation.from_ and not Path(ablation.from_).is_dir():

@@ -3,7 +3,9 @@
 Every trial: a shared, content-addressed pre-training (one Ray Train job per distinct key) and a
 fine-tuning Ray Train job; Optuna (TPE) proposes augmentation strength, class weight and learning
 rates to maximise validation AUC; ASHA stops poor trials early. Results: <results>/<name>/
-trials.parquet, epochs.parquet, predictions.parquet, run.json (schema in results/README.md).
+trials.parquet, epochs.parquet, predictions.parquet, val_predictions.parquet, run.json, and the
+validation-chosen ensemble per model (ensemble.parquet, ensemble_predictions.parquet; --ensemble K)
+(schema in results/README.md).
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ from study import common
 SWEEP_ONLY = (
     common.Flag("--num-samples", "num_samples", "trials per model", int),
     common.Flag("--seed", "seed", "split, initialisation and Optuna seed", int),
+    common.Flag(
+        "--ensemble",
+        "ensemble",
+        "after the search, per model: an ensemble of at most K picks of the trials' best checkpoints, chosen "
+        "on validation AUC only (greedy forward selection with replacement), then applied once to test "
+        "(default 5; 0 = none; python -m study.ensemble rebuilds it)",
+        int,
+        metavar="K",
+    ),
 )
 
 

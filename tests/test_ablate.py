@@ -47,7 +47,7 @@ def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_head):
     cache = tmp_path / "cache"
     r1 = _ablate(*common, cache_dir=cache, cluster=ray_head)
     assert r1.returncode == 0, (r1.stdout + r1.stderr)[-4000:]
-    r2 = _ablate(*common, "--no-pretrain", cache_dir=cache, cluster=ray_head)
+    r2 = _ablate(*common, "--no-pretrain", "--ensemble", cache_dir=cache, cluster=ray_head)
     assert r2.returncode == 0, (r2.stdout + r2.stderr)[-4000:]
     out = tmp_path / "abl"
     abl = pd.read_parquet(out / "ablations.parquet")
@@ -86,9 +86,11 @@ def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_head):
     leak = audit[(audit.a_set == "pretraining") & audit.b_set.isin(["target-val", "target-test"])]
     assert len(leak) == 2 and (leak["any"] == 0).all()
     # re-running an arm with the same seeds adds nothing and trains nothing (its search is reused)
-    r3 = _ablate(*common, cache_dir=cache, cluster=ray_head)
+    check_arm_ensemble(out, r2.stdout, ["no-pretrain"])
+    r3 = _ablate(*common, "--ensemble", "2", cache_dir=cache, cluster=ray_head)
     assert r3.returncode == 0 and "nothing to run" in r3.stdout
     assert len(pd.read_parquet(out / "ablations.parquet")) == 4
+    check_arm_ensemble(out, r3.stdout, ["no-pretrain", "transfer"], cache)  # built from the tables, no training
     # other settings under the same name are refused before any work: lengths, or another protocol
     r4 = _ablate(
         *common[:-8],
@@ -108,6 +110,39 @@ def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_head):
     assert r4b.returncode == 2 and "config_protocol" in r4b.stderr
     r5 = _ablate("--summarize", str(out), cache_dir=cache)
     assert r5.returncode == 0 and "p_holm" in r5.stdout and "verdicts:" in r5.stdout
+
+
+def check_arm_ensemble(out, stdout: str, arms: list[str], cache=None) -> None:
+    """An arm's ensemble of its seeds (--ensemble): chosen from ablation_val_predictions.parquet, printed
+    beside the arm's mean over seeds. With `cache`: study.ensemble gives a seed that lost its validation
+    predictions the same ones again from its checkpoint (no training, no Ray)."""
+    val = pd.read_parquet(out / "ablation_val_predictions.parquet")
+    assert val.groupby(["arm", "seed"]).size().nunique() == 1 and len(val.groupby(["arm", "seed"])) == 4
+    ens = pd.read_parquet(out / "ensemble.parquet")
+    assert sorted(ens.arm) == arms and (ens.candidates == "seed").all() and ens.k.between(1, 2).all()
+    assert ens.n_candidates.eq(2).all() and (ens.n_test == 624).all()
+    assert "ensembles chosen on validation" in stdout and "arm's mean of 2 seeds (ablation summary)" in stdout
+    if cache is None:
+        return
+    kept = val[~((val.arm == "transfer") & (val.seed == 1))]
+    kept.to_parquet(out / "ablation_val_predictions.parquet")
+    r = subprocess.run(
+        [sys.executable, "-m", "study.ensemble", str(out), "--n-boot", "200"],
+        cwd=ROOT,
+        env={**os.environ, "PNEUMO_RAY_CACHE": str(cache)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "1 checkpoint(s) without validation predictions" in r.stdout
+    again = pd.read_parquet(out / "ablation_val_predictions.parquet")
+    key = ["arm", "model", "seed", "path"]
+    pd.testing.assert_frame_equal(
+        again.sort_values(key).reset_index(drop=True)[val.columns],
+        val.sort_values(key).reset_index(drop=True),
+        check_exact=True,
+    )
 
 
 def test_tune_and_from_are_exclusive(tmp_path):

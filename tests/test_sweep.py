@@ -71,6 +71,49 @@ def test_smoke_sweep_both_models(tmp_path, ray_head):
     for model, g in t.groupby("model"):
         assert_optuna_study_matches(tmp_path / "t1", f"t1-{model}", g)
     dashboard_lists_studies(tmp_path / "t1" / "optuna.db", {"t1-cnn", "t1-densenet"})
+    check_ensembles(tmp_path / "t1", out, tmp_path / "cache")
+
+
+def check_ensembles(folder: Path, out: str, cache: Path) -> None:
+    """The sweep's ensembles (--ensemble 5 by default), chosen from val_predictions.parquet: each trial's
+    validation predictions are the ones its best epoch was chosen on; `study.ensemble --ensemble 1` is
+    each model's best trial exactly, and it recomputes lost validation predictions, equal, from the
+    checkpoints (no training, no Ray)."""
+    from pneumo_ray.analysis.metrics import roc_auc
+
+    res = read_results(folder)
+    trials = res.trials.set_index("trial_id")
+    val = pd.read_parquet(folder / "val_predictions.parquet")
+    assert set(val.trial_id) == set(trials.index)
+    for tid, g in val.groupby("trial_id"):
+        assert roc_auc(g.label, g.probability) == pytest.approx(trials.loc[tid, "best_val_auc"], abs=1e-9)
+    ens = pd.read_parquet(folder / "ensemble.parquet")
+    assert sorted(ens.model) == ["cnn", "densenet"] and ens.max_k.eq(5).all() and ens.k.between(1, 5).all()
+    assert "ensembles chosen on validation" in out and ("DeLong p = " in out) == (ens.k > 1).any()
+    (folder / "val_predictions.parquet").rename(folder / "val_before.parquet")
+    r = subprocess.run(
+        [sys.executable, "-m", "study.ensemble", str(folder), "--ensemble", "1", "--n-boot", "200"],
+        cwd=ROOT,
+        env={**os.environ, "PNEUMO_RAY_CACHE": str(cache)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    key = ["trial_id", "path"]
+    before = pd.read_parquet(folder / "val_before.parquet").sort_values(key).reset_index(drop=True)
+    again = pd.read_parquet(folder / "val_predictions.parquet").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(again[before.columns], before, check_exact=True)
+    one = pd.read_parquet(folder / "ensemble.parquet").set_index("model")
+    preds = pd.read_parquet(folder / "ensemble_predictions.parquet")
+    for row in res.best_trials().itertuples():
+        assert one.loc[row.model, "best_single"] == row.trial_id and one.loc[row.model, "k"] == 1
+        assert (
+            one.loc[row.model, "test_auc"] == row.test_auc and one.loc[row.model, "test_accuracy"] == row.test_accuracy
+        )
+        mine = res.predictions[res.predictions.trial_id == row.trial_id].sort_values("path")
+        e = preds[preds.model == row.model].sort_values("path")
+        assert (e.prediction.to_numpy() == mine.prediction.to_numpy()).all()
 
 
 def assert_optuna_study_matches(folder: Path, study_name: str, trials: pd.DataFrame) -> None:

@@ -82,12 +82,14 @@ class Arm:
 @dataclass(frozen=True)
 class AblationSpec:
     """One ablation run: the arm, its seeds and where its configuration comes from (one of: its own
-    search of `tune` trials; the best trial of the finished sweep in `from_`; the seed's defaults)."""
+    search of `tune` trials; the best trial of the finished sweep in `from_`; the seed's defaults), and
+    whether to build the arm's validation-chosen ensemble of its seeds (`ensemble`: at most K picks)."""
 
     arm: Arm = Arm()
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     tune: int | None = None
     from_: str | None = None
+    ensemble: int = 0  # at most K picks of the arm's seeds for a validation-chosen ensemble; 0 = none
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -100,6 +102,7 @@ class AblationSpec:
             raise UserError("--tune and --from are two ways to choose the configuration: give one")
         if self.tune is not None:
             at_least("tune", self.tune, 1, "search budget", why=" trial per model")
+        at_least("ensemble", self.ensemble, 0, "cap on the ensemble's picks", upper=100, why=" (0: no ensemble)")
 
     @property
     def protocol(self) -> str:

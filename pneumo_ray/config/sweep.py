@@ -53,6 +53,7 @@ class SweepConfig:
     placement_strategy: str = "PACK"  # of a job's workers: PACK, SPREAD or STRICT_SPREAD (one per node)
     max_concurrent: int = 0  # 0 = as many as the cluster's resources allow
     max_failures: int = 1
+    ensemble: int = 5  # at most K picks of the validation-chosen ensemble per model; 0 = none
 
     def __post_init__(self) -> None:
         # Everything is checked here, before Ray starts, not inside every trial on the cluster; the
@@ -77,6 +78,7 @@ class SweepConfig:
             why=f" epochs (no trial is stopped before it; --epochs is {self.epochs})",
         )
         at_least("reduction_factor", self.reduction_factor, 2, "ASHA reduction factor", flag="reduction_factor")
+        at_least("ensemble", self.ensemble, 0, "cap on the ensemble's picks", upper=100, why=" (0: no ensemble)")
         self._check_resources()
 
     def _check_resources(self) -> None:

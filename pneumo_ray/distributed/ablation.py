@@ -25,6 +25,8 @@ from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.data import leakage as audit
 from pneumo_ray.data.study_data import load_study_data
+from pneumo_ray.distributed import ensembles
+from pneumo_ray.distributed.ensembles import ABLATION, validation_rows, write_validation
 from pneumo_ray.distributed.replicates import ArmConfig, base_configs, best_tuned, run_seeds, seed_rows
 from pneumo_ray.distributed.sweep import check_data, init_ray, run_record, with_cache_dir
 from pneumo_ray.distributed.trials import evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
@@ -260,6 +262,8 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
             todo[model] = missing
     if not todo:
         print(f"arm {arm.name}: seeds {seeds} of {', '.join(sweep.models)} already in {folder}; nothing to run")
+        if ablation.ensemble:
+            ensembles.after_run(folder, ablation.ensemble, only=lambda pool: pool.arm == arm.name)
         return print_summary(folder)
     storage = out.ray_storage
     experiments = {tune_experiment(arm, m): f"search of arm {arm.name}, {m}" for m in to_tune if m in todo}
@@ -361,9 +365,8 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
                 verbose=out.verbose,
             )
             print("evaluating each seed's best-validation checkpoint on test")
-            rows, preds = seed_rows(
-                ms, arm, ac, out.preset, sweep.seed, source_hash, evaluate_trials(ms, sweep, data, storage)
-            )
+            evaluated = evaluate_trials(ms, sweep, data, storage)
+            rows, preds = seed_rows(ms, arm, ac, out.preset, sweep.seed, source_hash, evaluated)
             upsert_parquet(folder / "ablations.parquet", pd.DataFrame(rows), KEYS["ablations"])
             if preds:
                 upsert_parquet(
@@ -371,11 +374,15 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
                     pd.concat(preds, ignore_index=True),
                     KEYS["ablation_predictions"],
                 )
+            seeds = {r["trial_id"]: dict(arm=arm.name, model=model, seed=r["seed"]) for r in rows}
+            write_validation(folder, ABLATION, validation_rows(evaluated, seeds))
             session.setdefault("seconds_per_model", {})[model] = round(ms.seconds, 1)
     finally:
         ray.shutdown()
     session["seconds"] = round(time.time() - t_start, 1)
     write_run_json(folder, **info)
+    if ablation.ensemble:
+        ensembles.after_run(folder, ablation.ensemble, only=lambda pool: pool.arm == arm.name)
     return print_summary(folder)
 
 
@@ -404,6 +411,8 @@ def print_summary(out: Path) -> int:
     summary = summarize(abl, preds)
     atomic_write(out / "ablation_summary.parquet", lambda p: summary.to_parquet(p, index=False))
     print("\n" + format_summary(summary))
+    for line in ensembles.summary_lines(out):
+        print(line)
     audit_path = out / "audit_summary.parquet"
     if audit_path.exists():
         a = pd.read_parquet(audit_path)

@@ -17,6 +17,7 @@ workers (DDP) start a worker group, whose reports reach Tune through `TuneReport
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -24,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 from filelock import FileLock
@@ -270,12 +271,22 @@ def report_with_state(
         report(dict(metrics), checkpoint=checkpoint.from_directory(tmp))
 
 
+class Evaluated(NamedTuple):
+    """A best-validation checkpoint applied once after its trial: test metrics and per-image test
+    predictions, and its per-image validation predictions (from which ensembles are chosen)."""
+
+    metrics: dict
+    predictions: pd.DataFrame
+    val_predictions: pd.DataFrame
+
+
 def evaluate_checkpoint(
     checkpoint_path: str, data_spec: DataSpec, storage_filesystem: pyarrow.fs.FileSystem | None = None
-) -> tuple[dict, pd.DataFrame]:
-    """Apply a trial's best-validation checkpoint, with its decision threshold, to test.
-    Returns (test_* metrics, per-image predictions). `trials.evaluate_trials` runs it in the driver on
-    a one-node cluster, else as a Ray task with the trial's resources."""
+) -> Evaluated:
+    """Apply a trial's best-validation checkpoint, with its decision threshold, to test, and to
+    validation in the same way (same model load; an ensemble chooses its members on these).
+    `trials.evaluate_trials` runs it in the driver on a one-node cluster, else as a Ray task with the
+    trial's resources."""
     from ray.train import Checkpoint
 
     from pneumo_ray.train.augment import Normalize
@@ -289,8 +300,11 @@ def evaluate_checkpoint(
     device = pick_device("auto")
     model = build_model(cfg.model)
     model.load_state_dict(state)
-    metrics, preds = test_evaluation(model.to(device), data, Normalize(**meta["normalize"]), meta["threshold"], device)
-    return metrics, preds
+    model, normalize, threshold = model.to(device), Normalize(**meta["normalize"]), meta["threshold"]
+    metrics, preds = test_evaluation(model, data, normalize, threshold, device)
+    # validation through the very function that made the test predictions, so both are made alike
+    _, val_preds = test_evaluation(model, dataclasses.replace(data, test=data.val), normalize, threshold, device)
+    return Evaluated(metrics, preds, val_preds)
 
 
 def in_process(res: Resources) -> bool:

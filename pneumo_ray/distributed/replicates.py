@@ -156,7 +156,7 @@ def seed_rows(
         seed = int(result.config["seed"])
         c = cfg.replace(seed=seed)
         trial_id = m.get("trial_id") or Path(result.path).name
-        metrics, p = evaluated.get(trial_id, ({}, None))
+        metrics, p = evaluated.get(trial_id, ({}, None))[:2]  # (test metrics, test predictions, …)
         rows.append(
             dict(
                 arm=arm.name,

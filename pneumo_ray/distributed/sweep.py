@@ -21,6 +21,8 @@ from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.data import cache
 from pneumo_ray.data.study_data import load_study_data
+from pneumo_ray.distributed import ensembles
+from pneumo_ray.distributed.ensembles import SWEEP, validation_rows, write_validation
 from pneumo_ray.distributed.trials import evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
 from pneumo_ray.storage.results import read_results, write_run_json, write_tables
 
@@ -207,6 +209,9 @@ def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
             evaluated = evaluate_trials(ms, sweep, data, storage)
             trials, epochs, preds = trial_rows(ms, sweep, out.preset, source_hash, evaluated)
             write_tables(folder, trials, epochs, preds)
+            write_validation(
+                folder, SWEEP, validation_rows(evaluated, {t: dict(trial_id=t, model=model) for t in evaluated})
+            )
             per_model[model] = round(ms.seconds, 1)
         cluster = dict(
             resources={k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
@@ -215,6 +220,8 @@ def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
         )
     finally:
         ray.shutdown()
+    if sweep.ensemble:
+        ensembles.after_run(folder, sweep.ensemble)
     session.update(seconds=round(time.time() - t_start, 1), seconds_per_model=per_model)
     write_run_json(
         folder,
@@ -257,4 +264,7 @@ def print_summary(out: Path) -> None:
     if len(best):
         print("\nbest trial per model (chosen on validation AUC; test metrics of its best-validation checkpoint):")
         print(best[[c for c in cols if c in best]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"\nresults: {out}/trials.parquet, epochs.parquet, predictions.parquet, run.json")
+    for line in ensembles.summary_lines(out):
+        print(line)
+    more = "".join(f", {t}.parquet" for t in ("val_predictions", "ensemble") if (out / f"{t}.parquet").exists())
+    print(f"\nresults: {out}/trials.parquet, epochs.parquet, predictions.parquet{more}, run.json")

@@ -39,6 +39,7 @@ from pneumo_ray.report.tables import (
     audit_sentences,
     audit_table,
     best_config_table,
+    ensemble_table,
     test_metric_table,
     verdicts,
 )
@@ -216,6 +217,7 @@ def build_report(
             best_config_table([c.row for c in cands], [c.label for c in cands]),
         )
     comparison = _model_comparison(b, summary, cands)
+    _ensembles(b, summary)
     for text in problems:
         b.warning(text, comparison)
     sections.append(comparison)
@@ -330,6 +332,24 @@ def _model_comparison(b: _Builder, summary: Section, cands: list[Candidate]) -> 
         tables,
     )
     return s
+
+
+def _ensembles(b: _Builder, summary: Section) -> None:
+    """The ensembles chosen on validation beside the best single model (ensemble.parquet)."""
+    ens = b.data.ensembles.get("ensemble", pd.DataFrame())
+    if ens.empty:
+        return
+    table = b.attempt(summary, "the ensemble table", ("ensemble",), lambda: ensemble_table(ens))
+    if table is not None:
+        b.table(
+            summary,
+            "ensembles",
+            "Ensembles chosen on validation (members and K by validation AUC only; mean of the members' "
+            "logit(p) − logit(threshold), PNEUMONIA at ≥ 0) beside the best single model by validation AUC; "
+            "test metrics [95% bootstrap CI over test images]; DeLong's paired test compares these two trained "
+            "models, not ensembling in general",
+            table,
+        )
 
 
 def _sweep_sections(b: _Builder, top: int) -> list[Section]:
@@ -541,6 +561,7 @@ def _pictures(b: _Builder, cands: list[Candidate], examples: int, n_cam: int) ->
     from pneumo_ray.report.images import Unavailable, grid_figure, load_test_images, pick_examples
 
     s = Section("5. Test images and where the model looks")
+    cands = [c for c in cands if not c.ensemble]  # an ensemble has no one checkpoint to explain
     if not cands:
         b.aside(s, "needs a model with test predictions")
         return s

@@ -22,6 +22,7 @@ from pneumo_ray.config.errors import UserError
 from pneumo_ray.storage.results import TABLES, Results, read_table
 
 ABLATION_TABLES = ("ablations", "ablation_predictions", "ablation_summary", "audit_summary")
+ENSEMBLE_TABLES = ("ensemble", "ensemble_predictions")  # a sweep's or an ablation's (study.ensemble)
 
 # The columns the report reads from each table (a table without them is damaged for the report), and
 # those of them that must hold numbers.
@@ -33,6 +34,8 @@ COLUMNS = {
     "ablation_predictions": ("arm", "model", "seed", "path", "label", "probability"),
     "ablation_summary": ("kind", "model", "arm"),
     "audit_summary": ("arm", "a_set", "b_set"),
+    "ensemble": ("model", "k", "members", "best_single"),
+    "ensemble_predictions": ("model", "path", "label", "probability"),
 }
 NUMERIC = {"best_val_auc", "epoch", "seed", "val_auc", "label", "probability"}
 
@@ -49,6 +52,8 @@ NEEDED_FOR = {
     "ablation_summary": "the ablation summary as study.ablate wrote it (recomputed from the ablation's tables "
     "where they are readable)",
     "audit_summary": "the leakage audit of the pre-training images",
+    "ensemble": "the ensemble chosen on validation",
+    "ensemble_predictions": "the ensemble chosen on validation",
     "run": "the run's settings: the test images and Grad-CAM (where the data are), the status and search ranges",
 }
 
@@ -75,6 +80,8 @@ class Damaged:
             )
         if self.table == "ablation_summary":
             return f"rerun `python -m study.ablate --summarize {folder}` to rewrite it, or restore it from a copy"
+        if self.table in ENSEMBLE_TABLES:
+            return f"rerun `python -m study.ensemble {folder}` to rebuild it (no training), or restore it from a copy"
         if self.table == "run":
             return "restore it from a copy (study.sweep and study.ablate write it when a run starts and ends)"
         if self.table == "audit_summary":
@@ -101,6 +108,7 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     damaged: list[Damaged] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # folders that hold no results yet, and why
+    ensembles: dict[str, pd.DataFrame] = field(default_factory=dict)  # ENSEMBLE_TABLES of every folder
 
     def damaged_in(self, tables: Iterable[str], folder: str | None = None) -> list[Damaged]:
         """The damaged files among `tables` (of `folder`, by name, if given)."""
@@ -130,7 +138,8 @@ class Candidate:
     threshold: float
     checkpoint: str | None
     run: dict  # run.json of its folder: where the data and settings are
-    row: dict  # its trials / ablations row
+    row: dict  # its trials / ablations row (an ensemble's: its ensemble.parquet row)
+    ensemble: bool = False  # an ensemble chosen on validation: probs = sigmoid(score), threshold 0.5
 
 
 def check_results_folder(folder: Path) -> None:
@@ -188,6 +197,7 @@ def load_report_data(folders: Iterable[str | os.PathLike]) -> ReportData:
                 f"{f}: {what} (neither trials.parquet nor ablations.parquet: not a finished sweep or ablation)"
             )
             skipped.append(f"{f} holds {what}, no trials.parquet or ablations.parquet yet")
+    ensembles = {t: _ensemble_table(folders, t, damaged) for t in ENSEMBLE_TABLES}
     sweep = _combine_sweeps(sweeps) if sweeps else None
     ablation = {
         t: pd.concat([x for x in frames if len(x)], ignore_index=True)
@@ -203,7 +213,16 @@ def load_report_data(folders: Iterable[str | os.PathLike]) -> ReportData:
         notes.append("no sweep folder (trials.parquet) given: the learning curves and sweep insight are skipped")
     if not abl_runs:
         notes.append("no ablation folder (ablations.parquet) given: the ablation section is skipped")
-    return ReportData(folders, sweep, sweep_runs, ablation, abl_runs, notes, damaged, skipped)
+    return ReportData(folders, sweep, sweep_runs, ablation, abl_runs, notes, damaged, skipped, ensembles)
+
+
+def _ensemble_table(folders: list[Path], table: str, damaged: list[Damaged]) -> pd.DataFrame:
+    """One ensemble table of every folder that has it, with the folder's name (`study`)."""
+    frames = [
+        read_checked(f, table, damaged).assign(study=f.name) for f in folders if (f / f"{table}.parquet").exists()
+    ]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _why(path: Path, e: BaseException, what: str) -> str:
@@ -368,7 +387,7 @@ def candidates(data: ReportData, notes: list[str], problems: list[str] | None = 
             out.append(_candidate(row["model"], row["model"], p, _threshold(row, p), row, run_of(data, row, "sweep")))
         if best.empty:
             notes.append("the sweep has no finished trial (no validation AUC): no model comparison")
-        return out
+        return out + ensemble_candidates(data, problems)
     abl, preds = data.ablation["ablations"], data.ablation["ablation_predictions"]
     if abl.empty or preds.empty:
         return out
@@ -383,6 +402,35 @@ def candidates(data: ReportData, notes: list[str], problems: list[str] | None = 
         if _unusable(p, label, data, row, "ablation_predictions", problems):
             continue
         out.append(_candidate(label, model, p, _threshold(row, p), row, run_of(data, row, "ablation")))
+    return out + ensemble_candidates(data, problems)
+
+
+def ensemble_label(row: dict) -> str:
+    """'cnn ensemble (K = 3: 2 trials)', or with the arm of an ablation."""
+    who = row["model"] if row.get("arm") is None else f"{row['model']} · {row['arm']}"
+    what = "trial" if row.get("candidates", "trial_id") == "trial_id" else "seed"
+    n = int(row["n_members"])
+    return f"{who} ensemble (K = {int(row['k'])}: {n} {what}{'' if n == 1 else 's'})"
+
+
+def ensemble_candidates(data: ReportData, problems: list[str]) -> list[Candidate]:
+    """Each ensemble of the folders (ensemble.parquet) as a model on test, beside the single models."""
+    ens, preds = data.ensembles.get("ensemble", pd.DataFrame()), data.ensembles.get("ensemble_predictions")
+    out = []
+    if ens.empty or preds is None or preds.empty:
+        return out
+    for row in ens.to_dict("records"):
+        arm = row.get("arm")
+        p = preds[(preds["study"] == row["study"]) & (preds["model"] == row["model"])]
+        if "arm" in p:
+            p = p[p["arm"].isna()] if arm is None else p[p["arm"] == arm]
+        label = ensemble_label(row)
+        if p.empty or _unusable(p, label, data, {"study": row["study"]}, "ensemble_predictions", problems):
+            continue
+        run = data.sweep_runs.get(row["study"]) or data.ablation_runs.get(row["study"]) or {}
+        c = _candidate(label, row["model"], p, 0.5, row, run)
+        c.ensemble = True
+        out.append(c)
     return out
 
 

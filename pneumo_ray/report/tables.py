@@ -72,7 +72,7 @@ def test_metric_table(cands: list[Candidate], n_boot: int = 2000, seed: int = 0)
         rows.append(
             {
                 "model": c.label,
-                **{k: ci(*m[k]) for k in CI_METRICS},
+                **{k.replace("_", " "): ci(*m[k]) for k in CI_METRICS},
                 "test images": len(c.labels),
                 "PNEUMONIA": int(c.labels.sum()),
             }
@@ -90,7 +90,7 @@ def arm_table(summary: pd.DataFrame) -> pd.DataFrame:
         row = {"model": r["model"], "arm": r["arm"], "seeds": r.get("n_seeds")}
         for m in CI_METRICS:
             lo, hi = r.get(f"test_{m}_ci_low"), r.get(f"test_{m}_ci_high")
-            row["test AUC" if m == "auc" else m] = ci(r.get(f"test_{m}_mean"), _clip(lo), _clip(hi))
+            row["test AUC" if m == "auc" else m.replace("_", " ")] = ci(r.get(f"test_{m}_mean"), _clip(lo), _clip(hi))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -159,3 +159,32 @@ def audit_sentences(audit: pd.DataFrame) -> list[str]:
             f"with the target's {sets} set{'s' if len(held) > 1 else ''}"
         )
     return out
+
+
+def ensemble_table(ens: pd.DataFrame) -> pd.DataFrame:
+    """Per ensemble (ensemble.parquet): two rows, the ensemble and the best single trial (or seed) by
+    validation AUC, each with validation AUC and the test metrics [95% bootstrap CI over the test
+    images] at its fixed rule; the ensemble's row adds ΔAUC and DeLong's p for these two fixed models."""
+    from pneumo_ray.report.inputs import ensemble_label
+
+    rows = []
+    for r in ens.to_dict("records"):
+        members = json.loads(r["members"])
+        counts = json.loads(r["counts"])
+        what = "trial" if r.get("candidates", "trial_id") == "trial_id" else "seed"
+        picked = ", ".join(f"{m}×{c}" if c > 1 else str(m) for m, c in zip(members, counts))
+        for prefix, name, val in (
+            ("test_", f"{ensemble_label(r)}: {picked}", r["val_auc"]),
+            ("single_test_", f"best single {what} {r['best_single']}", r["best_single_val_auc"]),
+        ):
+            row = {"model": name, "val AUC": num(val, 4)}
+            for m in CI_METRICS:
+                key = f"{prefix}{m}"
+                label = "test AUC" if m == "auc" else m.replace("_", " ")
+                row[label] = ci(r.get(key), r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high"))
+            versus = f"{num(r['delong_auc_diff'], 4)} ({pval(r['p_delong'])})".replace("p=", "p = ")
+            if int(r["k"]) == 1:
+                versus = "the same model (validation chose it alone)"
+            row["ΔAUC vs best single, DeLong"] = versus if prefix == "test_" else ""
+            rows.append(row)
+    return pd.DataFrame(rows)

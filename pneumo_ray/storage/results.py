@@ -124,8 +124,9 @@ class Results:
     predictions: pd.DataFrame
 
     def best_trials(self) -> pd.DataFrame:
-        """Best trial per model by validation AUC (never by test)."""
-        t = self.trials.dropna(subset=["best_val_auc"])
+        """Best trial per model by validation AUC (never by test); a tie goes to the first trial id, as
+        in the ensemble's first pick (analysis/ensemble.py) and an arm's tuning (replicates.best_tuned)."""
+        t = self.trials.dropna(subset=["best_val_auc"]).sort_values("trial_id", kind="stable")
         return t.loc[t.groupby("model")["best_val_auc"].idxmax()].reset_index(drop=True)
 
 
