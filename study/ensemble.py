@@ -2,8 +2,9 @@
 each ablation arm's seeds, built from the result tables: no training.
 
 The members and K come from validation alone: greedy forward selection with replacement (Caruana et
-al. 2004) over the trials' best-validation checkpoints, adding at each step the one that raises the
-validation AUC most, stopping when none raises it or after K picks. Only then is the ensemble applied
+al. 2004) over the trials' best-validation checkpoints, starting from the best one by validation AUC
+and adding at each step the one that lowers the validation log-loss at equal class priors most,
+stopping when none lowers it or after K picks. Only then is the ensemble applied
 to test, once: the mean of each member's logit shifted by its own decision threshold,
 logit(p) − logit(t), PNEUMONIA at ≥ 0 (K = 1 is the best single trial's own rule). It is printed beside
 the best single trial (a sweep; DeLong's paired test of the two fixed models) or beside the arm's mean

@@ -29,7 +29,8 @@ SWEEP_ONLY = (
         "--ensemble",
         "ensemble",
         "after the search, per model: an ensemble of at most K picks of the trials' best checkpoints, chosen "
-        "on validation AUC only (greedy forward selection with replacement), then applied once to test "
+        "on validation only (the best trial by validation AUC, then greedy additions while the validation "
+        "log-loss falls), then applied once to test "
         "(default 5; 0 = none; python -m study.ensemble rebuilds it)",
         int,
         metavar="K",

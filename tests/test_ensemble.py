@@ -76,19 +76,30 @@ def test_the_ensemble_averages_shifted_logits_with_the_pick_counts():
 
 
 def _greedy_by_hand(probs, thr, y, max_k):
-    """The greedy selection written out plainly: logits averaged, AUC from scikit-learn, ties to the
-    smallest id, stop when the best addition does not raise validation AUC."""
+    """The selection written out plainly: logits shifted and averaged; the first pick the best single
+    model by scikit-learn's AUC; then the addition with the lowest log-loss at equal class priors
+    (scikit-learn's log_loss with balanced sample weights), ties to the smallest id, stopping when the
+    best addition does not lower it."""
+    from sklearn.metrics import log_loss
+    from sklearn.utils.class_weight import compute_sample_weight
+
     z = logit(probs) - logit(thr)[:, None]
-    picks, steps, total, best = [], [], np.zeros(len(y)), -1.0
-    for _ in range(max_k):
-        aucs = [roc_auc_score(y, (total + z[i]) / (len(picks) + 1)) for i in range(len(z))]
-        i = int(np.argmax(np.round(aucs, 12)))
-        if picks and round(aucs[i], 12) <= round(best, 12):
+    w = compute_sample_weight("balanced", y)
+
+    def loss(score):
+        return log_loss(y, 1 / (1 + np.exp(-score)), sample_weight=w, labels=[0, 1])
+
+    first = int(np.argmax(np.round([roc_auc_score(y, r) for r in z], 12)))
+    picks, losses, total = [first], [loss(z[first])], z[first].copy()
+    while len(picks) < max_k:
+        trial = [loss((total + z[i]) / (len(picks) + 1)) for i in range(len(z))]
+        i = int(np.argmin(np.round(trial, 12)))
+        if not round(trial[i], 12) < round(losses[-1], 12):
             break
         picks.append(i)
-        steps.append(aucs[i])
-        best, total = aucs[i], total + z[i]
-    return picks, steps
+        losses.append(trial[i])
+        total = total + z[i]
+    return picks, losses
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -96,15 +107,29 @@ def test_greedy_selection_matches_a_plain_recomputation(seed):
     rng = np.random.default_rng(seed)
     probs, thr, y = _candidates(rng, 7, 60, 140, spread=1.5)
     sel = select(_scores(probs, thr, y), 8)
-    picks, steps = _greedy_by_hand(probs, thr, y, 8)
-    assert sel.steps == pytest.approx(steps, abs=1e-12)
+    picks, losses = _greedy_by_hand(probs, thr, y, 8)
+    assert sel.losses == pytest.approx(losses, abs=1e-9)
     got = [m for m, c in zip(sel.members, sel.counts) for _ in range(c)]
     assert sorted(got) == sorted(f"t{i:02d}" for i in picks)
     assert sel.members[0] == f"t{picks[0]:02d}" and sel.k == len(picks) <= 8
-    assert all(b > a for a, b in zip(steps, steps[1:]))  # each pick raised validation AUC
-    # the first pick is the best single model by validation AUC
+    assert all(b < a for a, b in zip(losses, losses[1:]))  # each pick lowered the validation log-loss
+    # the first pick is the best single model by validation AUC, and the AUCs are the picks' own
     single = [roc_auc_score(y, p) for p in probs]
     assert sel.best_single_val_auc == pytest.approx(max(single), abs=1e-12)
+    z = logit(probs) - logit(thr)[:, None]
+    running = np.cumsum([z[i] for i in picks], axis=0)
+    assert sel.steps == pytest.approx([roc_auc_score(y, r) for r in running], abs=1e-12)
+
+
+def test_selection_grows_past_a_saturated_validation_auc():
+    """Where validation AUC cannot rise any more (the real data: 0.998), the log-loss still sees
+    which additions help: the selection builds an ensemble there."""
+    rng = np.random.default_rng(21)
+    probs, thr, y = _candidates(rng, 5, 200, 600, spread=0.8)
+    probs = 1 / (1 + np.exp(-(logit(probs) + 3.0 * (2 * y - 1))))  # nearly separable: AUC ≈ 0.999+
+    sel = select(_scores(probs, thr, y), 5)
+    assert sel.best_single_val_auc > 0.995 and sel.k >= 2
+    assert all(b < a for a, b in zip(sel.losses, sel.losses[1:]))
 
 
 def test_ties_go_to_the_first_id_and_the_cap_holds():
@@ -116,9 +141,8 @@ def test_ties_go_to_the_first_id_and_the_cap_holds():
     sel = select(s, 1)
     assert sel.members == ("a",) and sel.k == 1 and sel.max_k == 1
     assert select(s, 6).best_single == "a"
-    # a perfect validation separation cannot be raised: K = 1
-    perfect = np.where(y == 1, 0.9, 0.1)[None, :]
-    s2 = _scores(np.vstack([perfect, probs[:2]]), [0.5, 0.5, 0.5], y, ids=["p", "q", "r"])
+    # copies of the best model cannot lower its log-loss: K = 1
+    s2 = _scores(np.vstack([good, good]), [0.5, 0.5], y, ids=["p", "q"])
     assert select(s2, 5).members == ("p",) and select(s2, 5).k == 1
     with pytest.raises(ValueError, match="at least 1 member"):
         select(s2, 0)

@@ -189,7 +189,7 @@ def summary_lines(folder: Path) -> list[str]:
     if table.empty:
         return []
     lines = [
-        "\nensembles chosen on validation (members and K from validation AUC only; then applied once to test; "
+        "\nensembles chosen on validation (members and K from validation only; then applied once to test; "
         "[95% bootstrap CI over test images]):"
     ]
     summary = read_table(folder, "ablation_summary") if (folder / "ablation_summary.parquet").exists() else None
