@@ -8,8 +8,9 @@ attribute `tune_trial_id`, the key of trials.parquet.
 
 Optuna and Tune's saved experiment state must agree after any stop: a trial Tune will run again
 must be open in Optuna. Tune tells the searcher of a trial's end (Optuna records it at once) before
-it saves its state, and a stop by SIGINT lets Tune save once more, so they agree. A driver killed
-outright can leave either side a step ahead: `restore` and `close_lost_trials` settle it on --resume.
+it saves its state, and a stop by SIGINT/SIGTERM lets Tune save once more (interrupts.py), so they
+agree. A driver killed outright can leave either side a step ahead: `restore` and
+`close_lost_trials` settle it on --resume.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
+
+from pneumo_ray.distributed import interrupts
 
 
 class TaggedOptunaSearch(OptunaSearch):
@@ -69,7 +72,8 @@ def optuna_search(seed: int, study_name: str, db: Path | None) -> TaggedOptunaSe
     if db is None:
         return TaggedOptunaSearch(seed=seed)
     db.parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(storage_url(db))
-    if study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
-        optuna.delete_study(study_name=study_name, storage=storage)
+    with interrupts.shielded():  # a new optuna.db gets its tables here: not to be cut halfway by Ctrl-C
+        storage = optuna.storages.RDBStorage(storage_url(db))
+        if study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+            optuna.delete_study(study_name=study_name, storage=storage)
     return TaggedOptunaSearch(seed=seed, study_name=study_name, storage=storage)
