@@ -43,6 +43,7 @@ from pneumo_ray.config.arms import CHANGES, AblationSpec, Arm
 from pneumo_ray.config.errors import FieldError, UserError
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.sweep import SweepConfig
+from pneumo_ray.storage.lock import check_free
 from study import common
 
 # the arm flags, one per ingredient switched off (config/arms.py CHANGES)
@@ -217,6 +218,7 @@ def specs(args: argparse.Namespace) -> tuple[SweepConfig, AblationSpec, OutputSp
     if ablation.from_ and not (Path(ablation.from_) / "trials.parquet").is_file():
         raise UserError(f"--from {ablation.from_}: no trials.parquet (is it a finished study.sweep folder?)")
     out = common.output_spec(args, name=f"ablate-{args.preset}" if args.name is None else args.name)
+    check_free(out.folder)  # a sweep or ablation running there: refused, naming it, before any other check
     run = common.read_run_json(out.folder, "--name")  # arms are added to it: a damaged one stops here
     if args.resume and run is None:
         raise UserError(f"--resume: {out.folder / 'run.json'} not found (which --name was interrupted?)")

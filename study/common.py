@@ -17,15 +17,17 @@ import argparse
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pneumo_ray.config.data import DataSpec
-from pneumo_ray.config.errors import FieldError, UserError
+from pneumo_ray.config.errors import FieldError, Interrupted, UserError
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.search import SEARCH
 from pneumo_ray.config.sweep import PRESETS, SweepConfig
@@ -322,6 +324,9 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("PNEUMO_RAY_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
+    # SIGTERM as SIGINT: Interrupted (a KeyboardInterrupt) until a driver takes both over (interrupts.py)
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         return main(argv)
     except UserError as e:
@@ -329,9 +334,16 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # before any work that could be resumed
         print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, saved if saved is not None else signal.SIG_DFL)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
 
 
 def add_debug_flag(p: argparse.ArgumentParser) -> None:

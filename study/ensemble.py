@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         summary_lines,
         validation_from_checkpoints,
     )
+    from pneumo_ray.storage.lock import FolderLock, check_free
+    from pneumo_ray.storage.results import command_line
 
+    check_free(folder)  # a sweep or ablation writing there is named before anything is read
     kind = kind_of(folder)
     if kind is None:
         raise UserError(f"{folder}: neither trials.parquet (a sweep) nor ablations.parquet (an ablation) is there")
@@ -77,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--n-boot {args.n_boot}: must be at least 100 (fewer give unstable 95% intervals)")
     t0 = time.time()
     try:
-        validation_from_checkpoints(folder, run)
-        rows = build_ensembles(folder, k, n_boot=args.n_boot, seed=args.seed)
+        with FolderLock(folder, command_line()):  # a running sweep or ablation there is named and refused
+            validation_from_checkpoints(folder, run)
+            rows = build_ensembles(folder, k, n_boot=args.n_boot, seed=args.seed)
     except ValueError as e:  # a damaged or inconsistent table: its reader names the file
         if isinstance(e, UserError):
             raise

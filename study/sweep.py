@@ -19,6 +19,7 @@ from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.errors import UserError
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.sweep import PRESETS, SweepConfig
+from pneumo_ray.storage.lock import check_free
 from study import common
 
 # the sweep's own flags besides those study.ablate shares (study/common.py)
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and args.name is None:
         raise UserError("--resume needs the --name of the interrupted sweep (a folder under --results)")
     out = common.output_spec(args, name=time.strftime("sweep-%Y%m%d-%H%M%S") if args.name is None else args.name)
+    check_free(out.folder)  # a sweep or ablation running there: refused, naming it, before any other check
     if args.resume:
         sweep, data, out = resumed(args, argv, out)
         print(f"resuming sweep {out.name} with its recorded settings")

@@ -152,8 +152,13 @@ def pytest_sessionfinish() -> None:
 def start_sweep(*args: str, env: dict, cache_dir: Path) -> subprocess.Popen:
     """`python -m study.sweep ARGS` in its own process group (a test can kill the driver and all it
     started), output captured, the decoded cache at `cache_dir`."""
+    return start_study("study.sweep", *args, env=env, cache_dir=cache_dir)
+
+
+def start_study(command: str, *args: str, env: dict, cache_dir: Path) -> subprocess.Popen:
+    """`python -m COMMAND ARGS` as `start_sweep` starts study.sweep."""
     return subprocess.Popen(
-        [sys.executable, "-m", "study.sweep", *args],
+        [sys.executable, "-m", command, *args],
         cwd=ROOT,
         env={**env, "PNEUMO_RAY_CACHE": str(cache_dir), "RAY_DEDUP_LOGS": "1"},
         stdout=subprocess.PIPE,

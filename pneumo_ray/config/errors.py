@@ -1,4 +1,5 @@
-"""The one exception for a user's mistake (a flag, a folder, a file, an earlier result).
+"""The exceptions a command turns into one line and an exit status: `UserError`, a user's mistake (a
+flag, a folder, a file, an earlier result), and `Interrupted`, SIGINT or SIGTERM.
 
 The library raises `UserError` with one line that names the path or flag, what is wrong and what to
 do; the commands in study/ print it as `error: …` and exit with status 2 (`--debug` shows the
@@ -18,6 +19,15 @@ import math
 
 class UserError(ValueError):
     """A mistake the user can fix; the message is the whole one-line explanation."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM stopped the command; it exits with status 128 + `signum` (130, 143).
+    A KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def flag_of(field: str) -> str:

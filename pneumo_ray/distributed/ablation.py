@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,13 +26,13 @@ from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.data import leakage as audit
 from pneumo_ray.data.study_data import load_study_data
-from pneumo_ray.distributed import ensembles
+from pneumo_ray.distributed import ensembles, interrupts
 from pneumo_ray.distributed.ensembles import ABLATION, validation_rows, write_validation
 from pneumo_ray.distributed.replicates import ArmConfig, base_configs, best_tuned, run_seeds, seed_rows
 from pneumo_ray.distributed.sweep import check_data, init_ray, run_record, with_cache_dir
 from pneumo_ray.distributed.trials import evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
 from pneumo_ray.storage.atomic import atomic_write
-from pneumo_ray.storage.results import read_results, read_table, upsert_parquet, write_run_json
+from pneumo_ray.storage.results import command_line, read_results, read_table, upsert_parquet, write_run_json
 
 KEYS = dict(
     ablations=["arm", "model", "seed"],
@@ -114,7 +115,7 @@ def known_configs(sweep: SweepConfig, ablation: AblationSpec, out: Path) -> tupl
         tuned, configs, to_tune = table(out, "ablation_tuning"), {}, []
         for model in sweep.models:
             mine = tuned[(tuned.arm == arm.name) & (tuned.model == model)] if len(tuned) else tuned
-            if len(mine):
+            if len(mine) and not mine["stop_reason"].eq("interrupted").any():  # a search cut short goes on
                 configs[model] = best_tuned(mine, arm, arm.apply(sweep.base_config(model)), arm.searched())
             else:
                 to_tune.append(model)
@@ -212,21 +213,34 @@ def tune_arm(
     folder = out.folder
     trials = pd.DataFrame(trials)
     trials.insert(0, "arm", arm.name)
-    upsert_parquet(folder / "ablation_tuning.parquet", trials, KEYS["ablation_tuning"])
-    if epochs:
-        ep = pd.concat(epochs, ignore_index=True)
-        ep.insert(0, "arm", arm.name)
-        upsert_parquet(folder / "ablation_tuning_epochs.parquet", ep, KEYS["ablation_tuning_epochs"])
+    with interrupts.shielded():
+        upsert_parquet(folder / "ablation_tuning.parquet", trials, KEYS["ablation_tuning"])
+        if epochs:
+            ep = pd.concat(epochs, ignore_index=True)
+            ep.insert(0, "arm", arm.name)
+            upsert_parquet(folder / "ablation_tuning_epochs.parquet", ep, KEYS["ablation_tuning_epochs"])
+    interrupts.check()  # stopped: the search's trials so far are written, its cut ones as `interrupted`
     ac = best_tuned(trials, arm, base, searched)
     print(f"arm {arm.name}, {model}: {ac.source}: " + ", ".join(f"{k}={getattr(ac.config, k):.4g}" for k in searched))
     return ac
 
 
 def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out: OutputSpec) -> int:
-    """Run the arm's missing seeds (after its own search with `ablation.tune`) into `out.folder`;
-    print the statistics of every arm there. Returns the exit status. A user's mistake (settings or
-    a configuration other than the folder's arms', an interrupted run without --resume) is a
-    UserError raised before anything is written or Ray starts."""
+    """Run the arm's missing seeds (after its own search with `ablation.tune`) into `out.folder`,
+    holding the folder's lock; print the statistics of every arm there. Returns the exit status: 0, 1
+    without rows, 130/143 after SIGINT/SIGTERM (interrupts.py: the search's trials cut are recorded as
+    `interrupted`, seeds only once all of the arm's have finished, and the line printed says how to
+    resume). A user's mistake (settings or a configuration other than the folder's arms', an
+    interrupted run without --resume) is a UserError raised before anything is written or Ray starts."""
+    command = command_line()
+    resume = command if out.resume else shlex.join([*shlex.split(command), "--resume"])
+    session = interrupts.Session(out.folder, total=None, resume=resume, again=command)
+    return session.run(lambda: _run_ablation(sweep, ablation, data, out, session))
+
+
+def _run_ablation(
+    sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out: OutputSpec, session: interrupts.Session
+) -> int:
     arm, seeds = ablation.arm, list(ablation.seeds)
     if arm.pretrains and sweep.pretrain_epochs == 0:
         raise UserError(f"arm {arm.name} pre-trains, but --pretrain-epochs is 0: use --no-pretrain for that arm")
@@ -270,8 +284,9 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
     for model, missing in todo.items():
         experiments[seeds_experiment(arm, model, missing)] = f"run of arm {arm.name}, {model}, seeds {missing}"
     check_interrupted(storage, experiments, out.resume)
+    session.total = sum(len(missing) + (ablation.tune if m in to_tune else 0) for m, missing in todo.items())
 
-    folder.mkdir(parents=True, exist_ok=True)
+    session.hold(command_line())  # one writer per results folder: a second command is refused
     data = with_cache_dir(data)
     store = Path(data.cache_dir) / "pretrain"
     print(f"ablation {name}, arm {arm.name}: preparing data (decoded once, shared through the cache {data.cache_dir})")
@@ -364,18 +379,20 @@ def run_ablation(sweep: SweepConfig, ablation: AblationSpec, data: DataSpec, out
                 concurrency=concurrency,
                 verbose=out.verbose,
             )
+            interrupts.check()  # stopped: no rows for an arm's seeds until all of them finished
             print("evaluating each seed's best-validation checkpoint on test")
             evaluated = evaluate_trials(ms, sweep, data, storage)
             rows, preds = seed_rows(ms, arm, ac, out.preset, sweep.seed, source_hash, evaluated)
-            upsert_parquet(folder / "ablations.parquet", pd.DataFrame(rows), KEYS["ablations"])
-            if preds:
-                upsert_parquet(
-                    folder / "ablation_predictions.parquet",
-                    pd.concat(preds, ignore_index=True),
-                    KEYS["ablation_predictions"],
-                )
-            seeds = {r["trial_id"]: dict(arm=arm.name, model=model, seed=r["seed"]) for r in rows}
-            write_validation(folder, ABLATION, validation_rows(evaluated, seeds))
+            members = {r["trial_id"]: dict(arm=arm.name, model=model, seed=r["seed"]) for r in rows}
+            with interrupts.shielded():
+                upsert_parquet(folder / "ablations.parquet", pd.DataFrame(rows), KEYS["ablations"])
+                if preds:
+                    upsert_parquet(
+                        folder / "ablation_predictions.parquet",
+                        pd.concat(preds, ignore_index=True),
+                        KEYS["ablation_predictions"],
+                    )
+                write_validation(folder, ABLATION, validation_rows(evaluated, members))
             session.setdefault("seconds_per_model", {})[model] = round(ms.seconds, 1)
     finally:
         ray.shutdown()

@@ -29,11 +29,13 @@ from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.config.train import TrainConfig
+from pneumo_ray.distributed import interrupts
 from pneumo_ray.distributed.trials import (
     TEST_KEYS,
     ModelSweep,
     TrialSpec,
     best_checkpoint_path,
+    restorable,
     trial_trainable,
     tune_config,
     tune_run_config,
@@ -122,7 +124,7 @@ def run_seeds(
         )
     )
     t0 = time.time()
-    if ray.tune.Tuner.can_restore(exp_path):
+    if restorable(exp_path):
         if not resume:
             raise RuntimeError(f"an interrupted run of this arm is in {exp_path}: pass --resume to complete it")
         tuner = ray.tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -141,8 +143,8 @@ def run_seeds(
                 ),
             ),
         )
-    grid = tuner.fit()
-    return ModelSweep(model, exp_path, grid, time.time() - t0)
+    grid, cut = interrupts.fit(tuner, exp_path)
+    return ModelSweep(model, exp_path, grid, time.time() - t0, cut=cut)
 
 
 def seed_rows(

@@ -10,21 +10,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
 from types import ModuleType
 
 from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.errors import Interrupted
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.data import cache
 from pneumo_ray.data.study_data import load_study_data
-from pneumo_ray.distributed import ensembles
+from pneumo_ray.distributed import ensembles, interrupts
 from pneumo_ray.distributed.ensembles import SWEEP, validation_rows, write_validation
-from pneumo_ray.distributed.trials import evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
-from pneumo_ray.storage.results import read_results, write_run_json, write_tables
+from pneumo_ray.distributed.trials import (
+    ModelSweep,
+    evaluate_trials,
+    max_concurrent_trials,
+    run_model_sweep,
+    trial_rows,
+)
+from pneumo_ray.storage.results import command_line, read_results, write_run_json, write_tables
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,6 +70,7 @@ def init_ray(address: str | None, logs: Path | None = None, verbose: bool = Fals
             ray.init(**kwargs, **extra)
     else:
         ray.init(**kwargs, **extra)
+    interrupts.reinstall()  # SIGINT/SIGTERM back to the driver's handlers (ray.init set its own for SIGTERM)
     if logs is not None:
         from pneumo_ray.distributed.console import quiet_ray
 
@@ -139,11 +148,27 @@ def specs_from_run(run: dict, out: OutputSpec) -> tuple[SweepConfig, DataSpec, O
 
 
 def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
-    """Run (or, with `out.resume`, finish) the sweep into `out.folder`; returns the exit status."""
+    """Run (or, with `out.resume`, finish) the sweep into `out.folder`, holding the folder's lock;
+    returns the exit status: 0, or 130/143 after SIGINT/SIGTERM (interrupts.py: the trials cut are
+    recorded as `interrupted`, and the line printed says how to resume)."""
     check_data(data, sweep.data_spec(data))
+    session = interrupts.Session(
+        out.folder, total=sweep.num_samples * len(sweep.models), resume=resume_command(out), again=command_line()
+    )
+    return session.run(lambda: _run_sweep(sweep, data, out, session))
+
+
+def resume_command(out: OutputSpec) -> str:
+    """The command that finishes this sweep (its settings come from run.json)."""
+    args = ["python", "-m", "study.sweep", "--resume", "--name", out.name]
+    args += ["--results", str(out.results)] if str(out.results) != "results" else []
+    return shlex.join(args + (["--address", out.address] if out.address else []))
+
+
+def _run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec, session: interrupts.Session) -> int:
     t_start = time.time()
     folder, name = out.folder, out.name
-    folder.mkdir(parents=True, exist_ok=True)
+    session.hold(command_line())  # one writer per results folder: a second command is refused
     data = with_cache_dir(data)
     store = Path(data.cache_dir) / "pretrain"
     storage = out.ray_storage
@@ -205,13 +230,14 @@ def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
                 optuna_db=folder / "optuna.db",
                 verbose=out.verbose,
             )
-            print(f"evaluating the best-validation checkpoint of each {model} trial on test")
-            evaluated = evaluate_trials(ms, sweep, data, storage)
+            evaluated = {} if interrupts.requested() else evaluate_unless_interrupted(ms, sweep, data, storage)
             trials, epochs, preds = trial_rows(ms, sweep, out.preset, source_hash, evaluated)
-            write_tables(folder, trials, epochs, preds)
-            write_validation(
-                folder, SWEEP, validation_rows(evaluated, {t: dict(trial_id=t, model=model) for t in evaluated})
-            )
+            with interrupts.shielded():
+                write_tables(folder, trials, epochs, preds)
+                write_validation(
+                    folder, SWEEP, validation_rows(evaluated, {t: dict(trial_id=t, model=model) for t in evaluated})
+                )
+            interrupts.check()  # stopped: the rows so far are written (without test metrics), the rest waits
             per_model[model] = round(ms.seconds, 1)
         cluster = dict(
             resources={k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
@@ -234,6 +260,16 @@ def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
     )
     print_summary(folder)
     return 0
+
+
+def evaluate_unless_interrupted(ms: ModelSweep, sweep: SweepConfig, data: DataSpec, storage: str) -> dict:
+    """`evaluate_trials`, or nothing if SIGINT/SIGTERM cuts it: the rows are then written without test
+    metrics, and --resume evaluates again."""
+    print(f"evaluating the best-validation checkpoint of each {ms.model} trial on test")
+    try:
+        return evaluate_trials(ms, sweep, data, storage)
+    except Interrupted:
+        return {}
 
 
 def print_summary(out: Path) -> None:

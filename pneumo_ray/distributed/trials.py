@@ -30,6 +30,7 @@ from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.search import SEARCH
 from pneumo_ray.config.sweep import Resources, SweepConfig
 from pneumo_ray.config.train import TrainConfig
+from pneumo_ray.distributed import interrupts
 from pneumo_ray.distributed.jobs import (
     evaluate_checkpoint,
     finetune_worker,
@@ -152,6 +153,8 @@ class ModelSweep:
     results: object = None  # ray.tune.ResultGrid
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    # the trials SIGINT/SIGTERM cut, which --resume continues: {trial folder name: (trial id, config)}
+    cut: dict = field(default_factory=dict)
 
 
 def run_model_sweep(
@@ -186,7 +189,7 @@ def run_model_sweep(
     from ray.tune.schedulers import ASHAScheduler
 
     from pneumo_ray.distributed.console import TrialLines
-    from pneumo_ray.distributed.search import optuna_search
+    from pneumo_ray.distributed.search import close_lost_trials, optuna_search
 
     exp_path = os.path.join(storage, exp_name)
     space = search_space(sweep)
@@ -202,9 +205,10 @@ def run_model_sweep(
     )
     trainable = trial_trainable(spec)
     t0 = time.time()
-    if resume and ray.tune.Tuner.can_restore(exp_path):
+    if resume and restorable(exp_path):
+        # the trials a stop cut go on from their checkpoints; a failed trial stays failed, as Optuna has it
         tuner = ray.tune.Tuner.restore(
-            exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True, restart_errored=False
+            exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
         )
     else:
         tuner = ray.tune.Tuner(
@@ -234,8 +238,21 @@ def run_model_sweep(
                 callbacks=callbacks,
             ),
         )
-    grid = tuner.fit()
-    return ModelSweep(model, exp_path, grid, time.time() - t0)
+    grid, cut = interrupts.fit(tuner, exp_path)
+    if optuna_db is not None:
+        close_lost_trials(optuna_db, exp_name, {trial_id for trial_id, _ in cut.values()})
+    return ModelSweep(model, exp_path, grid, time.time() - t0, cut=cut)
+
+
+def restorable(exp_path: str) -> bool:
+    """Whether Tune saved the experiment's state at least once, so that Tuner.restore can continue it.
+    (Tuner.can_restore only looks for tuner.pkl, written when the Tuner is built: restoring one that a
+    stop cut before Tune's first save fails for want of the search space; it is started anew.)"""
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(exp_path if "://" in exp_path else os.path.abspath(exp_path))
+    found = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return any(Path(f.path).name.startswith("experiment_state-") for f in found)
 
 
 def tune_config(concurrency: int, **search: object) -> ray.tune.TuneConfig:
@@ -398,12 +415,15 @@ def trial_rows(
     trials, epochs, preds = [], [], []
     for result in ms.results:
         m = result.metrics or {}
-        cfg = dict(result.config)
-        trial_id = m.get("trial_id") or Path(result.path).name
+        cut = ms.cut.get(Path(result.path).name)  # (trial id, config) of a trial SIGINT/SIGTERM cut
+        cfg = dict(result.config or (cut[1] if cut else {}))  # a trial cut before its first epoch has no result
+        trial_id = m.get("trial_id") or (cut[0] if cut else Path(result.path).name)
         hist = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
         epochs_run = int(hist["epoch"].max()) if "epoch" in hist else 0
         if result.error is not None:
             stop = "error"
+        elif cut:  # not ASHA's doing: --resume continues it from its last checkpoint
+            stop = "interrupted"
         elif epochs_run >= sweep.epochs:
             stop = "completed"
         else:
