@@ -22,7 +22,9 @@ from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.data import cache
 from pneumo_ray.data.study_data import load_study_data
 from pneumo_ray.distributed.trials import evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
+from pneumo_ray.storage import provenance
 from pneumo_ray.storage.results import read_results, write_run_json, write_tables
+from pneumo_ray.train import store as pretrain_store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,7 +145,7 @@ def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
     folder, name = out.folder, out.name
     folder.mkdir(parents=True, exist_ok=True)
     data = with_cache_dir(data)
-    store = Path(data.cache_dir) / "pretrain"
+    store = pretrain_store.folder(data.cache_dir)
     storage = out.ray_storage
     if data.data_root is None and out.preset == "cpu":
         print("note: --preset cpu without --data-root runs on the synthetic phantoms", file=sys.stderr)
@@ -158,7 +160,8 @@ def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
     # every invocation (the first run and each --resume) is one session, so time spent is not lost
     run_json = folder / "run.json"
     previous = json.loads(run_json.read_text()).get("sessions", []) if run_json.exists() else []
-    session = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed=out.resume)
+    prov = provenance.run_provenance(study.info)  # what makes this session's rows (run.json and every row)
+    session = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed=out.resume, provenance=prov)
     run_info = dict(
         name=name,
         preset=out.preset,
@@ -206,6 +209,7 @@ def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
             print(f"evaluating the best-validation checkpoint of each {model} trial on test")
             evaluated = evaluate_trials(ms, sweep, data, storage)
             trials, epochs, preds = trial_rows(ms, sweep, out.preset, source_hash, evaluated)
+            trials = provenance.stamp(trials, prov)
             write_tables(folder, trials, epochs, preds)
             per_model[model] = round(ms.seconds, 1)
         cluster = dict(
