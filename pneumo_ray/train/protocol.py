@@ -261,6 +261,7 @@ def run_study(
         config=cfg.to_dict(),
         data=data.info,
         device=str(device),
+        conditions=training_conditions(device),
     )
     checkpoints.save_weights(
         out / "finetune.safetensors",
