@@ -190,7 +190,8 @@ def shared_pretraining(
     (ASHA acts on fine-tuning epochs only)."""
     import ray.train.collective
 
-    conditions = training_conditions(device, world)
+    # rank 0's conditions for every rank: one entry per job, even if its workers' machines differ
+    conditions = ray.train.collective.broadcast_from_rank_zero(training_conditions(device, world))
     key = pretrain_key(cfg, source_hash, conditions)
     entry = pretrain_store.Entry.of(store, key)
     t0 = time.time()

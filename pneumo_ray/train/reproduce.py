@@ -23,6 +23,7 @@ import torch
 
 from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.errors import UserError
+from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.config.train import TrainConfig
 from pneumo_ray.data.study_data import load_study_data
@@ -49,7 +50,7 @@ class Recorded:
     data: DataSpec
     predictions: pd.DataFrame  # path, probability: its test images
     checkpoint: Path | None  # the trial's last checkpoint folder (state/ and best.safetensors)
-    threads: int | None  # torch threads it trained with (None: not recorded)
+    threads: int  # torch threads it trained with (not recorded: its CPUs, as Ray gives them)
     device: str | None  # "cpu", "cuda" (None: not recorded)
     workers: int = 1
 
@@ -158,7 +159,7 @@ def _sweep_trial(folder: Path, run: dict, trial, model) -> Recorded:
     else:
         row = _pick(ok, "--trial", "trial_id", trial, None).iloc[0].to_dict()
     sweep = _sweep_config(run.get("sweep"), run_path=folder / "run.json")
-    searched = {k: row[k] for k in TrainConfig.__dataclass_fields__ if k in row and k in _searched(sweep, row)}
+    searched = {k: row[k] for k in TrainConfig.__dataclass_fields__ if k in row and k in _searched(row)}
     cfg = sweep.base_config(row["model"]).replace(**searched)
     preds = _table(folder, "predictions")
     if not preds.empty:
@@ -167,9 +168,7 @@ def _sweep_trial(folder: Path, run: dict, trial, model) -> Recorded:
     return _recorded(label, row, cfg, sweep.data_spec(_data_spec(run, sweep)), preds, sweep)
 
 
-def _searched(sweep: SweepConfig, row: dict) -> set[str]:
-    from pneumo_ray.config.search import SEARCHED
-
+def _searched(row: dict) -> set[str]:
     return {k for k in SEARCHED if pd.notna(row.get(k))}
 
 
@@ -202,7 +201,8 @@ def _recorded(label, row, cfg, data, preds, sweep: SweepConfig) -> Recorded:
         data=data,
         predictions=preds,
         checkpoint=ckpt,
-        threads=int(threads) if pd.notna(threads) else None,
+        # not recorded (a table from before): the trial's CPUs, which Ray gives it as OMP_NUM_THREADS
+        threads=int(threads) if pd.notna(threads) else max(1, int(sweep.cpus_per_trial / sweep.workers_per_trial)),
         device=row.get("device") if isinstance(row.get("device"), str) else None,
         workers=int(sweep.workers_per_trial),
     )
@@ -226,8 +226,14 @@ def reproduce(rec: Recorded, *, device: str | None = None, threads: int | None =
             f"{rec.label} trained with {rec.workers} DDP workers; the plain-PyTorch re-run trains with one "
             "(its shards differ): reproduce a one-worker study"
         )
-    dev = pick_device(device or rec.device or "cpu")
-    threads = threads or rec.threads or torch.get_num_threads()
+    name = device or rec.device or "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"{rec.label} trained on cuda and torch sees no GPU here: give --device cpu (the numbers then "
+            "differ: compare with --tolerance)"
+        )
+    dev = pick_device(name)
+    threads = threads or rec.threads
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
