@@ -57,23 +57,29 @@ class Recorded:
 
 @dataclass
 class Agreement:
-    """What agreed and by how much: (what, recorded, rerun) per compared value and the largest
-    difference of each kind."""
+    """Each compared value: (what, recorded, re-run, counted). Counted values (losses, AUCs,
+    probabilities) must agree within the tolerance; weights (not counted) are compared for bit-exactness
+    only: on other conditions they differ by amounts that say nothing about the results (the recorded
+    checkpoint's weights are checked through their own test probabilities instead)."""
 
-    rows: list[tuple[str, float, float]] = field(default_factory=list)
+    rows: list[tuple[str, float, float, bool]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # things that were not compared, and why
 
-    def add(self, what: str, recorded: float | None, rerun: float | None) -> None:
+    def add(self, what: str, recorded: float | None, rerun: float | None, counted: bool = True) -> None:
         if recorded is not None and rerun is not None:
-            self.rows.append((what, float(recorded), float(rerun)))
+            self.rows.append((what, float(recorded), float(rerun), counted))
 
-    def largest(self) -> float:
-        diffs = [abs(a - b) if not (math.isnan(a) and math.isnan(b)) else 0.0 for _, a, b in self.rows]
+    def largest(self, counted_only: bool = True) -> float:
+        """The largest |recorded − re-run| (of the counted values, or of all)."""
+        diffs = [_difference(a, b) for _, a, b, counted in self.rows if counted or not counted_only]
         return max(diffs, default=0.0)
 
-    def largest_of(self, prefix: str) -> float | None:
-        diffs = [abs(a - b) for w, a, b in self.rows if w.startswith(prefix)]
-        return max(diffs) if diffs else None
+
+def _difference(a: float, b: float) -> float:
+    """|a − b|; 0 when both are NaN (an undefined metric on both sides), inf when one is."""
+    if math.isnan(a) or math.isnan(b):
+        return 0.0 if math.isnan(a) and math.isnan(b) else math.inf
+    return abs(a - b)
 
 
 # --- what was recorded --------------------------------------------------------------------------------
@@ -267,7 +273,7 @@ def _rerun(rec: Recorded, dev: torch.device, log: Log) -> Agreement:
         init = _pretraining(rec, data, dev, agree, log)
     history, best_state, normalize, threshold = _finetuning(rec, data, dev, init, agree, log)
     _test_images(rec, data, dev, best_state, normalize, agree, log)
-    _weights(rec, best_state, agree)
+    _weights(rec, data, dev, best_state, normalize, agree)
     if rec.row.get("test_threshold") is not None:
         agree.add("test threshold", rec.row["test_threshold"], threshold)
     return agree
@@ -288,7 +294,7 @@ def _pretraining(rec: Recorded, data, dev, agree: Agreement, log: Log) -> dict:
     for h, r in zip(stored_meta.get("history", []), meta["history"]):
         for k in COMPARED:
             agree.add(f"pre-training epoch {h['epoch']} {k}", h.get(k), r.get(k))
-    agree.add("pre-training weights (largest |difference|)", 0.0, _max_weight_diff(stored, state))
+    agree.add("pre-training weights (largest |difference|)", 0.0, _max_weight_diff(stored, state), counted=False)
     return state
 
 
@@ -343,14 +349,26 @@ def _test_images(rec: Recorded, data, dev, best_state, normalize: Normalize, agr
     log(f"test: {len(common)} images compared")
 
 
-def _weights(rec: Recorded, best_state: dict, agree: Agreement) -> None:
-    """The best-validation weights against the checkpoint's (best.safetensors)."""
+def _weights(rec: Recorded, data, dev, best_state: dict, normalize: Normalize, agree: Agreement) -> None:
+    """The best-validation weights against the checkpoint's (best.safetensors), and the checkpoint's own
+    test probabilities against the recorded ones: weights changed after the run show there."""
     path = rec.checkpoint / "best.safetensors" if rec.checkpoint is not None else None
     if path is None or not path.exists():
         agree.notes.append("no best.safetensors on this machine: the weights are not compared")
         return
     stored, _ = checkpoints.load_weights(path)
-    agree.add("best-validation weights (largest |difference|)", 0.0, _max_weight_diff(stored, best_state))
+    agree.add("best-validation weights (largest |difference|)", 0.0, _max_weight_diff(stored, best_state), False)
+    if rec.predictions.empty:
+        return
+    model = build_model(rec.config.model)
+    model.load_state_dict(stored)
+    mine = pd.Series(
+        predict(model.to(dev), data.test, normalize=normalize, device=dev), index=data.test.manifest["path"]
+    )
+    recorded = rec.predictions.set_index("path")["probability"]
+    common = recorded.index.intersection(mine.index)
+    worst = (recorded[common] - mine[common]).abs().idxmax()
+    agree.add(f"checkpoint's own test probability, largest over {len(common)} images", recorded[worst], mine[worst])
 
 
 def _max_weight_diff(a: dict, b: dict) -> float:
@@ -360,17 +378,21 @@ def _max_weight_diff(a: dict, b: dict) -> float:
 
 
 def describe(agree: Agreement, tolerance: float) -> tuple[list[str], bool]:
-    """The report's lines and whether the re-run agrees within `tolerance` (0: bit for bit)."""
+    """The report's lines and whether the re-run agrees: within `tolerance` for the counted values, and
+    with `tolerance` 0, every value (weights too) identical."""
     lines = [f"note: {n}" for n in agree.notes]
-    width = max((len(w) for w, _, _ in agree.rows), default=10)
+    width = max((len(w) for w, *_ in agree.rows), default=10)
     lines.append(f"{'':{width}}  {'recorded':>22}  {'re-run':>22}  |difference|")
-    for what, a, b in agree.rows:
-        lines.append(f"{what:{width}}  {a:22.17g}  {b:22.17g}  {abs(a - b):.3g}")
-    worst = agree.largest()
-    ok = worst <= tolerance
-    if worst == 0:
+    for what, a, b, _ in agree.rows:
+        lines.append(f"{what:{width}}  {a:22.17g}  {b:22.17g}  {_difference(a, b):.3g}")
+    worst, everything = agree.largest(), agree.largest(counted_only=False)
+    ok = worst <= tolerance and (tolerance > 0 or everything == 0)
+    if everything == 0:
         verdict = f"bit-exact: all {len(agree.rows)} compared values are identical"
     else:
-        verdict = f"largest difference {worst:.3g} ({'within' if ok else 'beyond'} --tolerance {tolerance:g})"
+        verdict = f"largest difference {worst:.3g} in the losses, AUCs and probabilities"
+        if tolerance > 0:
+            verdict += f" ({'within' if worst <= tolerance else 'beyond'} --tolerance {tolerance:g})"
+        verdict += f"; weights up to {everything:.3g} apart" if everything > worst else ""
     lines.append(("agrees: " if ok else "DISAGREES: ") + verdict)
     return lines, ok
