@@ -73,16 +73,18 @@ def test_evaluation_is_the_same_at_any_thread_count(real_images, threads):
 
 def test_training_conditions_are_in_the_pretraining_key(threads):
     """The key holds torch's thread count (oneDNN splits a convolution's weight-gradient sum over the
-    threads: 1 and 2 threads train to other weights), the device, torch's version and the code."""
+    threads: 1 and 2 threads train to other weights), the CPU model and kernels (AVX2 and AVX512 train
+    to other weights), the device, torch's version, the augmentation path and the code."""
     cfg = TrainConfig(model="cnn", image_size=32, pretrain_epochs=1)
     threads(1)
     one = training_conditions(CPU)
     threads(2)
     two = training_conditions(CPU)
     assert (one["threads"], two["threads"]) == (1, 2) and one["torch"] == torch.__version__
-    assert one["code"] and len(one["code"]) == 16 and one["augment"] in ("c-kernel", "opencv")
+    assert one["code"] and len(one["code"]) == 16 and one["augment"] in ("c-kernel", "opencv") and one["cpu"]
     assert pretrain_key(cfg, "h", one) != pretrain_key(cfg, "h", two)
-    for k, v in (("torch", "0.0"), ("device", "cuda"), ("code", "0" * 16), ("world", 2), ("augment", "opencv")):
+    others = (("torch", "0.0"), ("device", "cuda"), ("code", "0" * 16), ("world", 2), ("augment", "opencv"))
+    for k, v in (*others, ("cpu", "another CPU"), ("cpu_capability", "AVX2"), ("onednn_max_isa", "AVX2")):
         assert pretrain_key(cfg, "h", {**one, k: v}) != pretrain_key(cfg, "h", one), k
     assert pretrain_key(cfg, "h", dict(one)) == pretrain_key(cfg, "h", one)
 

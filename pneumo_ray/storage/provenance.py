@@ -4,7 +4,7 @@ ablation_tuning.parquet, and run.json's `provenance`.
 Two halves. The driver's (`run_provenance`, once per invocation): the code commit and whether the
 tree was dirty, the hash of requirements.txt, the Ray / Optuna / torch versions, the target data's
 manifest hash. The worker's (`worker_columns`, from conditions.training_conditions in the process
-that trained): torch version, device and GPU name, torch threads, CPU kernel family, augmentation
+that trained): torch version, device and GPU name, torch threads, CPU model and kernel family, augmentation
 path, the training code's digest, and the pre-training key and whether this row computed it or
 reused it. `stamp` puts the driver's half on rows that carry the worker's; `differing` finds the
 conditions that differ between the rows of one table (study.ablate --summarize warns, one line each).
@@ -39,6 +39,7 @@ WORKER_COLUMNS = {
     "device": "device",
     "gpu": "gpu_name",
     "threads": "torch_threads",
+    "cpu": "cpu_model",
     "cpu_capability": "cpu_capability",
     "augment": "augment_path",
     "code": "train_code",

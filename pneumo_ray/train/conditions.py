@@ -1,12 +1,14 @@
 """What trained weights depend on besides their configuration and data: the machine conditions.
 
 Measured on the real data (CNN, 64 px; bench/determinism.py): on the CPU, the same seed gives the
-same weights bit for bit only under the same torch version, device, torch thread count, CPU kernel
-family, augmentation implementation and training code. The thread count matters because oneDNN
-splits a convolution's weight-gradient sum over the threads (gradients differ by ~3e-7 between 1
-and 2 threads after one step, and the runs drift apart from there); the fused augmentation kernel
-and the evaluation's forward pass do not depend on it (bit-identical at 1 to 8 threads). OpenCV's
-warp (the path without a C compiler) differs from the kernel by ~1e-5 per pixel.
+same weights bit for bit only under the same torch thread count, CPU kernels (AVX2 instead of AVX512:
+test AUC 2e-3 apart after 2 + 2 epochs), augmentation implementation (OpenCV instead of the C kernel:
+7e-4), and, by construction, torch version and training code. The thread count matters because
+oneDNN splits a convolution's weight-gradient sum over the threads (gradients differ by ~3e-7 between
+1 and 2 threads after one step, and the runs drift apart from there: test AUC 1.1e-3); the fused
+augmentation kernel and the evaluation's forward pass do not depend on it (bit-identical at 1 to 8
+threads). Neither running two trainings at once nor stopping and resuming a phase (same threads)
+changes a bit, nor did the code between b9dffa1 (the README's first real-data table) and now.
 
 `training_conditions(device, world)` records all of that as one JSON-able dict: the content address
 of a stored pre-training holds it (protocol.pretrain_key), each store entry keeps it in its metadata,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
 from pathlib import Path
 
@@ -45,6 +48,19 @@ def training_code_digest() -> str:
     return h.hexdigest()[:16]
 
 
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what the platform says): oneDNN picks its
+    kernels and blocking by CPU, so two CPU models can round a convolution differently."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def augmentation_path(device: torch.device) -> str:
     """Which implementation augments this process's batches: the fused C kernel, OpenCV (no compiler,
     or PNEUMO_RAY_NO_FASTWARP=1) on the CPU, torch's grid_sample on a GPU."""
@@ -56,7 +72,8 @@ def augmentation_path(device: torch.device) -> str:
 def training_conditions(device: torch.device, world: int = 1) -> dict:
     """The conditions this process trains under on `device`, with `world` DDP workers.
 
-    On the CPU: torch's thread count and the CPU kernel family ATen dispatches to (AVX512, AVX2, ...).
+    On the CPU: torch's thread count, the CPU model, the kernel family ATen dispatches to (AVX512, AVX2,
+    ...) and a cap put on oneDNN's (ONEDNN_MAX_CPU_ISA).
     On a GPU: its name and the CUDA/cuDNN versions (the thread count does not touch the numbers there;
     GPU kernels are not bit-reproducible anyway, so the same conditions promise agreement, not bits)."""
     cond = dict(
@@ -66,7 +83,9 @@ def training_conditions(device: torch.device, world: int = 1) -> dict:
         device=device.type,
         gpu=None,
         threads=None,
+        cpu=None,
         cpu_capability=None,
+        onednn_max_isa=None,
         world=int(world),
         augment=augmentation_path(device),
         code=training_code_digest(),
@@ -76,7 +95,12 @@ def training_conditions(device: torch.device, world: int = 1) -> dict:
         name = torch.cuda.get_device_name(index)
         cond.update(gpu=name, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     else:
-        cond.update(threads=torch.get_num_threads(), cpu_capability=torch.backends.cpu.get_cpu_capability())
+        cond.update(
+            threads=torch.get_num_threads(),
+            cpu=cpu_model(),
+            cpu_capability=torch.backends.cpu.get_cpu_capability(),
+            onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
+        )
     return cond
 
 
