@@ -90,6 +90,11 @@ def main() -> int:
     p.add_argument("first", type=Path)
     p.add_argument("second", type=Path)
     args = p.parse_args()
+    for folder in (args.first, args.second):
+        for table in ("ablations", "ablation_predictions"):
+            if not (folder / f"{table}.parquet").is_file():
+                print(f"error: {folder}: no {table}.parquet; give two finished study.ablate folders", file=sys.stderr)
+                return 2
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 30)
     table, worst_seed = seeds(args.first, args.second)
