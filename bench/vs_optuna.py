@@ -154,6 +154,7 @@ def plain_study(model: str, sweep: SweepConfig, study_data, device, side: Side) 
     """One model's search as a single-process Optuna study over the project's core functions."""
     import optuna
 
+    from pneumo_ray.train.conditions import training_conditions
     from pneumo_ray.train.protocol import final_evaluation, finetune, pretrain, pretrain_key
 
     base = sweep.base_config(model)
@@ -165,7 +166,7 @@ def plain_study(model: str, sweep: SweepConfig, study_data, device, side: Side) 
         cfg = base.replace(**suggest(trial, sweep))
         init = None
         if source_hash and study_data.source is not None:
-            key = pretrain_key(cfg, source_hash)
+            key = pretrain_key(cfg, source_hash, training_conditions(device))
             if key not in pretrained:
                 pretrained[key], meta = pretrain(cfg, study_data, device, log=None)
                 side.pretrain_epochs_s += sum(h["epoch_seconds"] for h in meta["history"])

@@ -27,7 +27,7 @@ def _ablate(*args, cache_dir, cluster=None):
     )
 
 
-def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_head):
+def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_head, capsys):
     common = [
         "--preset",
         "smoke",
@@ -110,6 +110,40 @@ def test_smoke_ablation_two_arms_each_tuned_on_its_own(tmp_path, ray_head):
     assert r4b.returncode == 2 and "config_protocol" in r4b.stderr
     r5 = _ablate("--summarize", str(out), cache_dir=cache)
     assert r5.returncode == 0 and "p_holm" in r5.stdout and "verdicts:" in r5.stdout
+    assert "rows differ in" not in r5.stderr  # every row made under the same conditions
+    # what made each row, in every table
+    from test_sweep import assert_provenance_filled
+
+    run = json.loads((out / "run.json").read_text())
+    assert_provenance_filled(abl, run)
+    assert_provenance_filled(tuning, run)
+    assert abl[abl.arm == "transfer"].pretrain_computed.notna().all()
+    # --summarize says so when rows were made under other conditions: one line per condition
+    pd.concat([abl, abl.iloc[:1].assign(seed=9, torch_threads=2)]).to_parquet(out / "ablations.parquet")
+    r6 = _ablate("--summarize", str(out), cache_dir=cache)
+    assert (
+        r6.returncode == 0
+        and f"warning: {out / 'ablations.parquet'}: rows differ in torch_threads: 1 (4 rows)" in r6.stderr
+    )
+    abl.to_parquet(out / "ablations.parquet")
+    # one seed trained again from the run record in plain PyTorch: bit for bit; with a changed weight
+    # in its checkpoint, not
+    from study import common, reproduce
+
+    assert common.run_main(reproduce.main, [str(out), "--seed", "1"]) == 0
+    said = capsys.readouterr().out
+    assert "agrees: bit-exact" in said and "pre-training epoch 1 train_loss" in said
+    best = Path(abl.set_index(["arm", "seed"]).loc[("transfer", 1), "checkpoint_path"]) / "best.safetensors"
+    from pneumo_ray.train import checkpoints
+
+    state, meta = checkpoints.load_weights(best)
+    state["classifier.3.bias"] += 1e-4
+    checkpoints.save_weights(best, state, meta)
+    assert common.run_main(reproduce.main, [str(out), "--seed", "1"]) == 1
+    said = capsys.readouterr().out
+    assert "DISAGREES: largest difference" in said and "weights up to 0.0001 apart" in said
+    assert "checkpoint's own test probability" in said  # the changed weights' predictions are not the recorded
+    assert common.run_main(reproduce.main, [str(out), "--seed", "1", "--tolerance", "0.5"]) == 0  # a loose bound
 
 
 def check_arm_ensemble(out, stdout: str, arms: list[str], cache=None) -> None:

@@ -75,9 +75,10 @@ def test_pretrain_weights_roundtrip_and_threshold_from_validation(tiny, tmp_path
     cfg = TrainConfig(model="cnn", image_size=32, epochs=1, pretrain_epochs=1)
     dev = pick_device("cpu")
     state, meta = pretrain(cfg, tiny, dev, log=None)
-    assert meta["key"] == pretrain_key(cfg, tiny.info["source_manifest_hash"])
-    assert pretrain_key(cfg.replace(lr=0.5, aug_strength=0.9), "h") == pretrain_key(cfg, "h")  # fine-tune knobs
-    assert pretrain_key(cfg.replace(pretrain_lr=0.5), "h") != pretrain_key(cfg, "h")
+    assert meta["key"] == pretrain_key(cfg, tiny.info["source_manifest_hash"], meta["conditions"])
+    cond = meta["conditions"]
+    assert pretrain_key(cfg.replace(lr=0.5, aug_strength=0.9), "h", cond) == pretrain_key(cfg, "h", cond)  # fine-tune
+    assert pretrain_key(cfg.replace(pretrain_lr=0.5), "h", cond) != pretrain_key(cfg, "h", cond)
     path = checkpoints.save_weights(tmp_path / "w.safetensors", state, meta)
     loaded, meta2 = checkpoints.load_weights(path)
     assert meta2["key"] == meta["key"] and all(torch.equal(state[k], loaded[k]) for k in state)

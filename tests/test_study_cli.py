@@ -146,6 +146,7 @@ def test_download_without_token_says_what_to_do(tmp_path):
         ("study.sweep", "presets"),
         ("study.ablate", "--no-pretrain"),
         ("study.audit", "--pretrain-root"),
+        ("study.reproduce", "--tolerance"),
     ],
 )
 def test_every_command_has_help(command, expected):

@@ -32,9 +32,11 @@ def _sweep(*args, cache_dir, cluster=None):
     return start_sweep(*args, env=cluster[1] if cluster else dict(os.environ), cache_dir=cache_dir)
 
 
-def test_smoke_sweep_both_models(tmp_path, ray_head):
+def test_smoke_sweep_both_models(tmp_path, ray_head, capsys):
     # its own cache: the content-addressed pre-training store must start empty for this count
-    # (other tests' sweeps would otherwise have computed the same keys already, correctly reused here)
+    # (other tests' sweeps would otherwise have computed the same keys already, correctly reused here),
+    # but for one entry under the CNN trials' key that records other conditions: it must not be reused
+    planted = plant_entry_of_other_conditions(tmp_path / "cache")
     p = _sweep(
         "--preset", "smoke", "--name", "t1", "--results", str(tmp_path), cache_dir=tmp_path / "cache", cluster=ray_head
     )
@@ -42,6 +44,15 @@ def test_smoke_sweep_both_models(tmp_path, ray_head):
     assert p.returncode == 0, out[-4000:]
     res = read_results(tmp_path / "t1")
     t = res.trials
+    assert_provenance_filled(t, res.run)
+    # the planted entry was refused (said in Ray's log), computed again by one trial and overwritten
+    from pneumo_ray.train import checkpoints
+
+    assert checkpoints.load_weights(planted)[1]["conditions"]["threads"] == 1
+    assert (
+        "made under other conditions (threads 2 → 1); computing it again"
+        in (tmp_path / "t1" / "logs" / "ray.log").read_text()
+    )
     assert sorted(t.model.unique()) == ["cnn", "densenet"]
     for _model, g in t.groupby("model"):
         assert len(g) == 2 and g.trial_id.is_unique
@@ -71,6 +82,13 @@ def test_smoke_sweep_both_models(tmp_path, ray_head):
     for model, g in t.groupby("model"):
         assert_optuna_study_matches(tmp_path / "t1", f"t1-{model}", g)
     dashboard_lists_studies(tmp_path / "t1" / "optuna.db", {"t1-cnn", "t1-densenet"})
+    # the best CNN trial, trained again in plain PyTorch from the run record: bit for bit
+    from study import common, reproduce
+
+    best = res.best_trials().set_index("model").loc["cnn", "trial_id"]
+    assert common.run_main(reproduce.main, [str(tmp_path / "t1"), "--trial", best]) == 0
+    assert "agrees: bit-exact" in capsys.readouterr().out
+
     check_ensembles(tmp_path / "t1", out, tmp_path / "cache")
 
 
@@ -114,6 +132,49 @@ def check_ensembles(folder: Path, out: str, cache: Path) -> None:
         mine = res.predictions[res.predictions.trial_id == row.trial_id].sort_values("path")
         e = preds[preds.model == row.model].sort_values("path")
         assert (e.prediction.to_numpy() == mine.prediction.to_numpy()).all()
+
+
+def plant_entry_of_other_conditions(cache: Path) -> Path:
+    """An entry in the pre-training store under the key the smoke preset's CNN trials compute (one
+    torch thread: Ray gives a 1-CPU trial OMP_NUM_THREADS=1), whose metadata records 2 threads."""
+    import torch
+
+    from pneumo_ray.config.data import DataSpec
+    from pneumo_ray.config.sweep import PRESETS, SweepConfig
+    from pneumo_ray.data.study_data import load_study_data
+    from pneumo_ray.train import store
+    from pneumo_ray.train.conditions import training_conditions
+    from pneumo_ray.train.models import build_model
+    from pneumo_ray.train.protocol import pretrain_key
+
+    sweep = SweepConfig(**PRESETS["smoke"])
+    data = load_study_data(sweep.data_spec(DataSpec(cache_dir=str(cache))), quiet=True, log=None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cond = training_conditions(torch.device("cpu"))
+    finally:
+        torch.set_num_threads(before)
+    key = pretrain_key(sweep.base_config("cnn"), data.info["source_manifest_hash"], cond)
+    entry = store.Entry.of(store.folder(cache), key)
+    return store.write(entry, build_model("cnn").state_dict(), {"key": key}, {**cond, "threads": 2})
+
+
+def assert_provenance_filled(rows: pd.DataFrame, run: dict) -> None:
+    """Every provenance column of every row is filled (gpu_name is None on a CPU; the pre-training
+    columns where the row pre-trained), and run.json's session records the driver's half."""
+    from pneumo_ray.storage import provenance
+
+    for col in provenance.COLUMNS:
+        assert col in rows, col
+        if col == "gpu_name":
+            assert rows[col].isna().all()
+        elif col not in provenance.PRETRAIN_COLUMNS:
+            assert rows[col].notna().all(), col
+    assert (rows.device == "cpu").all() and rows.torch_threads.eq(1).all() and rows.train_code.str.len().eq(16).all()
+    assert rows.ray_version.eq("2.60.0").all() and rows.requirements_sha256.str.len().eq(16).all()
+    session = run["sessions"][-1]["provenance"]
+    assert session["code_commit"] == rows.code_commit.iloc[0] and session["ray_version"] == "2.60.0"
 
 
 def assert_optuna_study_matches(folder: Path, study_name: str, trials: pd.DataFrame) -> None:

@@ -27,10 +27,16 @@ from pneumo_ray.config.sweep import PRESETS, SweepConfig
 from pneumo_ray.config.train import TrainConfig
 from pneumo_ray.distributed import ablation as ablation_driver
 from pneumo_ray.distributed.sweep import specs_from_run
-from study import ablate, audit, common, sweep, train
+from study import ablate, audit, common, reproduce, sweep, train
 
 ROOT = Path(__file__).resolve().parents[1]
-MAINS = {"train": train.main, "sweep": sweep.main, "ablate": ablate.main, "audit": audit.main}
+MAINS = {
+    "train": train.main,
+    "sweep": sweep.main,
+    "ablate": ablate.main,
+    "audit": audit.main,
+    "reproduce": reproduce.main,
+}
 EXPENSIVE = (  # what a rejected command must never reach
     "pneumo_ray.distributed.sweep.run_sweep",
     "pneumo_ray.distributed.sweep.init_ray",
@@ -42,6 +48,7 @@ EXPENSIVE = (  # what a rejected command must never reach
     "pneumo_ray.data.study_data.load_study_data",
     "pneumo_ray.data.study_data.audit_sets",
     "pneumo_ray.train.protocol.run_study",
+    "pneumo_ray.train.reproduce.load_study_data",
 )
 UNWRITABLE = "/proc/pneumo-ray-test/out"  # nothing can be created in /proc, not even by root
 
@@ -163,6 +170,21 @@ ROWS = [
     ("ablate", ["--results", "{res}", "--name", "nope", "--resume"], "--resume: {res}/nope/run.json not found"),
     ("ablate", ["--cache-dir", "{file}"], "--cache-dir {file}: is a file"),
     ("ablate", ["--summarize", "{tmp}/nowhere"], "--summarize {tmp}/nowhere: no such folder"),
+    # study.reproduce
+    ("reproduce", ["{tmp}/nowhere"], "{tmp}/nowhere: no such results folder"),
+    ("reproduce", ["{file}"], "{file}: no such results folder"),
+    ("reproduce", ["{res}/broken"], "{res}/broken/run.json is damaged"),
+    ("reproduce", ["{res}/done"], "{res}/done: no run.json"),
+    ("reproduce", ["{res}/reproducible", "--seed", "7"], "--seed 7: not in this study; it has 0"),
+    (
+        "reproduce",
+        ["{res}/reproducible", "--arm", "no-augment"],
+        "--arm no-augment: not in this study; it has transfer",
+    ),
+    ("reproduce", ["{res}/reproducible", "--trial", "t1"], "--trial: {res}/reproducible is an ablation"),
+    ("reproduce", ["{res}/reproducible", "--tolerance", "-1"], "--tolerance -1: a difference is never negative"),
+    ("reproduce", ["{res}/reproducible", "--threads", "0"], "--threads 0: give 1 or more torch threads"),
+    ("reproduce", ["{res}/odd"], "{res}/odd: no finished trial in trials.parquet"),
     ("ablate", ["--summarize", "{res}", "--no-pretrain"], "--summarize only reads {res}, so --no-pretrain would be"),
     # study.audit
     ("audit", ["--image-size", "0"], "--image-size 0: the image size must be a whole number from 16 to 1024"),
@@ -195,6 +217,7 @@ RUN_JSONS = {  # <res>/<name>/run.json
     "unknown": {"sweep": {"bogus": 1}},
     "paths": {"sweep": {}, "args": {"data_root": 7}},
     "other": {"settings": {"image_size": 64, "epochs": 2}},
+    "reproducible": {"kind": "ablation", "settings": {}},
 }
 
 
@@ -209,6 +232,8 @@ def _ablation_folders(res: Path) -> None:
     for exp in ("halted/ray/tune-transfer-cnn", "halted-seeds/ray/transfer-cnn-seeds-0_1"):
         (res / exp).mkdir(parents=True)
         (res / exp / "tuner.pkl").write_bytes(b"")
+    row = dict(arm="transfer", model="cnn", seed=0, config=json.dumps(cfg.to_dict()), error=None)
+    pd.DataFrame([row]).to_parquet(res / "reproducible" / "ablations.parquet")
     (res / "damaged").mkdir()
     (res / "damaged" / "ablations.parquet").write_bytes(b"PAR1 truncated")
     (res / "cnn-only").mkdir()

@@ -31,8 +31,10 @@ from pneumo_ray.distributed.ensembles import ABLATION, validation_rows, write_va
 from pneumo_ray.distributed.replicates import ArmConfig, base_configs, best_tuned, run_seeds, seed_rows
 from pneumo_ray.distributed.sweep import check_data, init_ray, run_record, with_cache_dir
 from pneumo_ray.distributed.trials import evaluate_trials, max_concurrent_trials, run_model_sweep, trial_rows
+from pneumo_ray.storage import provenance
 from pneumo_ray.storage.atomic import atomic_write
 from pneumo_ray.storage.results import command_line, read_results, read_table, upsert_parquet, write_run_json
+from pneumo_ray.train import store as pretrain_store
 
 KEYS = dict(
     ablations=["arm", "model", "seed"],
@@ -181,9 +183,11 @@ def tune_arm(
     storage: str,
     store: Path,
     concurrency: int,
+    prov: dict,
 ) -> ArmConfig:
     """The arm's own Optuna search (same space minus what the arm fixes, `budget` trials, ASHA on
-    validation AUC); its trials go to ablation_tuning*.parquet, its best configuration is returned.
+    validation AUC); its trials go to ablation_tuning*.parquet (with the provenance `prov` of this
+    session, storage/provenance.py), its best configuration is returned.
     An interrupted search is resumed only with `out.resume` (run_ablation checks it before Ray)."""
     base = arm.apply(sweep.base_config(model))
     searched = arm.searched()
@@ -211,7 +215,7 @@ def tune_arm(
     )
     trials, epochs, _ = trial_rows(ms, tsweep, out.preset, source_hash, {}, base=base)
     folder = out.folder
-    trials = pd.DataFrame(trials)
+    trials = pd.DataFrame(provenance.stamp(trials, prov))
     trials.insert(0, "arm", arm.name)
     with interrupts.shielded():
         upsert_parquet(folder / "ablation_tuning.parquet", trials, KEYS["ablation_tuning"])
@@ -288,7 +292,7 @@ def _run_ablation(
 
     session.hold(command_line())  # one writer per results folder: a second command is refused
     data = with_cache_dir(data)
-    store = Path(data.cache_dir) / "pretrain"
+    store = pretrain_store.folder(data.cache_dir)
     print(f"ablation {name}, arm {arm.name}: preparing data (decoded once, shared through the cache {data.cache_dir})")
     study = load_study_data(data)
     for problem in study.info["problems"]:
@@ -310,8 +314,10 @@ def _run_ablation(
         )
     source_hash = study.info.get("source_manifest_hash") if data.use_pretrain else None
     previous = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
+    prov = provenance.run_provenance(study.info)  # what makes this session's rows (run.json and every row)
     session = dict(
         arm=arm.name,
+        provenance=prov,
         seeds=todo,
         started=time.strftime("%Y-%m-%dT%H:%M:%S"),
         resumed=out.resume,
@@ -343,6 +349,7 @@ def _run_ablation(
                     arm,
                     sweep,
                     out,
+                    prov=prov,
                     budget=ablation.tune,
                     source_hash=source_hash,
                     data=data,
@@ -383,6 +390,7 @@ def _run_ablation(
             print("evaluating each seed's best-validation checkpoint on test")
             evaluated = evaluate_trials(ms, sweep, data, storage)
             rows, preds = seed_rows(ms, arm, ac, out.preset, sweep.seed, source_hash, evaluated)
+            rows = provenance.stamp(rows, prov)
             members = {r["trial_id"]: dict(arm=arm.name, model=model, seed=r["seed"]) for r in rows}
             with interrupts.shielded():
                 upsert_parquet(folder / "ablations.parquet", pd.DataFrame(rows), KEYS["ablations"])
@@ -418,6 +426,8 @@ def print_summary(out: Path) -> int:
     if abl.empty:
         print(f"{out}: no ablation rows yet (ablations.parquet missing or empty)", file=sys.stderr)
         return 1
+    for line in provenance.differing(abl, ["arm", "model", "seed"]):  # one line per differing condition
+        print(f"warning: {out / 'ablations.parquet'}: {line}", file=sys.stderr)
     failed = abl[abl["error"].notna()]
     if len(failed):
         print(

@@ -34,7 +34,10 @@ from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.sweep import Resources
 from pneumo_ray.config.train import TrainConfig
 from pneumo_ray.data.study_data import StudyData, load_study_data
+from pneumo_ray.storage import provenance
 from pneumo_ray.train import checkpoints
+from pneumo_ray.train import store as pretrain_store
+from pneumo_ray.train.conditions import training_conditions
 from pneumo_ray.train.loop import TrainingState
 from pneumo_ray.train.protocol import finetune, pretrain, pretrain_key, test_evaluation, validation_summary
 
@@ -103,10 +106,12 @@ def finetune_worker(config: dict) -> None:
             wrap=_wrap(to_tune),
         )
     best: dict = {}
+    conditions = training_conditions(device, world)
     fixed = dict(
         _where(),
         world_size=world,
-        torch_threads=torch.get_num_threads(),
+        # what trained this row (storage/provenance.py): torch, device, threads, code, ...
+        **{**provenance.worker_columns(conditions), "torch_threads": torch.get_num_threads()},
         worker_started_at=worker_started,
         worker_context_s=round(context_ready - worker_started, 3),
         data_open_s=round(data_ready - context_ready, 3),
@@ -132,6 +137,7 @@ def finetune_worker(config: dict) -> None:
             dict(
                 config=cfg.to_dict(),
                 pretrain_key=pre_meta.get("key"),
+                conditions=conditions,
                 best_epoch=r.best_epoch,
                 threshold=best["best_threshold"],
                 val_auc=r.best_val_auc,
@@ -173,32 +179,40 @@ def shared_pretraining(
     source_hash: str,
     wrap: Callable | None = None,
 ) -> tuple[dict, dict, dict]:
-    """(weights, metadata, timing) of the content-addressed pre-training `cfg` starts from.
+    """(weights, metadata, what to report) of the content-addressed pre-training `cfg` starts from.
 
-    The store has it: read it. It does not: this job's workers compute it first, in the same worker
-    group as the fine-tuning (a second Ray Train job per trial cost a whole worker-group start), while
-    rank 0 holds the key's lock, so trials sharing the key wait and reuse it. Its full training state
-    goes to `<store>/<key>.partial/` every epoch, so a restarted worker group resumes it after the last
-    epoch; its epochs are not reported to Tune (ASHA acts on fine-tuning epochs only)."""
+    The key holds the conditions this job trains under (torch version, device, threads, code, ...:
+    conditions.training_conditions). The store has a usable entry: read it. It has none, or one that
+    store.check refuses (made under other recorded conditions, or its weights changed): this job's
+    workers compute it first, in the same worker group as the fine-tuning, while rank 0 holds the
+    key's lock, so trials sharing the key wait and reuse it; a refused entry is overwritten, with one
+    warning line saying why. Its full training state goes to `<store>/<key>.partial/` every epoch, so
+    a restarted worker group resumes it after the last epoch; its epochs are not reported to Tune
+    (ASHA acts on fine-tuning epochs only)."""
     import ray.train.collective
-    import ray.train.torch
 
-    key = pretrain_key(cfg, source_hash)
-    path, partial = store / f"{key}.safetensors", store / f"{key}.partial"
+    # rank 0's conditions for every rank: one entry per job, even if its workers' machines differ
+    conditions = ray.train.collective.broadcast_from_rank_zero(training_conditions(device, world))
+    key = pretrain_key(cfg, source_hash, conditions)
+    entry = pretrain_store.Entry.of(store, key)
     t0 = time.time()
-    lock = FileLock(str(store / f"{key}.lock"))
+    lock = FileLock(str(entry.lock))
     if rank == 0:
         store.mkdir(parents=True, exist_ok=True)
         lock.acquire()  # filelock: exclusive across processes and nodes (also on NFS/EFS)
     try:
         waited = time.time() - t0
-        compute = ray.train.collective.broadcast_from_rank_zero(not path.exists())
+        refused = pretrain_store.check(entry, conditions) if rank == 0 else None
+        if refused:
+            print(f"warning: pre-training store entry {entry.weights}: {refused}; computing it again", flush=True)
+        compute = ray.train.collective.broadcast_from_rank_zero(refused is not None or not entry.weights.exists())
         if compute:
-            resume = checkpoints.load_training_state(partial) if (partial / checkpoints.STATE_FILE).exists() else None
+            partial = entry.partial / checkpoints.STATE_FILE
+            resume = checkpoints.load_training_state(entry.partial) if partial.exists() else None
 
             def keep(st: TrainingState) -> None:
                 if rank == 0:
-                    checkpoints.save_training_state(partial, st)
+                    checkpoints.save_training_state(entry.partial, st)
 
             state, meta = pretrain(
                 cfg,
@@ -213,15 +227,20 @@ def shared_pretraining(
             )
             if rank == 0:
                 meta.update(_where())
-                checkpoints.save_weights(path, state, meta)
-                shutil.rmtree(partial, ignore_errors=True)
+                pretrain_store.write(entry, state, meta, conditions)
+                shutil.rmtree(entry.partial, ignore_errors=True)
         ray.train.collective.barrier()
+        state, meta = pretrain_store.read(entry, conditions)  # the seed saves and reloads: so do we
     finally:
         if rank == 0:
             lock.release()
-    state, meta = checkpoints.load_weights(path)  # the seed saves and reloads: so do we
     stats = dict(
-        pretrain_computed=bool(compute), pretrain_wait_s=round(waited, 2), pretrain_s=round(time.time() - t0, 2)
+        pretrain_key=key,
+        pretrain_computed=bool(compute),
+        pretrain_resumed_after_epoch=meta.get("resumed_after_epoch") if compute else None,
+        pretrain_refused=refused if rank == 0 else None,
+        pretrain_wait_s=round(waited, 2),
+        pretrain_s=round(time.time() - t0, 2),
     )
     return state, meta, stats
 

@@ -40,7 +40,7 @@ from pneumo_ray.distributed.trials import (
     tune_config,
     tune_run_config,
 )
-from pneumo_ray.train.protocol import pretrain_key
+from pneumo_ray.storage import provenance
 
 
 @dataclass(frozen=True)
@@ -170,8 +170,7 @@ def seed_rows(
                 config_source=origin,
                 tuned_for=ac.tuned_for,
                 trial_id=trial_id,
-                pretrain_key=pretrain_key(c, source_hash) if source_hash and c.pretrain_epochs else None,
-                pretrain_computed=m.get("pretrain_computed"),
+                **provenance.from_report(m),  # what trained it: conditions, pre-training key, computed or reused
                 allow_test_overlap=arm.allow_overlap,
                 epochs_run=m.get("epoch"),
                 best_epoch=m.get("best_epoch"),

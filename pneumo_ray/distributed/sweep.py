@@ -32,7 +32,9 @@ from pneumo_ray.distributed.trials import (
     run_model_sweep,
     trial_rows,
 )
+from pneumo_ray.storage import provenance
 from pneumo_ray.storage.results import command_line, read_results, write_run_json, write_tables
+from pneumo_ray.train import store as pretrain_store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -170,7 +172,7 @@ def _run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec, session: int
     folder, name = out.folder, out.name
     session.hold(command_line())  # one writer per results folder: a second command is refused
     data = with_cache_dir(data)
-    store = Path(data.cache_dir) / "pretrain"
+    store = pretrain_store.folder(data.cache_dir)
     storage = out.ray_storage
     if data.data_root is None and out.preset == "cpu":
         print("note: --preset cpu without --data-root runs on the synthetic phantoms", file=sys.stderr)
@@ -185,7 +187,8 @@ def _run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec, session: int
     # every invocation (the first run and each --resume) is one session, so time spent is not lost
     run_json = folder / "run.json"
     previous = json.loads(run_json.read_text()).get("sessions", []) if run_json.exists() else []
-    session = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed=out.resume)
+    prov = provenance.run_provenance(study.info)  # what makes this session's rows (run.json and every row)
+    session = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed=out.resume, provenance=prov)
     run_info = dict(
         name=name,
         preset=out.preset,
@@ -232,6 +235,7 @@ def _run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec, session: int
             )
             evaluated = {} if interrupts.requested() else evaluate_unless_interrupted(ms, sweep, data, storage)
             trials, epochs, preds = trial_rows(ms, sweep, out.preset, source_hash, evaluated)
+            trials = provenance.stamp(trials, prov)
             with interrupts.shielded():
                 write_tables(folder, trials, epochs, preds)
                 write_validation(

@@ -38,7 +38,7 @@ from pneumo_ray.distributed.jobs import (
     scaling,
     train_run_config,
 )
-from pneumo_ray.train.protocol import pretrain_key
+from pneumo_ray.storage import provenance
 
 if TYPE_CHECKING:
     import ray.tune
@@ -440,8 +440,7 @@ def trial_rows(
             epochs=sweep.epochs,
             pretrain_epochs=base_t.pretrain_epochs,
             batch_size=base_t.batch_size,
-            pretrain_key=pretrain_key(base_t, source_hash) if source_hash and base_t.pretrain_epochs else None,
-            pretrain_computed=m.get("pretrain_computed"),
+            **provenance.from_report(m),  # what trained it: conditions, pre-training key, computed or reused
             epochs_run=epochs_run,
             stop_reason=stop,
             best_epoch=m.get("best_epoch"),

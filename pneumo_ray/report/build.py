@@ -40,9 +40,11 @@ from pneumo_ray.report.tables import (
     audit_table,
     best_config_table,
     ensemble_table,
+    provenance_table,
     test_metric_table,
     verdicts,
 )
+from pneumo_ray.storage import provenance
 
 # What pandas, numpy, scikit-learn and matplotlib raise on values that a damaged or partial table holds
 # (a missing column, text where numbers belong, NaN, an empty group): the part is left out with a
@@ -216,6 +218,7 @@ def build_report(
             "Best run per model and arm (by validation AUC)",
             best_config_table([c.row for c in cands], [c.label for c in cands]),
         )
+    _provenance(b, summary)
     comparison = _model_comparison(b, summary, cands)
     _ensembles(b, summary)
     for text in problems:
@@ -254,6 +257,24 @@ def _prepare_output(out: Path) -> None:
             f"{out}: cannot write the report there ({why}); choose a folder you can write to "
             "(python -m study.report … --out FOLDER)"
         ) from None
+
+
+def _provenance(b: _Builder, summary: Section) -> None:
+    """What made the rows (code, versions, device, threads, data, pre-training), per table, and a note
+    for each condition in which the rows of one table differ."""
+    tables = {
+        "sweep trials": b.data.sweep.trials if b.data.has_sweep else None,
+        "ablation seeds": b.data.ablation["ablations"],
+    }
+    table = b.attempt(summary, "the provenance table", ("trials", "ablations"), lambda: provenance_table(tables))
+    if table is None or table.empty:
+        return
+    b.table(summary, "provenance", "What made these results (the provenance columns of each table)", table)
+    for name, t in tables.items():
+        if t is None:
+            continue
+        for line in provenance.differing(t, ["arm", "model", "seed"] if name.startswith("ablation") else ["trial_id"]):
+            b.note(f"{name}: {line}", summary)
 
 
 def _model_comparison(b: _Builder, summary: Section, cands: list[Candidate]) -> Section:

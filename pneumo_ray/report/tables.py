@@ -13,6 +13,7 @@ import pandas as pd
 from pneumo_ray.analysis.curves import CI_METRICS, bootstrap_counts, bootstrap_metrics
 from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.report.inputs import Candidate
+from pneumo_ray.storage import provenance
 
 MINUS = "\u2212"
 
@@ -188,3 +189,15 @@ def ensemble_table(ens: pd.DataFrame) -> pd.DataFrame:
             row["ΔAUC vs best single, DeLong"] = versus if prefix == "test_" else ""
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def provenance_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """What made each table's rows (storage/provenance.py): one row per provenance column, one column
+    per non-empty table ({"sweep trials": trials, "ablation seeds": ablations, …}); a value that differs
+    between rows is listed with its row counts."""
+    shown = {name: provenance.summary_of(t) for name, t in tables.items() if t is not None and not t.empty}
+    if not shown:
+        return pd.DataFrame()
+    return pd.DataFrame(
+        {"": list(provenance.COLUMNS), **{n: [s[c] for c in provenance.COLUMNS] for n, s in shown.items()}}
+    )

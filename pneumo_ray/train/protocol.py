@@ -23,6 +23,7 @@ from pneumo_ray.data.study_data import StudyData
 from pneumo_ray.storage.atomic import atomic_write
 from pneumo_ray.train import checkpoints
 from pneumo_ray.train.augment import Normalize
+from pneumo_ray.train.conditions import training_conditions
 from pneumo_ray.train.loop import FitResult, Phase, TrainingState, evaluate, fit, predict, seed_everything
 from pneumo_ray.train.models import build_model, freeze_backbone
 
@@ -68,10 +69,11 @@ def finetune_phase(cfg: TrainConfig) -> Phase:
     )
 
 
-def pretrain_key(cfg: TrainConfig, source_hash: str) -> str:
-    """Content address of a pre-training: same model, pre-training config, source data and seed →
-    same weights (on CPU), so one run serves every fine-tuning that shares the key."""
-    return stable_id(dict(cfg.pretrain_part(), source=source_hash), 16)
+def pretrain_key(cfg: TrainConfig, source_hash: str, conditions: dict) -> str:
+    """Content address of a pre-training: same model, pre-training config, source data and seed, trained
+    under the same conditions (conditions.training_conditions: torch version, device, threads, code, ...)
+    → the same weights on the CPU, so one run serves every fine-tuning that shares the key."""
+    return stable_id(dict(cfg.pretrain_part(), source=source_hash, conditions=conditions), 16)
 
 
 def pretrain(
@@ -94,9 +96,10 @@ def pretrain(
     As the seed, the weights after the last epoch are kept; a patient-grouped hold-out of the source
     is evaluated every epoch only to show how pre-training goes. `on_state`, `resume`, `resident` and
     `compile` go to `fit` as they are: a resumed pre-training ends with the weights (and history) of
-    an uninterrupted one."""
+    an uninterrupted one. The metadata holds the content key and the conditions it was trained under."""
     if data.source is None:
         raise ValueError("pre-training asked for, but the study data has no source set")
+    conditions = training_conditions(device, world)
     seed_everything(cfg.seed)
     tr, va = patient_grouped_split(data.source.labels, data.source.manifest["patient"], 0.1, cfg.seed)
     model = build_model(cfg.model).to(device)
@@ -121,7 +124,9 @@ def pretrain(
     meta = dict(
         kind="pretrain",
         config=cfg.pretrain_part(),
-        key=pretrain_key(cfg, data.info["source_manifest_hash"]),
+        key=pretrain_key(cfg, data.info["source_manifest_hash"], conditions),
+        conditions=conditions,
+        resumed_after_epoch=resume.epoch if resume is not None else None,
         source=data.info.get("source"),
         source_manifest_hash=data.info["source_manifest_hash"],
         normalize=dict(mean=result.normalize.mean, std=result.normalize.std),
@@ -256,6 +261,7 @@ def run_study(
         config=cfg.to_dict(),
         data=data.info,
         device=str(device),
+        conditions=training_conditions(device),
     )
     checkpoints.save_weights(
         out / "finetune.safetensors",
