@@ -150,7 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {problem}", file=sys.stderr)
     print(f"device {device}; {data.train.describe()}; {data.val.describe()}; {data.test.describe()}")
     metrics = run_study(cfg, data, args.out, device, compile=args.compile)
-    keys = ["val_auc", "test_auc", "test_accuracy", "test_sensitivity", "test_specificity", "test_f1", "threshold"]
+    keys = [
+        "val_auc",
+        "test_auc",
+        "test_accuracy",
+        "test_balanced_accuracy",
+        "test_sensitivity",
+        "test_specificity",
+        "test_f1",
+        "threshold",
+    ]
     print(json.dumps({k: round(metrics[k], 4) for k in keys}))
     for split in ("val", "test"):  # a metric that is NaN in metrics.json, and why
         if metrics.get(f"{split}_undefined"):

@@ -247,6 +247,7 @@ def print_summary(out: Path) -> None:
         "best_val_auc",
         "test_auc",
         "test_accuracy",
+        "test_balanced_accuracy",
         "test_sensitivity",
         "test_specificity",
         "test_f1",

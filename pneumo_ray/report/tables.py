@@ -15,6 +15,7 @@ from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.report.inputs import Candidate
 
 MINUS = "\u2212"
+SHOWN = {"auc": "test AUC", "balanced_accuracy": "balanced accuracy"}  # column names of the metrics
 
 
 def num(x: float | None, digits: int = 3) -> str:
@@ -63,8 +64,9 @@ def best_config_table(rows: list[dict], labels: list[str]) -> pd.DataFrame:
 
 
 def test_metric_table(cands: list[Candidate], n_boot: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, dict]:
-    """Test AUC, accuracy, sensitivity, specificity with 95% bootstrap CIs over the test images, at
-    each candidate's decision threshold (fixed by its loss). Returns (display table, {label: raw metrics})."""
+    """Test AUC, accuracy, balanced accuracy, sensitivity, specificity with 95% bootstrap CIs over the
+    test images, at each candidate's decision threshold (fixed by its loss). Returns (display table,
+    {label: raw metrics})."""
     rows, raw = [], {}
     for c in cands:
         m = bootstrap_metrics(c.labels, c.probs, c.threshold, bootstrap_counts(c.labels, n_boot, seed))
@@ -77,7 +79,7 @@ def test_metric_table(cands: list[Candidate], n_boot: int = 2000, seed: int = 0)
                 "PNEUMONIA": int(c.labels.sum()),
             }
         )
-    table = pd.DataFrame(rows).rename(columns={"auc": "test AUC"})
+    table = pd.DataFrame(rows).rename(columns=SHOWN)
     return table, raw
 
 
@@ -90,7 +92,7 @@ def arm_table(summary: pd.DataFrame) -> pd.DataFrame:
         row = {"model": r["model"], "arm": r["arm"], "seeds": r.get("n_seeds")}
         for m in CI_METRICS:
             lo, hi = r.get(f"test_{m}_ci_low"), r.get(f"test_{m}_ci_high")
-            row["test AUC" if m == "auc" else m] = ci(r.get(f"test_{m}_mean"), _clip(lo), _clip(hi))
+            row[SHOWN.get(m, m)] = ci(r.get(f"test_{m}_mean"), _clip(lo), _clip(hi))
         rows.append(row)
     return pd.DataFrame(rows)
 
