@@ -7,6 +7,9 @@ An arm trains every selected model over --seeds K seeds (Ray Train jobs on a Ray
   --no-class-weights   unweighted fine-tuning loss
   --freeze-backbone    fine-tune only the classifier head
   --allow-test-overlap pre-train on all source images, as the seed study did (a separate, labelled arm)
+  --ema DECAY, --mixup ALPHA, --label-smoothing EPS, --photometric S, --tta
+                       switch one fine-tuning ingredient ON: the arm is named with its value
+                       ("transfer+ema-0.999"), and its pre-trainings are the transfer arm's
 Flags combine into one arm. Run arms under one --name, then compare: every arm is paired with the
 transfer arm on the same test images and seeds. The verdict comes from a paired test that counts
 both seed-to-seed variation and the sampling of the test images (calibrated by simulation:
@@ -39,7 +42,7 @@ import sys
 from pathlib import Path
 
 from pneumo_ray.config.arms import CHANGES, AblationSpec, Arm
-from pneumo_ray.config.errors import FieldError, UserError
+from pneumo_ray.config.errors import FieldError, UserError, flag_of
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.sweep import SweepConfig
 from study import common
@@ -99,6 +102,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="pre-train on all source images, also those sharing a name, patient or content with the "
         "target's validation/test sets (the seed's protocol)",
     )
+    common.add_ingredient_flags(arms, "switch on")
     a = p.add_argument_group("seeds and configuration")
     a.add_argument("--seeds", type=int, default=5, help="seeds 0..K-1 per model (default 5)")
     a.add_argument(
@@ -138,6 +142,7 @@ def summarize(args: argparse.Namespace) -> int:
     """--summarize FOLDER: the statistics of the arms already there; nothing runs."""
     given = [f for f in (*FLAGS, "--allow-test-overlap") if getattr(args, f[2:].replace("-", "_"))]
     given += [f for f, v in (("--tune", args.tune), ("--from", args.from_)) if v is not None]
+    given += [flag_of(field) for field in common.ingredient_values(args)]
     if given:
         raise UserError(f"--summarize only reads {args.summarize}, so {', '.join(given)} would be ignored: drop them")
     if not Path(args.summarize).is_dir():
@@ -190,7 +195,11 @@ def specs(args: argparse.Namespace) -> tuple[SweepConfig, AblationSpec, OutputSp
     sweep = common.sweep_config(args.preset, args, SWEEP_FLAGS, flag_names={"seed": "--split-seed"}, **split)
     if args.seeds < 1:
         raise FieldError("seeds", args.seeds, "give the number of seeds per model (seeds 0..K-1), at least 1")
-    arm = Arm(tuple(change for change in CHANGES if getattr(args, change)), allow_overlap=args.allow_test_overlap)
+    arm = Arm(
+        tuple(change for change in CHANGES if getattr(args, change)),
+        allow_overlap=args.allow_test_overlap,
+        on=tuple(common.ingredient_values(args).items()),
+    )
     ablation = AblationSpec(arm=arm, seeds=tuple(range(args.seeds)), tune=args.tune, from_=args.from_)
     if arm.pretrains and sweep.pretrain_epochs == 0:
         raise UserError(f"arm {arm.name} pre-trains, but --pretrain-epochs is 0: use --no-pretrain for that arm")

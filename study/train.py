@@ -46,6 +46,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--class-weight", default="auto", help="'auto' (inverse frequency) or the NORMAL weight (PNEUMONIA = 1)"
     )
+    p.add_argument(
+        "--class-weight-scale",
+        type=float,
+        default=d.class_weight_scale,
+        help="multiplies the NORMAL weight (what a sweep searches; the README's tuned CNN: 0.514)",
+    )
     p.add_argument("--lr", type=float, default=d.lr, help="fine-tuning learning rate")
     p.add_argument("--pretrain-lr", type=float, default=d.pretrain_lr)
     p.add_argument("--optimizer", choices=["adamw", "adam"], default=d.optimizer)
@@ -64,6 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "compiles first (about 40 s on a 2-core CPU for the CNN at 32 px, a minute or more for DenseNet-121). "
         "On a CPU, or with small images and models, it saves little or nothing: it is for GPUs",
     )
+    common.add_ingredient_flags(p.add_argument_group("fine-tuning ingredients (off unless given)"), "fine-tuning", d)
     p.add_argument("--out", default="results/train", help="output folder")
     common.add_debug_flag(p)
     return p
@@ -97,10 +104,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         aug_strength=args.aug_strength,
         pretrain_aug_strength=args.pretrain_aug_strength,
         class_weight=cw,
+        class_weight_scale=args.class_weight_scale,
         optimizer=args.optimizer,
         freeze_backbone=args.freeze_backbone,
         val_fraction=args.val_fraction,
         seed=args.seed,
+        **common.ingredient_values(args),
     )
 
 

@@ -289,7 +289,8 @@ def evaluate_checkpoint(
     device = pick_device("auto")
     model = build_model(cfg.model)
     model.load_state_dict(state)
-    metrics, preds = test_evaluation(model.to(device), data, Normalize(**meta["normalize"]), meta["threshold"], device)
+    normalize = Normalize(**meta["normalize"])
+    metrics, preds = test_evaluation(model.to(device), data, normalize, meta["threshold"], device, cfg.tta)
     return metrics, preds
 
 
