@@ -249,6 +249,21 @@ def test_equalisation_spreads_the_grey_levels_in_order():
     assert torch.equal(equalized(flat), flat)
 
 
+def test_photometric_tables_equal_the_steps_pixel_by_pixel(tiny):
+    """The per-image 256-entry table gives what the definition gives applied to every pixel in turn:
+    blend with the equalised image, gamma, contrast around the (new) mean, clip."""
+    x = to_float(torch.from_numpy(tiny.train.batch(np.arange(16))))
+    x[3] = 77 / 255  # a flat image too
+    fast = Photometric(0.9)(x, torch.Generator().manual_seed(2))
+    e, gamma, contrast = (
+        Photometric(0.9).draw(16, torch.Generator().manual_seed(2), CPU, x.dtype).T.view(3, 16, 1, 1, 1)
+    )
+    y = ((1 - e) * x + e * equalized(x)).clamp_min(0) ** gamma
+    y = (contrast * y + (1 - contrast) * y.mean(dim=(1, 2, 3), keepdim=True)).clamp(0, 1)
+    assert torch.allclose(fast, y, rtol=0, atol=1e-6)
+    assert torch.equal(equalized(x)[3], x[3])
+
+
 def test_photometric_is_seeded_in_range_and_reaches_the_device_in_one_copy(tiny):
     x = to_float(torch.from_numpy(tiny.train.batch(np.arange(16))))
     a = Photometric(0.8)(x, torch.Generator().manual_seed(5))
