@@ -390,7 +390,7 @@ def test_ablate_arm_flags_name_the_arm_and_switch_one_on(tmp_path):
         assert abl.arm.name == name
         assert abl.arm.apply(sweep.base_config("cnn")) == base.replace(**changes)
         assert not set(changes) & set(abl.arm.searched(sweep.searched()))
-    with pytest.raises(UserError, match="--ema 0: 0 is the transfer arm's own"):
+    with pytest.raises(UserError, match="--ema 0: 0 is off, as in the arm without the flag"):
         _ablate_arm(["--ema", "0"], tmp_path)
     with pytest.raises(UserError, match="--label-smoothing 1: the label smoothing must be"):
         _ablate_arm(["--label-smoothing", "1"], tmp_path)

@@ -50,7 +50,7 @@ class Arm:
         object.__setattr__(self, "on", tuple(sorted(self.on, key=lambda fv: order.index(fv[0]))))  # one name
         for field, value in self.on:
             i = ingredient(field)
-            reason = i.problem(value) if value else f"{value:g} is the {REFERENCE} arm's own; give a value above 0"
+            reason = i.problem(value) if value else "0 is off, as in the arm without the flag: give a value above 0"
             if reason:
                 raise FieldError(field, value, reason)
         if self.allow_overlap and "no_pretrain" in self.changes:

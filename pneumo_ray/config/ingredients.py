@@ -92,3 +92,9 @@ FIELDS: tuple[str, ...] = tuple(i.field for i in INGREDIENTS)
 
 def ingredient(field: str) -> Ingredient:
     return next(i for i in INGREDIENTS if i.field == field)
+
+
+def described(config: object) -> str:
+    """The ingredients `config` (a TrainConfig or SweepConfig) has on, as flags: '--ema 0.999 --tta'."""
+    on = [(i, getattr(config, i.field)) for i in INGREDIENTS if getattr(config, i.field)]
+    return " ".join(i.flag if i.metavar is None else f"{i.flag} {v:g}" for i, v in on)

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 from pneumo_ray.config.data import DataSpec
+from pneumo_ray.config.ingredients import described
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.config.sweep import SweepConfig
@@ -186,9 +187,10 @@ def run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec) -> int:
         source_hash = study.info.get("source_manifest_hash") if data.use_pretrain else None
         per_model = {}
         for model in sweep.models:
+            on = described(sweep)
             print(
                 f"\n=== {model}: {sweep.num_samples} trial(s), {sweep.pretrain_epochs} pre-training + "
-                f"{sweep.epochs} fine-tuning epochs at {sweep.image_size}px"
+                f"{sweep.epochs} fine-tuning epochs at {sweep.image_size}px" + (f"; every trial {on}" if on else "")
             )
             ms = run_model_sweep(
                 model,

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from pneumo_ray.analysis.metrics import binary_metrics
+from pneumo_ray.config.ingredients import described
 from pneumo_ray.config.train import TrainConfig, stable_id
 from pneumo_ray.data.split import patient_grouped_split
 from pneumo_ray.data.study_data import StudyData
@@ -257,7 +258,11 @@ def run_study(
         init_state, _ = checkpoints.load_weights(path)
     else:
         log("no pre-training: fine-tuning starts from random initialisation")
-    log(f"fine-tuning {cfg.model} on {data.train.describe()}; validating on {data.val.describe()}")
+    on = described(cfg)
+    log(
+        f"fine-tuning {cfg.model} on {data.train.describe()}; validating on {data.val.describe()}"
+        + (f"; ingredients {on}" if on else "")
+    )
     _, result = finetune(cfg, data, device, init_state=init_state, log=log, compile=compile)
     metrics, preds = final_evaluation(cfg, data, result, device)
     metrics.update(
