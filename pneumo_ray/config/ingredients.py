@@ -62,7 +62,7 @@ INGREDIENTS: tuple[Ingredient, ...] = (
         "mixup",
         "ALPHA",
         help="the mixup alpha: train on λ·x_i + (1−λ)·x_j, λ ~ Beta(ALPHA, ALPHA) per batch, each label "
-        "keeping its class weight; 0 = off",
+        "keeping its class weight (the threshold stays the unmixed loss's); 0 = off",
     ),
     Ingredient(
         "label_smoothing",

@@ -198,8 +198,8 @@ def _weighted_bce(logits, y, weights, smoothing: float = 0.0) -> torch.Tensor:
 def _mixup_bce(logits, y, weights, lam: float, smoothing: float = 0.0) -> torch.Tensor:
     """The loss of the batch mixed as lam·x + (1 − lam)·x.flip(0): each image's two labels, each with
     its own class weight, weighted lam and 1 − lam (and smoothed alike), normalised by the total
-    weight. So every class keeps its total weight in the loss, and the loss's decision threshold
-    (metrics.decision_threshold) stays; at lam = 1 this is `_weighted_bce`."""
+    weight. So every class keeps its total weight in the loss, and the decision rule of the unmixed
+    loss is kept (metrics.decision_threshold says how near it is); at lam = 1 this is `_weighted_bce`."""
     z, y2 = logits.float(), y.flip(0)
     a = lam * torch.where(y > 0.5, weights[1], weights[0])
     b = (1 - lam) * torch.where(y2 > 0.5, weights[1], weights[0])
