@@ -210,6 +210,44 @@ def test_ema_averages_weights_and_batchnorm_statistics_with_warm_up():
     assert ema.steps == 2 and int(ema.state_dict()["n_averaged"]) == 2
 
 
+def test_ema_update_is_averaged_models_without_copies_to_the_device():
+    """The same numbers as AveragedModel.update_parameters with the same EMA, bit for bit; but no step
+    copies anything from the host to the device (AveragedModel copies its counter there for each
+    group of parameters, every step: a host wait on a GPU; the meta device stands in for one)."""
+    from test_augment import _HostToMeta
+    from torch.optim.swa_utils import AveragedModel
+
+    torch.manual_seed(0)
+    net = build_model("cnn")
+    ema, ref = WeightEMA(net, 0.99), AveragedModel(net, use_buffers=True)
+
+    def same_ema(averaged, current, _):
+        decay = min(0.99, (1 + ref_steps[0]) / (10 + ref_steps[0]))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - decay)
+        else:
+            torch._foreach_copy_(averaged, current)
+
+    ref.multi_avg_fn, ref_steps = same_ema, [0]
+    opt = torch.optim.SGD(net.parameters(), 0.1)
+    for _ in range(4):
+        net(torch.randn(4, 1, 32, 32)).sum().backward()
+        opt.step()
+        ema.update(net)
+        ref.update_parameters(net)
+        ref_steps[0] += 1
+    assert same_tensors(ema.state_dict(), ref.state_dict())
+    meta = build_model("cnn").to("meta")
+    counted = {}
+    for name, average in (("ours", WeightEMA(meta, 0.99)), ("AveragedModel", AveragedModel(meta, use_buffers=True))):
+        step = average.update if name == "ours" else average.update_parameters
+        step(meta)
+        with _HostToMeta() as mode:
+            step(meta)
+        counted[name] = mode.copies
+    assert counted["ours"] == 0 and counted["AveragedModel"] >= 1
+
+
 def test_ema_is_what_validation_selects_and_saves(tiny):
     phase = dataclasses.replace(SHORT, ema=0.9)
     states = []
