@@ -10,6 +10,7 @@ logits) are averaged, so the decision threshold of the loss keeps its meaning as
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -28,14 +29,21 @@ VIEWS: tuple[tuple[float, float, float], ...] = (
 )
 
 
+@functools.cache
+def _maps(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The views' output→input maps in grid units (the image spans 2: divide by the zoom, then shift),
+    [len(VIEWS), 2, 3] on `device`: copied there once per process, not per batch (each copy from the
+    host made it wait for a GPU)."""
+    maps = torch.tensor([[[1 / z, 0.0, 2 * sx], [0.0, 1 / z, 2 * sy]] for z, sx, sy in VIEWS], dtype=dtype)
+    return maps.to(device)
+
+
 def views(x: torch.Tensor, normalize: Normalize) -> Iterator[torch.Tensor]:
     """The normalized views of the batch x ([B, C, H, W] in [0, 1]), in VIEWS' order; the first is
     exactly what evaluation without TTA scores."""
     b = x.shape[0]
     ones, zeros = torch.ones(b, device=x.device, dtype=x.dtype), torch.zeros(b, device=x.device, dtype=x.dtype)
-    # output→input maps in grid units (the image spans 2): divide by the zoom, then shift; one copy
-    thetas = torch.tensor([[[1 / z, 0.0, 2 * sx], [0.0, 1 / z, 2 * sy]] for z, sx, sy in VIEWS], dtype=x.dtype)
-    thetas = thetas.to(x.device)
+    thetas = _maps(x.device, x.dtype)
     for k, view in enumerate(VIEWS):
         if view == (1.0, 0.0, 0.0):
             yield normalize(x)
