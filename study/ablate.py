@@ -156,6 +156,7 @@ def plan(args: argparse.Namespace) -> int:
     """--plan: the seed plan of the ablation in --results/--name; reads its tables, nothing runs."""
     ignored = [f for f in (*FLAGS, "--allow-test-overlap") if getattr(args, f[2:].replace("-", "_"))]
     ignored += [f for f, v in (("--tune", args.tune), ("--from", args.from_), ("--summarize", args.summarize)) if v]
+    ignored += [flag_of(field) for field in common.ingredient_values(args)]
     ignored += ["--resume"] if args.resume else []
     if ignored:
         raise UserError(f"--plan only reads the seeds already run, so {', '.join(ignored)} would be ignored: drop them")
