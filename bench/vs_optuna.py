@@ -103,6 +103,8 @@ def suggest(trial, sweep: SweepConfig) -> dict:
     values = {}
     for s in SEARCH:
         rng = getattr(sweep, s.range_field)
+        if not rng:  # an ingredient's row, not searched: not in Tune's space either
+            continue
         if s.categorical:
             values[s.field] = trial.suggest_categorical(s.field, list(rng))
         else:
@@ -114,6 +116,8 @@ def describe_space(sweep: SweepConfig) -> str:
     parts = []
     for s in SEARCH:
         rng = getattr(sweep, s.range_field)
+        if not rng:
+            continue
         if s.categorical:
             parts.append(f"{s.field} in {{{', '.join(f'{v:g}' for v in rng)}}}")
         else:

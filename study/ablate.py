@@ -7,6 +7,9 @@ An arm trains every selected model over --seeds K seeds (Ray Train jobs on a Ray
   --no-class-weights   unweighted fine-tuning loss
   --freeze-backbone    fine-tune only the classifier head
   --allow-test-overlap pre-train on all source images, as the seed study did (a separate, labelled arm)
+  --ema DECAY, --mixup ALPHA, --label-smoothing EPS, --photometric S, --tta
+                       switch one fine-tuning ingredient ON: the arm is named with its value
+                       ("transfer+ema-0.999"), and its pre-trainings are the transfer arm's
 Flags combine into one arm. Run arms under one --name, then compare: every arm is paired with the
 transfer arm on the same test images and seeds. The verdict comes from a paired test that counts
 both seed-to-seed variation and the sampling of the test images (calibrated by simulation:
@@ -40,7 +43,7 @@ import sys
 from pathlib import Path
 
 from pneumo_ray.config.arms import CHANGES, AblationSpec, Arm
-from pneumo_ray.config.errors import FieldError, UserError
+from pneumo_ray.config.errors import FieldError, UserError, flag_of
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.storage.lock import check_free
@@ -101,6 +104,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="pre-train on all source images, also those sharing a name, patient or content with the "
         "target's validation/test sets (the seed's protocol)",
     )
+    common.add_ingredient_flags(arms, "switch on")
     a = p.add_argument_group("seeds and configuration")
     a.add_argument("--seeds", type=int, default=5, help="seeds 0..K-1 per model (default 5)")
     a.add_argument(
@@ -151,6 +155,7 @@ def summarize(args: argparse.Namespace) -> int:
     given = [f for f in (*FLAGS, "--allow-test-overlap") if getattr(args, f[2:].replace("-", "_"))]
     given += [f for f, v in (("--tune", args.tune), ("--from", args.from_)) if v is not None]
     given += ["--ensemble"] if args.ensemble else []
+    given += [flag_of(field) for field in common.ingredient_values(args)]
     if given:
         raise UserError(
             f"--summarize only reads {args.summarize}, so {', '.join(given)} would be ignored: drop them "
@@ -167,6 +172,7 @@ def plan(args: argparse.Namespace) -> int:
     """--plan: the seed plan of the ablation in --results/--name; reads its tables, nothing runs."""
     ignored = [f for f in (*FLAGS, "--allow-test-overlap") if getattr(args, f[2:].replace("-", "_"))]
     ignored += [f for f, v in (("--tune", args.tune), ("--from", args.from_), ("--summarize", args.summarize)) if v]
+    ignored += [flag_of(field) for field in common.ingredient_values(args)]
     ignored += ["--resume"] if args.resume else []
     ignored += ["--ensemble"] if args.ensemble else []
     if ignored:
@@ -207,7 +213,11 @@ def specs(args: argparse.Namespace) -> tuple[SweepConfig, AblationSpec, OutputSp
     sweep = common.sweep_config(args.preset, args, SWEEP_FLAGS, flag_names={"seed": "--split-seed"}, **split)
     if args.seeds < 1:
         raise FieldError("seeds", args.seeds, "give the number of seeds per model (seeds 0..K-1), at least 1")
-    arm = Arm(tuple(change for change in CHANGES if getattr(args, change)), allow_overlap=args.allow_test_overlap)
+    arm = Arm(
+        tuple(change for change in CHANGES if getattr(args, change)),
+        allow_overlap=args.allow_test_overlap,
+        on=tuple(common.ingredient_values(args).items()),
+    )
     ablation = AblationSpec(
         arm=arm, seeds=tuple(range(args.seeds)), tune=args.tune, from_=args.from_, ensemble=args.ensemble
     )

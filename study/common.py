@@ -28,6 +28,7 @@ from pathlib import Path
 
 from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.errors import FieldError, Interrupted, UserError
+from pneumo_ray.config.ingredients import INGREDIENTS
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.search import SEARCH
 from pneumo_ray.config.sweep import PRESETS, SweepConfig
@@ -88,6 +89,24 @@ RESOURCES = (
     ),
     Flag("--max-concurrent", "max_concurrent", "cap on concurrent trials (0 = what the resources allow)", int),
 )
+
+
+def add_ingredient_flags(group: argparse._ActionsContainer, what: str, defaults: object = None) -> None:
+    """--ema DECAY, --mixup ALPHA, --label-smoothing EPS, --photometric S, --tta (config/ingredients.py);
+    `what` says what a given one does in this command; unset by default, or `defaults`' values (a
+    TrainConfig)."""
+    for i in INGREDIENTS:
+        default = getattr(defaults, i.field) if defaults is not None else None
+        if i.metavar is None:
+            group.add_argument(i.flag, action="store_true", default=default, help=f"{what}: {i.help}")
+        else:
+            group.add_argument(i.flag, type=float, default=default, metavar=i.metavar, help=f"{what}: {i.help}")
+
+
+def ingredient_values(args: argparse.Namespace) -> dict[str, float | bool]:
+    """{field: value} of the ingredient flags given."""
+    values = {i.field: getattr(args, i.field) for i in INGREDIENTS}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def add_flags(group: argparse._ActionsContainer, flags: Sequence[Flag]) -> None:

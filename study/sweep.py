@@ -6,6 +6,8 @@ rates to maximise validation AUC; ASHA stops poor trials early. Results: <result
 trials.parquet, epochs.parquet, predictions.parquet, val_predictions.parquet, run.json, and the
 validation-chosen ensemble per model (ensemble.parquet, ensemble_predictions.parquet; --ensemble K)
 (schema in results/README.md).
+The fine-tuning ingredients (--ema, --mixup, --label-smoothing, --photometric, --tta) are off unless
+given, then the same for every trial; --ema-range, --mixup-range, ... search one instead.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import time
 
 from pneumo_ray.config.data import DataSpec
-from pneumo_ray.config.errors import UserError
+from pneumo_ray.config.errors import UserError, flag_of
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.sweep import PRESETS, SweepConfig
 from pneumo_ray.storage.lock import check_free
@@ -62,6 +64,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "  python -m study.sweep --name my-sweep --resume     # finish an interrupted sweep",
     )
     common.add_sweep_flags(p, preset_help="starting values (default: smoke)", extra=SWEEP_ONLY)
+    common.add_ingredient_flags(
+        p.add_argument_group("fine-tuning ingredients (off unless given; --ema-range etc. search one instead)"),
+        "every trial",
+    )
     d = common.add_data_args(p)
     d.add_argument("--no-pretrain", action="store_true", help="no pre-training: fine-tune from random initialisation")
     d.add_argument(
@@ -87,6 +93,7 @@ def ignored_on_resume(args: argparse.Namespace, argv: list[str]) -> list[str]:
         if getattr(args, f[2:].replace("-", "_"))
     ]
     given += [f for f in ("--no-pretrain", "--allow-test-overlap") if getattr(args, f[2:].replace("-", "_"))]
+    given += [flag_of(field) for field in common.ingredient_values(args)]
     return given + [a.split("=")[0] for a in argv if a == "--preset" or a.startswith("--preset=")]
 
 
@@ -127,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--no-pretrain and --pretrain-epochs {args.pretrain_epochs} contradict each other: give one"
             )
         fixed = {"pretrain_epochs": 0} if args.no_pretrain else {}
+        fixed.update(common.ingredient_values(args))
         sweep = common.sweep_config(args.preset, args, FLAGS, **fixed)
         data = sweep.data_spec(common.data_spec(args, allow_overlap=args.allow_test_overlap))
     common.check_address(out.address)

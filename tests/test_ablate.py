@@ -287,6 +287,29 @@ def test_summary_holm_over_arms_and_fairness_warning():
     assert pd.isna(vs.loc["no-augment", "warning"])
 
 
+def test_ablation_summary_and_report_show_an_ingredient_arm_with_balanced_accuracy():
+    """The ablation summary compares "transfer+ema-0.999" with transfer like any arm and shows balanced
+    accuracy beside accuracy, with the same kind of interval."""
+    from pneumo_ray.analysis.verdicts import format_summary
+    from pneumo_ray.report.tables import arm_table
+
+    rows, preds = _fake_ablation(
+        {"transfer": (1.0, [0, 1, 2], "transfer"), "transfer+ema-0.999": (1.5, [0, 1, 2], None)}
+    )
+    rows["test_balanced_accuracy"] = np.where(rows.arm == "transfer", 0.7, 0.8) + 0.01 * rows.seed
+    s = summarize(rows, preds)
+    arms = s[s.kind == "arm"].set_index("arm")
+    assert arms.loc["transfer+ema-0.999", "test_balanced_accuracy_mean"] == pytest.approx(0.81)
+    ci = arms.loc["transfer", ["test_balanced_accuracy_ci_low", "test_balanced_accuracy_ci_high"]]
+    assert ci.iloc[0] < 0.71 < ci.iloc[1]
+    text = format_summary(s)
+    assert "balanced acc." in text and "0.810 [" in text
+    assert "transfer+ema-0.999 vs transfer (cnn): " in text
+    table = arm_table(s)
+    assert list(table.columns[3:6]) == ["test AUC", "accuracy", "balanced accuracy"]
+    assert pd.Series(table["balanced accuracy"]).str.startswith("0.810 [").any()
+
+
 def test_summarize_names_a_damaged_table(tmp_path):
     (tmp_path / "ablations.parquet").write_bytes(b"PAR1 truncated")
     r = _ablate("--summarize", str(tmp_path), cache_dir=tmp_path / "c")

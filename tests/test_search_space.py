@@ -11,6 +11,7 @@ import pytest
 
 from pneumo_ray.config.arms import Arm
 from pneumo_ray.config.errors import UserError
+from pneumo_ray.config.ingredients import FIELDS
 from pneumo_ray.config.search import SEARCH, SEARCHED
 from pneumo_ray.config.sweep import PRESETS, SweepConfig
 from pneumo_ray.config.train import TrainConfig
@@ -28,7 +29,34 @@ def test_each_row_names_a_train_field_and_a_sweep_range_with_the_tables_default(
             assert s.problem(tuple(values.get(s.range_field, s.default))) is None
     ranges = {f for f in sweep_fields if f.endswith("_range") or f == "pretrain_lrs"}
     assert ranges == {s.range_field for s in SEARCH}  # no searched range outside the table
-    assert SEARCHED == ("aug_strength", "class_weight_scale", "lr", "pretrain_lr")  # Optuna's sampling order
+    # Optuna's sampling order: the ingredients' rows come after the four the sweeps always searched
+    assert SEARCHED == ("aug_strength", "class_weight_scale", "lr", "pretrain_lr", *INGREDIENT_ROWS)
+    assert all(s.optional == (s.field in INGREDIENT_ROWS) for s in SEARCH)
+
+
+INGREDIENT_ROWS = tuple(f for f in FIELDS if f != "tta")  # tta: an evaluation switch, not searched
+
+
+def test_ingredient_rows_are_not_searched_unless_asked_so_old_seeds_propose_the_same():
+    """By default Tune's space (what Optuna samples, in order) is exactly the four rows it always was,
+    nothing more is recorded as the search space, and each trial keeps the ingredients' values."""
+    from ray import tune
+
+    from pneumo_ray.distributed.trials import search_space
+
+    for preset in PRESETS.values():
+        sweep = SweepConfig(**preset)
+        space = search_space(sweep)
+        assert list(space) == list(SEARCHED[:4]) == list(sweep.searched())
+        assert list(sweep.search_ranges()) == ["aug_range", "class_weight_scale_range", "lr_range", "pretrain_lrs"]
+    sweep = SweepConfig(mixup_range=(0.0, 0.4), photometric=0.5)
+    space = search_space(sweep)
+    assert list(space) == [*SEARCHED[:4], "mixup"] and isinstance(space["mixup"], tune.search.sample.Float)
+    assert sweep.search_ranges()["mixup_range"] == [0.0, 0.4] and "ema_range" not in sweep.search_ranges()
+    assert sweep.base_config("cnn").photometric == 0.5 and sweep.base_config("cnn").mixup == 0.0
+    assert Arm(on=(("mixup", 0.2),)).searched(sweep.searched()) == list(SEARCHED[:4])  # the arm fixes it
+    with pytest.raises(UserError, match="--photometric 0.5 fixes what --photometric-range searches"):
+        SweepConfig(photometric=0.5, photometric_range=(0.0, 1.0))
 
 
 def test_tune_space_and_arms_read_the_table():
@@ -37,13 +65,13 @@ def test_tune_space_and_arms_read_the_table():
     from pneumo_ray.distributed.trials import search_space
 
     space = search_space(SweepConfig(lr_range=(1e-5, 1e-3), pretrain_lrs=(3e-4, 1e-3)))
-    assert list(space) == list(SEARCHED)
+    assert list(space) == list(SEARCHED[:4])  # the ingredients' rows: not searched by default
     assert isinstance(space["aug_strength"], tune.search.sample.Float) and space["aug_strength"].lower == 0.0
     assert (space["lr"].lower, space["lr"].upper) == (1e-5, 1e-3)
     assert isinstance(space["lr"].sampler, tune.search.sample.LogUniform)
     assert space["pretrain_lr"].categories == [3e-4, 1e-3]
     assert Arm().searched() == list(SEARCHED)
-    assert Arm(("no_pretrain", "no_augment")).searched() == ["class_weight_scale", "lr"]
+    assert Arm(("no_pretrain", "no_augment")).searched(SEARCHED[:4]) == ["class_weight_scale", "lr"]
 
 
 def test_sweep_config_rejects_a_bad_range_before_ray():

@@ -65,7 +65,9 @@ def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndar
     return fpr, tpr, thr
 
 
-def decision_threshold(weights: tuple[float, float], class_counts: tuple[int, int]) -> float:
+def decision_threshold(
+    weights: tuple[float, float], class_counts: tuple[int, int], label_smoothing: float = 0.0
+) -> float:
     """The probability at which a model trained with class-weighted BCE says "likelihood ratio 1".
 
     With NORMAL weight w0, PNEUMONIA weight w1 and n0, n1 training images, the loss's minimiser
@@ -78,7 +80,19 @@ def decision_threshold(weights: tuple[float, float], class_counts: tuple[int, in
     Why not the maximum of J on validation: on a validation set the model separates almost
     perfectly (AUC ≈ 0.997 on the real data) J is flat over a wide range and its argmax jumped to
     one end of it (0.09 in a 3-epoch run); every threshold metric inherited that arbitrariness.
-    This rule depends on the loss alone: fixed before training, the same for every seed."""
+    This rule depends on the loss alone: fixed before training, the same for every seed.
+
+    Label smoothing ε trains towards targets ε/2 (NORMAL) and 1 − ε/2 (PNEUMONIA). The weighted loss's
+    minimiser is then q = ε/2 + (1 − ε)·W1·p1 / (W1·p1 + W0·p0) (set the gradient of
+    W1·p1·BCE(q, 1 − ε/2) + W0·p0·BCE(q, ε/2) to 0), an increasing map of the unsmoothed one: the
+    same Bayes rule is q ≥ ε/2 + (1 − ε)·W1/(W0 + W1). Keeping the unsmoothed threshold would change
+    the rule: above ½ (NORMAL up-weighted) it would call fewer images PNEUMONIA, a specificity gain
+    made by the threshold, not by the model. Mixup keeps the rule: each label keeps its class weight
+    (train/loop.py), so each class's total weight in the loss is unchanged, but the mixup loss's
+    minimiser has no closed form and is not exactly this rule: in bench/mixup_threshold.py (two unit
+    Gaussians, 30/70, alpha 0.2) the output at likelihood ratio 1 was 0.633 ± 0.016 where the rule
+    says 0.661, with and without class weights alike: the boundary moves 0.07 SD towards NORMAL,
+    so a mixup arm's threshold metrics lean to specificity a little; its AUC does not."""
     (w0, w1), (n0, n1) = weights, class_counts
     mass0, mass1 = float(w0) * n0, float(w1) * n1
     if not (mass0 > 0 and mass1 > 0):
@@ -86,7 +100,10 @@ def decision_threshold(weights: tuple[float, float], class_counts: tuple[int, in
             f"decision threshold needs both classes with positive weight, got weights {weights} "
             f"and counts {class_counts}"
         )
-    return mass1 / (mass0 + mass1)
+    threshold = mass1 / (mass0 + mass1)
+    if label_smoothing:
+        threshold = label_smoothing / 2 + (1 - label_smoothing) * threshold
+    return threshold
 
 
 def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict:

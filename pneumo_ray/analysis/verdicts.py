@@ -201,6 +201,7 @@ def format_summary(summary: pd.DataFrame) -> str:
                 for name, m in (
                     ("test AUC", "auc"),
                     ("accuracy", "accuracy"),
+                    ("balanced acc.", "balanced_accuracy"),
                     ("sensitivity", "sensitivity"),
                     ("specificity", "specificity"),
                 )

@@ -2,8 +2,10 @@
 are compared with; `AblationSpec`, one ablation run's own settings. Configuration only (no Ray):
 the analysis layer names the reference from here.
 
-The reference arm is `transfer` (pre-train on the source, fine-tune on the target). Each flag
-switches one ingredient off; flags combine into one arm ("no-augment+no-class-weights").
+The reference arm is `transfer` (pre-train on the source, fine-tune on the target). Each flag of
+CHANGES switches one ingredient off; each ingredient of config/ingredients.py (`--ema 0.999`,
+`--tta`) switches one on with its value, and the arm's name says it ("transfer+ema-0.999"); flags
+combine into one arm ("no-augment+no-class-weights", "transfer+mixup-0.2+tta").
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from pneumo_ray.config.data import DataSpec, check_seed
 from pneumo_ray.config.errors import FieldError, UserError, at_least
+from pneumo_ray.config.ingredients import INGREDIENTS, ingredient
 from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.config.sweep import SweepConfig
 from pneumo_ray.config.train import TrainConfig
@@ -34,11 +37,22 @@ LEAKY = "test-overlap"  # pre-training on all of the source, as the seed study d
 class Arm:
     changes: tuple[str, ...] = ()  # keys of CHANGES
     allow_overlap: bool = False
+    on: tuple[tuple[str, float | bool], ...] = ()  # (ingredient field, its value), in INGREDIENTS' order
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.changes if c not in CHANGES]
         if unknown:
             raise UserError(f"unknown arm change(s) {unknown}; known: {sorted(CHANGES)}")
+        order = [i.field for i in INGREDIENTS]
+        fields = [f for f, _ in self.on]
+        if not set(fields) <= set(order) or len(set(fields)) != len(fields):
+            raise UserError(f"arm ingredients {fields}: name each of {', '.join(order)} at most once")
+        object.__setattr__(self, "on", tuple(sorted(self.on, key=lambda fv: order.index(fv[0]))))  # one name
+        for field, value in self.on:
+            i = ingredient(field)
+            reason = i.problem(value) if value else "0 is off, as in the arm without the flag: give a value above 0"
+            if reason:
+                raise FieldError(field, value, reason)
         if self.allow_overlap and "no_pretrain" in self.changes:
             raise UserError("--allow-test-overlap changes the pre-training data; with --no-pretrain there is none")
         if "no_pretrain" in self.changes and "freeze_backbone" in self.changes:
@@ -50,6 +64,8 @@ class Arm:
     @property
     def name(self) -> str:
         parts = [CHANGES[c][0] for c in self.changes]
+        if self.on:
+            parts = (parts or [REFERENCE]) + [ingredient(f).part(v) for f, v in self.on]
         if self.allow_overlap:
             parts = (parts or [REFERENCE]) + [LEAKY]
         return "+".join(parts) if parts else REFERENCE
@@ -61,12 +77,13 @@ class Arm:
     def apply(self, cfg: TrainConfig) -> TrainConfig:
         for c in self.changes:
             cfg = cfg.replace(**CHANGES[c][1])
-        return cfg
+        return cfg.replace(**dict(self.on))
 
     def searched(self, names: Iterable[str] = SEARCHED) -> list[str]:
-        """The searched hyper-parameters (config/search.py) this arm leaves free: not those its
-        changes fix, and no pre-training learning rate for an arm that does not pre-train."""
-        fixed = {k for c in self.changes for k in CHANGES[c][1]}
+        """The searched hyper-parameters (config/search.py; `names`: those the sweep searches) this arm
+        leaves free: not those its changes or ingredients fix, and no pre-training learning rate for an
+        arm that does not pre-train."""
+        fixed = {k for c in self.changes for k in CHANGES[c][1]} | {f for f, _ in self.on}
         if not self.pretrains:
             fixed.add("pretrain_lr")
         return [n for n in names if n not in fixed]

@@ -7,6 +7,11 @@ summary and the report (importance ranges, log axes, columns). Adding a searched
 one row here, its range field in SweepConfig (tests/test_search_space.py checks they agree) and the
 code where it acts. The rows' order is the order Optuna samples in: keep it, or the same seed
 proposes other configurations.
+
+The rows after the first four are the fine-tuning ingredients (config/ingredients.py); their default
+range is empty, "not searched": such a row is left out of the search space, so an old seed proposes
+the configurations it always did, and each trial keeps the configuration's own value (off unless
+`--ema` etc. fix one). Give a range (`--mixup-range 0,0.4`) to search it.
 """
 
 from __future__ import annotations
@@ -35,9 +40,17 @@ class Searched:
     def metavar(self) -> str:
         return "LR[,LR...]" if self.categorical else "LOW,HIGH"
 
+    @property
+    def optional(self) -> bool:
+        """Searched only when asked for: the default range is empty."""
+        return not self.default
+
     def problem(self, values: tuple[float, ...], *, allow_fixed: bool = False) -> str | None:
         """Why `values` is not a valid range (or set of choices) for this parameter; None if it is.
-        A range needs LOW < HIGH; `allow_fixed` also accepts LOW == HIGH (a value pinned, not searched)."""
+        A range needs LOW < HIGH; `allow_fixed` also accepts LOW == HIGH (a value pinned, not searched).
+        An optional row also accepts no values at all: not searched."""
+        if self.optional and not values:
+            return None
         if self.categorical:
             if not values:
                 return f"give one or more {self.name}s separated by commas"
@@ -107,6 +120,49 @@ SEARCH: tuple[Searched, ...] = (
         bounds=(0.0, 1.0),
         help="pre-training learning rates (> 0, at most 1) Optuna chooses among (categorical: trials share "
         "pre-trainings)",
+    ),
+    # the ingredients, each searched only when its range is given (appended: the sampling order of the
+    # rows above stays, so old seeds propose what they did)
+    Searched(
+        "EMA decay",
+        "ema",
+        "ema_range",
+        "--ema-range",
+        (),
+        log=False,
+        bounds=(0.0, 0.9999),
+        help="weight-EMA decay, uniform in [LOW, HIGH] within [0, 0.9999] (0 = off); default: not searched",
+    ),
+    Searched(
+        "mixup alpha",
+        "mixup",
+        "mixup_range",
+        "--mixup-range",
+        (),
+        log=False,
+        bounds=(0.0, 10.0),
+        help="mixup's Beta(alpha, alpha), alpha uniform in [LOW, HIGH] within [0, 10] (0 = off); default: not searched",
+    ),
+    Searched(
+        "label smoothing",
+        "label_smoothing",
+        "label_smoothing_range",
+        "--label-smoothing-range",
+        (),
+        log=False,
+        bounds=(0.0, 0.5),
+        help="label smoothing of the BCE targets, uniform in [LOW, HIGH] within [0, 0.5] (0 = off); default: not "
+        "searched",
+    ),
+    Searched(
+        "photometric strength",
+        "photometric",
+        "photometric_range",
+        "--photometric-range",
+        (),
+        log=False,
+        bounds=(0.0, 1.0),
+        help="photometric augmentation strength, uniform in [LOW, HIGH] within [0, 1] (0 = off); default: not searched",
     ),
 )
 SEARCHED: tuple[str, ...] = tuple(s.field for s in SEARCH)  # the TrainConfig fields, in sampling order

@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass
 
 from pneumo_ray.config.data import DataSpec
-from pneumo_ray.config.errors import FieldError, at_least, positive, require
+from pneumo_ray.config.errors import FieldError, UserError, at_least, flag_of, positive, require
+from pneumo_ray.config.ingredients import FIELDS as INGREDIENT_FIELDS
 from pneumo_ray.config.search import SEARCH, default
 from pneumo_ray.config.train import MODELS, TrainConfig
 
@@ -45,6 +46,16 @@ class SweepConfig:
     class_weight_scale_range: tuple[float, float] = default("class_weight_scale_range")  # × inverse-frequency
     lr_range: tuple[float, float] = default("lr_range")
     pretrain_lrs: tuple[float, ...] = default("pretrain_lrs")  # categorical, so trials share pre-trainings
+    ema_range: tuple[float, ...] = default("ema_range")  # the ingredients: () = not searched
+    mixup_range: tuple[float, ...] = default("mixup_range")
+    label_smoothing_range: tuple[float, ...] = default("label_smoothing_range")
+    photometric_range: tuple[float, ...] = default("photometric_range")
+    # the ingredients' values for every trial (config/ingredients.py; off by default), where not searched
+    ema: float = 0.0
+    mixup: float = 0.0
+    label_smoothing: float = 0.0
+    photometric: float = 0.0
+    tta: bool = False
     grace_period: int = 1
     reduction_factor: int = 2
     workers_per_trial: int = 1
@@ -66,6 +77,11 @@ class SweepConfig:
             reason = s.problem(values, allow_fixed=True)
             if reason:
                 raise FieldError(s.range_field, values, reason, flag=s.flag)
+        for s in SEARCH:
+            if getattr(self, s.range_field) and s.field in INGREDIENT_FIELDS and getattr(self, s.field):
+                raise UserError(
+                    f"{flag_of(s.field)} {getattr(self, s.field):g} fixes what {s.flag} searches: give one of them"
+                )
         at_least("num_samples", self.num_samples, 1, "number of trials per model")
         for model in models:  # the lengths, batch size, seed and split, checked as each trial's TrainConfig
             self.base_config(model)
@@ -114,11 +130,17 @@ class SweepConfig:
             seed=self.seed,
             val_fraction=self.val_fraction,
             pretrain_lr=self.pretrain_lrs[0],
+            **{f: getattr(self, f) for f in INGREDIENT_FIELDS},
         )
 
+    def searched(self) -> tuple[str, ...]:
+        """The TrainConfig fields this sweep searches, in sampling order (an ingredient's empty range: not)."""
+        return tuple(s.field for s in SEARCH if getattr(self, s.range_field))
+
     def search_ranges(self) -> dict[str, list[float]]:
-        """{range field: values} of the search space, as run.json records them."""
-        return {s.range_field: list(getattr(self, s.range_field)) for s in SEARCH}
+        """{range field: values} of the search space, as run.json records them (the rows not searched
+        left out, so an ablation folder of an older version compares equal)."""
+        return {s.range_field: list(getattr(self, s.range_field)) for s in SEARCH if getattr(self, s.range_field)}
 
     def data_spec(self, data: DataSpec) -> DataSpec:
         """`data` (where the images are) at this sweep's image size, split and pre-training choice."""

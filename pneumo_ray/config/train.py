@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pneumo_ray.config.data import check_fraction, check_image_size, check_seed
 from pneumo_ray.config.errors import at_least, positive, require
+from pneumo_ray.config.ingredients import INGREDIENTS
 
 MODELS = ("cnn", "densenet")
 # the smallest image each model's poolings leave something of (measured: cnn fails at 15, densenet at 24)
@@ -40,6 +41,12 @@ class TrainConfig:
     freeze_backbone: bool = False  # fine-tune only the classifier head
     val_fraction: float = 0.2
     seed: int = 0
+    # fine-tuning ingredients aimed at the train → test shift, off by default (config/ingredients.py)
+    ema: float = 0.0  # decay of the weight EMA that validation, selection and test use
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup
+    label_smoothing: float = 0.0  # BCE targets eps/2, 1 - eps/2
+    photometric: float = 0.0  # strength of equalisation / gamma / contrast, apart from aug_strength
+    tta: bool = False  # validation and test score the mean over fixed views
 
     def __post_init__(self) -> None:
         # numpy scalars (np.float64 read back from Parquet: a sweep's best lr) become Python's own:
@@ -77,6 +84,9 @@ class TrainConfig:
         require(self.schedule in ("cosine", "constant"), "schedule", self.schedule, "choose cosine or constant")
         check_fraction(self.val_fraction)
         check_seed(self.seed)
+        for i in INGREDIENTS:
+            value = getattr(self, i.field)
+            require(i.problem(value) is None, i.field, value, i.problem(value) or "")
         require(
             not (self.freeze_backbone and self.pretrain_epochs == 0),
             "freeze_backbone",

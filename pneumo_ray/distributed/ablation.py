@@ -24,6 +24,7 @@ from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.errors import UserError
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.sweep import SweepConfig
+from pneumo_ray.config.train import TrainConfig
 from pneumo_ray.data import leakage as audit
 from pneumo_ray.data.study_data import load_study_data
 from pneumo_ray.distributed import ensembles, interrupts
@@ -118,7 +119,8 @@ def known_configs(sweep: SweepConfig, ablation: AblationSpec, out: Path) -> tupl
         for model in sweep.models:
             mine = tuned[(tuned.arm == arm.name) & (tuned.model == model)] if len(tuned) else tuned
             if len(mine) and not mine["stop_reason"].eq("interrupted").any():  # a search cut short goes on
-                configs[model] = best_tuned(mine, arm, arm.apply(sweep.base_config(model)), arm.searched())
+                base = arm.apply(sweep.base_config(model))
+                configs[model] = best_tuned(mine, arm, base, arm.searched(sweep.searched()))
             else:
                 to_tune.append(model)
         return configs, to_tune
@@ -144,7 +146,8 @@ def check_recorded(done: pd.DataFrame, arm: Arm, model: str, ac: ArmConfig, out:
     mine = done[(done.arm == arm.name) & (done.model == model)] if len(done) else done
     if not len(mine):
         return
-    recorded = json.loads(mine.iloc[0]["config"])
+    # a field this version added is at its default in rows written before it (the ingredients: off)
+    recorded = {**TrainConfig().to_dict(), **json.loads(mine.iloc[0]["config"])}
     recorded.pop("seed")
     wanted = {k: v for k, v in ac.config.to_dict().items() if k != "seed"}
     if recorded != wanted:
@@ -190,7 +193,7 @@ def tune_arm(
     session, storage/provenance.py), its best configuration is returned.
     An interrupted search is resumed only with `out.resume` (run_ablation checks it before Ray)."""
     base = arm.apply(sweep.base_config(model))
-    searched = arm.searched()
+    searched = arm.searched(sweep.searched())
     tsweep = dataclasses.replace(sweep, num_samples=budget)
     exp = tune_experiment(arm, model)
     check_interrupted(storage, {exp: f"search of arm {arm.name}, {model}"}, out.resume)  # checked before Ray too

@@ -320,9 +320,11 @@ def evaluate_checkpoint(
     model = build_model(cfg.model)
     model.load_state_dict(state)
     model, normalize, threshold = model.to(device), Normalize(**meta["normalize"]), meta["threshold"]
-    metrics, preds = test_evaluation(model, data, normalize, threshold, device)
-    # validation through the very function that made the test predictions, so both are made alike
-    _, val_preds = test_evaluation(model, dataclasses.replace(data, test=data.val), normalize, threshold, device)
+    metrics, preds = test_evaluation(model, data, normalize, threshold, device, cfg.tta)
+    # validation through the very function that made the test predictions (and with the same
+    # test-time augmentation that selected it), so both are made alike
+    val_data = dataclasses.replace(data, test=data.val)
+    _, val_preds = test_evaluation(model, val_data, normalize, threshold, device, cfg.tta)
     return Evaluated(metrics, preds, val_preds)
 
 

@@ -18,6 +18,7 @@ from types import ModuleType
 
 from pneumo_ray.config.data import DataSpec
 from pneumo_ray.config.errors import Interrupted
+from pneumo_ray.config.ingredients import described
 from pneumo_ray.config.output import OutputSpec
 from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.config.sweep import SweepConfig
@@ -216,9 +217,10 @@ def _run_sweep(sweep: SweepConfig, data: DataSpec, out: OutputSpec, session: int
         source_hash = study.info.get("source_manifest_hash") if data.use_pretrain else None
         per_model = {}
         for model in sweep.models:
+            on = described(sweep)
             print(
                 f"\n=== {model}: {sweep.num_samples} trial(s), {sweep.pretrain_epochs} pre-training + "
-                f"{sweep.epochs} fine-tuning epochs at {sweep.image_size}px"
+                f"{sweep.epochs} fine-tuning epochs at {sweep.image_size}px" + (f"; every trial {on}" if on else "")
             )
             ms = run_model_sweep(
                 model,
@@ -294,6 +296,7 @@ def print_summary(out: Path) -> None:
         "best_val_auc",
         "test_auc",
         "test_accuracy",
+        "test_balanced_accuracy",
         "test_sensitivity",
         "test_specificity",
         "test_f1",

@@ -48,12 +48,15 @@ METRIC = "best_val_auc"
 
 
 def search_space(sweep: SweepConfig) -> dict:
-    """Tune's search space, one entry per row of config/search.py, in the table's (sampling) order."""
+    """Tune's search space, one entry per row of config/search.py that the sweep searches, in the
+    table's (sampling) order: an ingredient's row with an empty range is left out."""
     from ray import tune
 
     space = {}
     for s in SEARCH:
         values = getattr(sweep, s.range_field)
+        if not values:
+            continue
         if s.categorical:
             space[s.field] = tune.choice(list(values))
         else:

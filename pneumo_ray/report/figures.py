@@ -277,8 +277,8 @@ def arm_bars_figure(summary: pd.DataFrame, ablations: pd.DataFrame | None = None
     """Per model: mean test metric per arm with its 95% CI across seeds; dots are the seeds."""
     arms = summary[summary["kind"] == "arm"]
     models = sorted(arms["model"].unique())
-    metrics = ["auc", "accuracy", "sensitivity", "specificity"]
-    fig = Figure(figsize=(6.5 * len(models), 3.8))
+    metrics = ["auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"]
+    fig = Figure(figsize=(7.5 * len(models), 3.8))
     axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
     for ax, model in zip(axes, models):
         g = arms[arms["model"] == model].reset_index(drop=True)
@@ -305,8 +305,9 @@ def arm_bars_figure(summary: pd.DataFrame, ablations: pd.DataFrame | None = None
             if ablations is not None and len(ablations):
                 s = ablations[(ablations["model"] == model) & (ablations["arm"] == r["arm"])]
                 for j, m in enumerate(metrics):
-                    ax.plot(np.full(len(s), xs[j]), s[f"test_{m}"], ".", color="k", ms=4)
-        ax.set_xticks(x, ["AUC", "accuracy", "sensitivity", "specificity"])
+                    if f"test_{m}" in s:  # ablations written before balanced accuracy was recorded lack it
+                        ax.plot(np.full(len(s), xs[j]), s[f"test_{m}"], ".", color="k", ms=4)
+        ax.set_xticks(x, ["AUC", "accuracy", "balanced acc.", "sensitivity", "specificity"])
         ax.set(ylim=(0, 1.05), title=f"{model}: test metrics per arm (mean, 95% CI across seeds)")
         ax.title.set_fontsize(10)
         ax.legend(fontsize=8, loc="lower right")

@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 
 from pneumo_ray.analysis.curves import CI_METRICS, bootstrap_counts, bootstrap_metrics
+from pneumo_ray.config.ingredients import FIELDS as INGREDIENTS
 from pneumo_ray.config.search import SEARCHED
 from pneumo_ray.report.inputs import Candidate
 from pneumo_ray.storage import provenance
 
 MINUS = "\u2212"
+SHOWN = {"auc": "test AUC", "balanced_accuracy": "balanced accuracy"}  # column names of the metrics
 
 
 def num(x: float | None, digits: int = 3) -> str:
@@ -39,15 +41,20 @@ def pval(p: float | None) -> str:
 
 
 def _sci(x) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
 
 
 def best_config_table(rows: list[dict], labels: list[str]) -> pd.DataFrame:
     """One row per model: where its best run comes from (trial, or seed of an ablation arm) and
-    its configuration (trial columns, or an ablation row's config JSON)."""
+    its configuration (trial columns, or an ablation row's config JSON): the searched
+    hyper-parameters, and each fine-tuning ingredient that some row has on."""
+    cfgs = [json.loads(r["config"]) if isinstance(r.get("config"), str) else r for r in rows]
+    on = [f for f in INGREDIENTS if any(_on(c.get(f)) for c in cfgs)]
+    params = [p for p in SEARCHED if p not in INGREDIENTS] + on
     out = []
-    for label, r in zip(labels, rows):
-        cfg = json.loads(r["config"]) if isinstance(r.get("config"), str) else r
+    for label, r, cfg in zip(labels, rows, cfgs):
         out.append(
             {
                 "model": label,
@@ -55,7 +62,7 @@ def best_config_table(rows: list[dict], labels: list[str]) -> pd.DataFrame:
                 "stop reason": r.get("stop_reason", "–"),
                 "epochs run": r.get("epochs_run"),
                 "best epoch": r.get("best_epoch"),
-                **{p: _sci(cfg.get(p)) for p in SEARCHED},
+                **{p: _sci(cfg.get(p)) for p in params},
                 "val AUC": num(r.get("best_val_auc", r.get("val_auc"))),
                 "threshold (loss rule)": num(r.get("test_threshold")),
             }
@@ -63,9 +70,14 @@ def best_config_table(rows: list[dict], labels: list[str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _on(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and bool(value)
+
+
 def test_metric_table(cands: list[Candidate], n_boot: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, dict]:
-    """Test AUC, accuracy, sensitivity, specificity with 95% bootstrap CIs over the test images, at
-    each candidate's decision threshold (fixed by its loss). Returns (display table, {label: raw metrics})."""
+    """Test AUC, accuracy, balanced accuracy, sensitivity, specificity with 95% bootstrap CIs over the
+    test images, at each candidate's decision threshold (fixed by its loss). Returns (display table,
+    {label: raw metrics})."""
     rows, raw = [], {}
     for c in cands:
         m = bootstrap_metrics(c.labels, c.probs, c.threshold, bootstrap_counts(c.labels, n_boot, seed))
@@ -78,7 +90,7 @@ def test_metric_table(cands: list[Candidate], n_boot: int = 2000, seed: int = 0)
                 "PNEUMONIA": int(c.labels.sum()),
             }
         )
-    table = pd.DataFrame(rows).rename(columns={"auc": "test AUC"})
+    table = pd.DataFrame(rows).rename(columns=SHOWN)
     return table, raw
 
 
@@ -91,7 +103,7 @@ def arm_table(summary: pd.DataFrame) -> pd.DataFrame:
         row = {"model": r["model"], "arm": r["arm"], "seeds": r.get("n_seeds")}
         for m in CI_METRICS:
             lo, hi = r.get(f"test_{m}_ci_low"), r.get(f"test_{m}_ci_high")
-            row["test AUC" if m == "auc" else m.replace("_", " ")] = ci(r.get(f"test_{m}_mean"), _clip(lo), _clip(hi))
+            row[SHOWN.get(m, m)] = ci(r.get(f"test_{m}_mean"), _clip(lo), _clip(hi))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -75,6 +75,8 @@ def _state_parts(state: TrainingState) -> tuple[dict[str, torch.Tensor], dict]:
     r = state.result
     if r.best_state is not None:
         tensors.update({f"best_state/{k}": v for k, v in r.best_state.items()})
+    if state.ema is not None:
+        tensors.update({f"ema/{k}": v for k, v in state.ema.items()})
     if r.best_val_probs is not None:
         tensors["best_val_probs"] = torch.from_numpy(np.asarray(r.best_val_probs, np.float64))
     rng = state.rng
@@ -90,6 +92,7 @@ def _state_parts(state: TrainingState) -> tuple[dict[str, torch.Tensor], dict]:
         phase=dataclasses.asdict(state.phase),
         world=state.world,
         epoch=state.epoch,
+        has_ema=state.ema is not None,
         optimizer=opt_json,
         scheduler=state.scheduler,
         rng=dict(numpy=[np_name, np_pos, np_has_gauss, np_gauss], python=[py_version, py_gauss]),
@@ -192,4 +195,5 @@ def load_training_state(folder: str | os.PathLike) -> TrainingState:
         scheduler=meta["scheduler"],
         rng=rng,
         result=result,
+        ema=_prefixed(tensors, "ema/") if meta.get("has_ema") else None,
     )

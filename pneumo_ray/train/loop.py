@@ -27,7 +27,10 @@ from pneumo_ray.data.study_data import ImageSet
 from pneumo_ray.storage.progress import progress as progress_report
 from pneumo_ray.train.augment import Augment, Normalize, to_float
 from pneumo_ray.train.device_data import Batches, batches, on_device
+from pneumo_ray.train.ema import WeightEMA
 from pneumo_ray.train.models import train_mode
+from pneumo_ray.train.photometric import Photometric
+from pneumo_ray.train.tta import views
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +50,12 @@ class Phase:
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     seed: int = 0
+    # the ingredients (config/ingredients.py), off by default
+    ema: float = 0.0
+    mixup: float = 0.0
+    label_smoothing: float = 0.0
+    photometric: float = 0.0
+    tta: bool = False
 
 
 @dataclass
@@ -99,6 +108,7 @@ class TrainingState:
     scheduler: dict[str, Any] | None  # lr_scheduler.state_dict(), None without a schedule
     rng: RandomState
     result: FitResult  # the FitResult after `epoch`: history, best epoch and weights, normalization
+    ema: dict[str, torch.Tensor] | None = None  # WeightEMA.state_dict() (phase.ema > 0), else None
 
 
 def _cpu_copy(obj: Any) -> Any:
@@ -174,9 +184,28 @@ def _inputs(batch_u8: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _weighted_bce(logits, y, weights) -> torch.Tensor:
+def _targets(y: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """BCE targets: the labels, or with label smoothing ε: ε/2 and 1 − ε/2."""
+    return y * (1 - smoothing) + smoothing / 2 if smoothing else y
+
+
+def _weighted_bce(logits, y, weights, smoothing: float = 0.0) -> torch.Tensor:
     w = torch.where(y > 0.5, weights[1], weights[0])
-    return (F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none") * w).sum() / w.sum()
+    bce = F.binary_cross_entropy_with_logits(logits.float(), _targets(y, smoothing), reduction="none")
+    return (bce * w).sum() / w.sum()
+
+
+def _mixup_bce(logits, y, weights, lam: float, smoothing: float = 0.0) -> torch.Tensor:
+    """The loss of the batch mixed as lam·x + (1 − lam)·x.flip(0): each image's two labels, each with
+    its own class weight, weighted lam and 1 − lam (and smoothed alike), normalised by the total
+    weight. So every class keeps its total weight in the loss, and the decision rule of the unmixed
+    loss is kept (metrics.decision_threshold says how near it is); at lam = 1 this is `_weighted_bce`."""
+    z, y2 = logits.float(), y.flip(0)
+    a = lam * torch.where(y > 0.5, weights[1], weights[0])
+    b = (1 - lam) * torch.where(y2 > 0.5, weights[1], weights[0])
+    bce_a = F.binary_cross_entropy_with_logits(z, _targets(y, smoothing), reduction="none")
+    bce_b = F.binary_cross_entropy_with_logits(z, _targets(y2, smoothing), reduction="none")
+    return (a * bce_a + b * bce_b).sum() / (a + b).sum()
 
 
 def compiled(model: torch.nn.Module, mode: bool | str | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -209,9 +238,17 @@ def train_one_epoch(
     world: int = 1,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: str | None = None,
+    photometric: float = 0.0,
+    mixup: float = 0.0,
+    label_smoothing: float = 0.0,
+    ema: WeightEMA | None = None,
 ) -> dict:
     """One epoch over this worker's shard. `data` is an ImageSet (batches copied from the host) or a
     ResidentSet (gathered on the device); `forward` replaces `model(x)` (e.g. its torch.compile).
+    The ingredients (off at 0 / None): `photometric` strength (before the warp), `mixup` alpha (each
+    batch mixed with itself reversed, λ ~ Beta(alpha, alpha)), `label_smoothing` of the BCE targets,
+    and the weight `ema` updated after every step. The photometric and mixup draws come from
+    generators of their own, seeded per epoch and rank: with them off every number is as before.
 
     The loss is summed on the device and read once, at the end: no step waits for the host. The sum is
     float64 of each batch's float32 loss times its size, in batch order: exactly what adding up
@@ -221,6 +258,9 @@ def train_one_epoch(
     forward = model if forward is None else forward  # an OptimizedModule has no truth value (it asks len())
     cuda = device.type == "cuda"
     gen = torch.Generator().manual_seed(_sub_seed(seed, epoch, rank, 7))
+    photo = Photometric(photometric) if photometric else None
+    photo_gen = torch.Generator().manual_seed(_sub_seed(seed, epoch, rank, 11)) if photo else None
+    mix_rng = np.random.default_rng(_sub_seed(seed, epoch, rank, 13)) if mixup else None
     w = torch.tensor(weights, device=device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     seen, t0 = 0, time.time()
@@ -228,15 +268,26 @@ def train_one_epoch(
     bar = progress_report(sum(map(len, order)), progress or "", enabled=progress is not None, unit="img")
     last = len(order) - 1
     for step, (batch_u8, y) in enumerate(batches(data, order, device)):
-        x = augment(_inputs(batch_u8, cuda), gen, normalize)
+        x = _inputs(batch_u8, cuda)
+        if photo is not None:
+            x = photo(x, photo_gen)
+        x = augment(x, gen, normalize)
+        lam = float(mix_rng.beta(mixup, mixup)) if mix_rng is not None else None
+        if lam is not None:  # a scalar on the host: no copy to the device
+            x = x.mul(lam).add_(x.flip(0), alpha=1 - lam)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             logits = forward(x)
-        loss = _weighted_bce(logits, y, w)
+        if lam is None:
+            loss = _weighted_bce(logits, y, w, label_smoothing)
+        else:
+            loss = _mixup_bce(logits, y, w, lam, label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update(unwrap(model))
         total += loss.detach().double() * len(y)
         seen += len(y)
         # the running loss is read only when a line is written, and on a GPU only at the epoch's end:
@@ -254,12 +305,28 @@ def train_one_epoch(
     )
 
 
+def _mean(probs: list[torch.Tensor]) -> torch.Tensor:
+    """The mean of the views' probabilities, added one view after the other: a reduction over a
+    stacked dimension rounds differently with the batch's size (measured: 6e-8)."""
+    total = probs[0]
+    for p in probs[1:]:
+        total = total + p
+    return total / len(probs)
+
+
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, data: Batches, *, normalize: Normalize, device: torch.device, batch_size: int = 128
+    model: torch.nn.Module,
+    data: Batches,
+    *,
+    normalize: Normalize,
+    device: torch.device,
+    batch_size: int = 128,
+    tta: bool = False,
 ) -> np.ndarray:
-    """P(PNEUMONIA) for every image of `data` (an ImageSet or a ResidentSet), in order (no
-    augmentation); the probabilities stay on the device until the last batch."""
+    """P(PNEUMONIA) for every image of `data` (an ImageSet or a ResidentSet), in order (no random
+    augmentation; `tta`: the mean probability over tta.VIEWS); the probabilities stay on the device
+    until the last batch."""
     net = unwrap(model)
     was_training = net.training
     net.eval()
@@ -268,9 +335,12 @@ def predict(
     order = [rows[i : i + batch_size] for i in range(0, len(data), batch_size)]
     out = []
     for batch_u8, _ in batches(data, order, device, labels=False):
-        x = normalize(_inputs(batch_u8, cuda))
+        x = _inputs(batch_u8, cuda)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            out.append(torch.sigmoid(net(x).float()))
+            if tta:
+                out.append(_mean([torch.sigmoid(net(v).float()) for v in views(x, normalize)]))
+            else:
+                out.append(torch.sigmoid(net(normalize(x)).float()))
     net.train(was_training)
     return torch.cat(out).cpu().numpy().astype(np.float64) if out else np.zeros(0)
 
@@ -283,9 +353,11 @@ def evaluate(
     weights: tuple[float, float],
     device: torch.device,
     batch_size: int = 128,
+    tta: bool = False,
 ) -> dict:
-    """Loss (class-weighted, as in training), AUC and the probabilities on a labelled set."""
-    probs = predict(model, data, normalize=normalize, device=device, batch_size=batch_size)
+    """Loss (class-weighted, as in training, on the hard labels), AUC and the probabilities on a
+    labelled set (`tta`: predict's test-time augmentation)."""
+    probs = predict(model, data, normalize=normalize, device=device, batch_size=batch_size, tta=tta)
     p = torch.from_numpy(probs).clamp(1e-7, 1 - 1e-7)
     y = torch.tensor(data.labels, dtype=torch.float64)
     w = torch.where(y > 0.5, weights[1], weights[0])
@@ -317,13 +389,17 @@ def _resumed(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     device: torch.device,
+    ema: WeightEMA | None = None,
 ) -> FitResult:
-    """Put the model, optimizer, schedule and random streams back as they were after `state.epoch`."""
+    """Put the model, optimizer, schedule, weight EMA and random streams back as they were after
+    `state.epoch`."""
     if state.phase != phase:
         raise ValueError(f"resume: the saved state is of {state.phase}, not of {phase}")
     if state.world != world:
         raise ValueError(f"resume: the saved state was trained by {state.world} worker(s), not {world}")
     net.load_state_dict(state.model, strict=True)
+    if ema is not None:
+        ema.load_state_dict(state.ema)
     optimizer.load_state_dict(state.optimizer)
     if scheduler is not None:
         scheduler.load_state_dict(_cpu_copy(state.scheduler))  # a copy: LambdaLR pops from the dict it loads
@@ -372,13 +448,21 @@ def fit(
     normalize = normalizer_for(train, seed=phase.seed)
     weights = class_weights(train.labels, phase.class_weight, phase.class_weight_scale)
     augment = Augment(phase.aug_strength, phase.hflip)
+    ema = WeightEMA(net, phase.ema) if phase.ema else None
+    scored = ema.model if ema is not None else model  # what validation, selection and best_state see
     steps_per_epoch = math.ceil((len(train) // world) / phase.batch_size)
     optimizer, scheduler = make_optimizer(model, phase, steps_per_epoch * phase.epochs)
     result = FitResult(
-        [], None, 0, -math.inf, normalize, weights, threshold=decision_threshold(weights, train.class_counts())
+        [],
+        None,
+        0,
+        -math.inf,
+        normalize,
+        weights,
+        threshold=decision_threshold(weights, train.class_counts(), phase.label_smoothing),
     )
     if resume is not None:
-        result = _resumed(resume, phase, world, net, optimizer, scheduler, device)
+        result = _resumed(resume, phase, world, net, optimizer, scheduler, device, ema)
     first = resume.epoch + 1 if resume is not None else 1
     train_data = on_device(train, device, resident)
     val_data = on_device(val, device, resident) if val is not None and len(val) else None
@@ -405,10 +489,14 @@ def fit(
                 world=world,
                 forward=forward,
                 progress=f"{phase.name} epoch {epoch}/{phase.epochs}" if show else None,
+                photometric=phase.photometric,
+                mixup=phase.mixup,
+                label_smoothing=phase.label_smoothing,
+                ema=ema,
             )
         )
         if val_data is not None:
-            ev = evaluate(model, val_data, normalize=normalize, weights=weights, device=device)
+            ev = evaluate(scored, val_data, normalize=normalize, weights=weights, device=device, tta=phase.tta)
             rec.update(val_loss=ev["loss"], val_auc=ev["auc"])
             improved = ev["auc"] > result.best_val_auc
         else:
@@ -417,7 +505,8 @@ def fit(
         if improved:
             result.best_val_auc = rec.get("val_auc", math.nan)
             result.best_epoch = epoch
-            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+            best = unwrap(scored).state_dict()
+            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in best.items()}
             result.best_val_probs = ev["probs"] if "val_auc" in rec else None
         rec["best_epoch"] = result.best_epoch
         rec["best_val_auc"] = result.best_val_auc
@@ -440,6 +529,7 @@ def fit(
                     scheduler=_cpu_copy(scheduler.state_dict()) if scheduler is not None else None,
                     rng=rng,
                     result=_snapshot(result),
+                    ema=_cpu_copy(ema.state_dict()) if ema is not None else None,
                 )
             )
         if on_epoch is not None:

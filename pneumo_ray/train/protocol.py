@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from pneumo_ray.analysis.metrics import binary_metrics
+from pneumo_ray.config.ingredients import described
 from pneumo_ray.config.train import TrainConfig, stable_id
 from pneumo_ray.data.split import patient_grouped_split
 from pneumo_ray.data.study_data import StudyData
@@ -52,7 +53,8 @@ def pretrain_phase(cfg: TrainConfig) -> Phase:
 
 
 def finetune_phase(cfg: TrainConfig) -> Phase:
-    """Fine-tuning: the searched learning rate, augmentation strength and class weight."""
+    """Fine-tuning: the searched learning rate, augmentation strength and class weight, and the
+    ingredients (config/ingredients.py; pre-training has none of them, so it is shared)."""
     return Phase(
         name="finetune",
         epochs=cfg.epochs,
@@ -66,6 +68,11 @@ def finetune_phase(cfg: TrainConfig) -> Phase:
         weight_decay=cfg.weight_decay,
         schedule=cfg.schedule,
         seed=cfg.seed,
+        ema=cfg.ema,
+        mixup=cfg.mixup,
+        label_smoothing=cfg.label_smoothing,
+        photometric=cfg.photometric,
+        tta=cfg.tta,
     )
 
 
@@ -191,10 +198,16 @@ def validation_summary(data: StudyData, val_probs: np.ndarray, threshold: float)
 
 
 def test_evaluation(
-    model: torch.nn.Module, data: StudyData, normalize: Normalize, threshold: float, device: torch.device
+    model: torch.nn.Module,
+    data: StudyData,
+    normalize: Normalize,
+    threshold: float,
+    device: torch.device,
+    tta: bool = False,
 ) -> tuple[dict, pd.DataFrame]:
-    """Apply a model and its decision threshold (fixed by the training loss) to the test set."""
-    test_probs = predict(model, data.test, normalize=normalize, device=device)
+    """Apply a model and its decision threshold (fixed by the training loss) to the test set, with
+    the test-time augmentation that validation used to select it (`tta`)."""
+    test_probs = predict(model, data.test, normalize=normalize, device=device, tta=tta)
     metrics = {f"test_{k}": v for k, v in binary_metrics(data.test.labels, test_probs, threshold).items()}
     preds = pd.DataFrame(
         dict(
@@ -211,18 +224,18 @@ def test_evaluation(
 def final_evaluation(
     cfg: TrainConfig, data: StudyData, result: FitResult, device: torch.device
 ) -> tuple[dict, pd.DataFrame]:
-    """Best-validation weights → the loss's decision threshold → applied to validation and test.
+    """Best-validation weights (the weight EMA's with `cfg.ema`) → the loss's decision threshold →
+    applied to validation and test (both with `cfg.tta`'s views).
 
     Returns (metrics with val_* and test_* keys, per-test-image predictions)."""
     model = build_model(cfg.model).to(device)
     model.load_state_dict(result.best_state)
     val_probs = result.best_val_probs
     if val_probs is None:
-        val_probs = evaluate(model, data.val, normalize=result.normalize, weights=result.weights, device=device)[
-            "probs"
-        ]
+        val = evaluate(model, data.val, normalize=result.normalize, weights=result.weights, device=device, tta=cfg.tta)
+        val_probs = val["probs"]
     metrics = validation_summary(data, val_probs, result.threshold)
-    test_metrics, preds = test_evaluation(model, data, result.normalize, metrics["threshold"], device)
+    test_metrics, preds = test_evaluation(model, data, result.normalize, metrics["threshold"], device, cfg.tta)
     metrics.update(test_metrics, best_epoch=result.best_epoch)
     return metrics, preds
 
@@ -250,7 +263,11 @@ def run_study(
         init_state, _ = checkpoints.load_weights(path)
     else:
         log("no pre-training: fine-tuning starts from random initialisation")
-    log(f"fine-tuning {cfg.model} on {data.train.describe()}; validating on {data.val.describe()}")
+    on = described(cfg)
+    log(
+        f"fine-tuning {cfg.model} on {data.train.describe()}; validating on {data.val.describe()}"
+        + (f"; ingredients {on}" if on else "")
+    )
     _, result = finetune(cfg, data, device, init_state=init_state, log=log, compile=compile)
     metrics, preds = final_evaluation(cfg, data, result, device)
     metrics.update(
