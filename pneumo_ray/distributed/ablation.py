@@ -404,6 +404,7 @@ def _run_ablation(
                         KEYS["ablation_predictions"],
                     )
                 write_validation(folder, ABLATION, validation_rows(evaluated, members))
+            interrupts.check()  # a signal during the evaluation: the arm's rows are complete, stop here
             session.setdefault("seconds_per_model", {})[model] = round(ms.seconds, 1)
     finally:
         ray.shutdown()

@@ -199,6 +199,19 @@ def unfinished_trials(exp_path: str) -> dict[str, tuple[str, dict]]:
     return {Path(t.path).name: (t.trial_id, dict(t.config)) for t in trials if t.status not in done}
 
 
+def _quiet_if_interrupted(hook: Callable) -> Callable:
+    """sys.unraisablehook that drops our own Interrupted: a signal that lands while Python runs a
+    finalizer (a weakref callback, a __del__) raises there, where Python can only print the exception
+    and go on. The stop is not lost (the signal is recorded first, and the driver checks it after its
+    next writes), so its traceback is noise in the one-line ending."""
+
+    def hook_(unraisable: object) -> None:
+        if not isinstance(getattr(unraisable, "exc_value", None), Interrupted):
+            hook(unraisable)
+
+    return hook_
+
+
 class Session:
     """One invocation of a driver: its signal handling, its hold on the results folder, how many of
     its `total` trials finished, and the commands that go on after a stop (`resume` once its run.json
@@ -223,8 +236,10 @@ class Session:
         """`body()`'s exit status, or after SIGINT/SIGTERM the one line and 128 + the signal."""
         saved = {s: signal.getsignal(s) for s in SIGNALS}
         env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        unraisable = sys.unraisablehook
         _reset(session=self)
         try:
+            sys.unraisablehook = _quiet_if_interrupted(unraisable)
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
             for s in SIGNALS:
                 signal.signal(s, _on_signal)
@@ -238,6 +253,7 @@ class Session:
                         raise
                     return self._interrupted(signal.SIGTERM)
         finally:
+            sys.unraisablehook = unraisable
             for s, handler in saved.items():
                 signal.signal(s, handler if handler is not None else signal.SIG_DFL)
             if env is None:

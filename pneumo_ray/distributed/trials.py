@@ -422,6 +422,11 @@ def trial_rows(
         cfg = dict(result.config or (cut[1] if cut else {}))  # a trial cut before its first epoch has no result
         trial_id = m.get("trial_id") or (cut[0] if cut else Path(result.path).name)
         hist = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        if "epoch" in hist:
+            # a trial cut by SIGINT/SIGTERM just after an epoch's report, before its checkpoint was
+            # committed, trains that epoch again on --resume from the checkpoint before it (the same
+            # numbers: training resumes bit for bit), and Tune's history then holds it twice
+            hist = hist.drop_duplicates("epoch", keep="last")
         epochs_run = int(hist["epoch"].max()) if "epoch" in hist else 0
         if result.error is not None:
             stop = "error"
