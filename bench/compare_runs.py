@@ -51,8 +51,13 @@ def seeds(a: Path, b: Path) -> tuple[pd.DataFrame, float]:
 
 
 def tuning(a: Path, b: Path) -> tuple[pd.DataFrame, float]:
-    """Tuning trials matched by arm, model and searched values (rounded to 12 digits)."""
-    ta, tb = (pd.read_parquet(f / "ablation_tuning.parquet") for f in (a, b))
+    """Tuning trials matched by arm, model and searched values (rounded to 12 digits); none where a run
+    has no search (an ablation --from a sweep or with the defaults)."""
+    paths = [f / "ablation_tuning.parquet" for f in (a, b)]
+    if not all(p.is_file() for p in paths):
+        print(f"note: no tuning trials compared ({', '.join(str(p) for p in paths if not p.is_file())} missing)")
+        return pd.DataFrame(), 0.0
+    ta, tb = (pd.read_parquet(p) for p in paths)
     if ta.empty or tb.empty:
         return pd.DataFrame(), 0.0
     searched = [c for c in SEARCHED if c in ta and c in tb]
