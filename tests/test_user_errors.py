@@ -6,6 +6,7 @@ gets the same checks (the frozen configs), and a metric that cannot be computed 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
@@ -259,9 +260,18 @@ def world(tmp_path, monkeypatch) -> dict[str, str]:
     monkeypatch.setenv("PNEUMO_RAY_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("PNEUMO_RAY_DEBUG", raising=False)
+    patch_expensive(monkeypatch)
+    return {"tmp": str(tmp_path), "file": str(tmp_path / "file"), "res": str(res)}
+
+
+def patch_expensive(monkeypatch) -> None:
+    """Every EXPENSIVE target made to fail the test if reached. All their modules are imported first: a
+    module first imported between two patches binds the fake (`from … import load_study_data`) and keeps
+    it after the test, and a later test in the same process then reaches the fake."""
+    for target in EXPENSIVE:
+        importlib.import_module(target.rpartition(".")[0])
     for target in EXPENSIVE:
         monkeypatch.setattr(target, _reached(target))
-    return {"tmp": str(tmp_path), "file": str(tmp_path / "file"), "res": str(res)}
 
 
 def _reached(target: str):
@@ -384,6 +394,25 @@ LIBRARY = [
     ),
     (lambda: specs_from_run({"sweep": []}, OutputSpec("x")), "--resume: results/x/run.json is damaged (no 'sweep'"),
 ]
+
+
+def test_the_patches_leave_nothing_behind():
+    """In a fresh interpreter (nothing imported yet, as when this file runs before the others), the
+    fixture's patches, once undone, leave no fake in any module: the smoke sweep's study.reproduce
+    reached one in a run that took the test files in another order."""
+    code = (
+        "import sys, pytest\n"
+        "sys.path.insert(0, 'tests')\n"
+        "import test_user_errors as t\n"
+        "with pytest.MonkeyPatch.context() as mp:\n"
+        "    t.patch_expensive(mp)\n"
+        "left = [f'{n}.{a}' for n, m in list(sys.modules.items()) if n.startswith(('pneumo_ray', 'study'))\n"
+        "        for a, v in vars(m).items() if getattr(v, '__qualname__', '').startswith('_reached.')]\n"
+        "print(left)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip() == "[]", p.stdout
 
 
 @pytest.mark.parametrize("build, expected", LIBRARY, ids=[e for _, e in LIBRARY])
