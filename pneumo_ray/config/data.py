@@ -71,5 +71,17 @@ class DataSpec:
             flag="--allow-test-overlap",
         )
 
+    @classmethod
+    def from_record(cls, recorded: dict) -> DataSpec:
+        """The data a run used, from the `args` its run.json recorded (roots, overlap, subset, cache);
+        the split and image size come from the run's SweepConfig (`SweepConfig.data_spec`)."""
+        return cls(
+            data_root=recorded.get("data_root"),
+            pretrain_root=recorded.get("pretrain_root"),
+            allow_overlap=bool(recorded.get("allow_test_overlap")),
+            source_subset=recorded.get("source_subset", "all"),
+            cache_dir=recorded.get("cache_dir"),
+        )
+
     def replace(self, **changes: object) -> DataSpec:
         return dataclasses.replace(self, **changes)

@@ -218,16 +218,16 @@ def data_spec_of(folder: Path, kind: Kind, run: dict) -> DataSpec:
 
     if kind is SWEEP:
         return with_cache_dir(specs_from_run(run, OutputSpec(name=folder.name, results=str(folder.parent)))[1])
-    args, settings = run.get("args", {}), run.get("settings", {})
+    recorded, settings = run.get("args", {}), run.get("settings", {})
     return with_cache_dir(
         DataSpec(
-            data_root=args.get("data_root", settings.get("data_root")),
+            data_root=recorded.get("data_root", settings.get("data_root")),
             pretrain_root=None,  # validation is drawn from the target alone
             image_size=int(settings["image_size"]),
             split_seed=int(settings["split_seed"]),
             val_fraction=float(settings.get("val_fraction", 0.2)),
             use_pretrain=False,
-            cache_dir=args.get("cache_dir"),
+            cache_dir=recorded.get("cache_dir"),
         )
     )
 

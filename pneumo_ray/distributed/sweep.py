@@ -137,14 +137,7 @@ def specs_from_run(run: dict, out: OutputSpec) -> tuple[SweepConfig, DataSpec, O
         raise damaged(f"args {', '.join(wrong)}: not a string")
     try:
         sweep = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
-        data = DataSpec(
-            data_root=saved.get("data_root"),
-            pretrain_root=saved.get("pretrain_root"),
-            allow_overlap=bool(saved.get("allow_test_overlap")),
-            source_subset=saved.get("source_subset", "all"),
-            cache_dir=saved.get("cache_dir"),
-        )
-        data = sweep.data_spec(data)
+        data = sweep.data_spec(DataSpec.from_record(saved))
     except (UserError, TypeError) as e:  # a value the checks refuse, or of a type they cannot compare
         raise damaged(f"{type(e).__name__}: {e}") from None
     return sweep, data, out.replace(storage=saved.get("storage"), preset=saved.get("preset"))

@@ -185,15 +185,7 @@ def _sweep_config(recorded: dict | None, run_path: Path) -> SweepConfig:
 
 
 def _data_spec(run: dict, sweep: SweepConfig) -> DataSpec:
-    args = run.get("args") or {}
-    data = DataSpec(
-        data_root=args.get("data_root"),
-        pretrain_root=args.get("pretrain_root"),
-        allow_overlap=bool(args.get("allow_test_overlap")),
-        source_subset=args.get("source_subset", "all"),
-        cache_dir=args.get("cache_dir"),
-    )
-    return sweep.data_spec(data)
+    return sweep.data_spec(DataSpec.from_record(run.get("args") or {}))
 
 
 def _recorded(label, row, cfg, data, preds, sweep: SweepConfig) -> Recorded:
