@@ -167,7 +167,10 @@ def test_sweep_stopped_six_ways_then_resumed(tmp_path, cache_dir, ray_head):
         assert interrupted(r, sig, 2) == resume
         assert "interrupted: 2 of 2 trials finished" in r.text()
         t = consistent(folder, 3)
-        assert set(t.stop_reason) <= {"completed", "early_stopped"} and t.test_auc.isna().all()
+        assert set(t.stop_reason) <= {"completed", "early_stopped"}
+        # cut during the evaluation: no test metrics; a smoke evaluation can end before the signal lands
+        # (then its rows are written whole and the stop comes after them): never some trials only
+        assert t.test_auc.isna().all() or t.test_auc.between(0, 1).all(), t.test_auc
         optuna_agrees(folder, "intr-cnn", t)
 
     last = Run(*resume, env=env, cache_dir=cache_dir)
