@@ -28,6 +28,7 @@ import pytest
 from conftest import reported, start_study
 from test_sweep import assert_optuna_study_matches
 
+from pneumo_ray.distributed import interrupts
 from pneumo_ray.storage.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,15 +196,12 @@ def test_sweep_stopped_six_ways_then_resumed(tmp_path, cache_dir, ray_head):
     assert t[t.stop_reason == "early_stopped"].epochs_run.isin([1, 2]).all()  # ASHA's rungs
     assert res.predictions.groupby("trial_id").size().eq(624).all()
     assert_optuna_study_matches(folder, "intr-cnn", t)
-    # the epochs reported before the first mid-trial stop were not trained again, except where the cut
-    # fell between an epoch's report and the commit of its checkpoint: then that trial's last epoch only
-    # (the trial goes on from the checkpoint before it), and with the same numbers bit for bit
+    # the epochs reported before the first mid-trial stop were not trained again (the stop waited for
+    # the checkpoint of an epoch just reported: test_a_stop_between_an_epochs_report_and_its_checkpoint…)
     again = res.epochs.set_index(["trial_id", "epoch"]).reindex(first_epochs.index)
-    redone = again.reported_at.ne(first_epochs.reported_at)
-    last_at_cut = first_epochs.reset_index().groupby("trial_id").epoch.max()
-    assert all(epoch == last_at_cut[trial] for trial, epoch in redone[redone].index), redone
-    numbers = ["train_loss", "val_loss", "val_auc"]
-    assert again[numbers].equals(first_epochs[numbers]), (again[numbers], first_epochs[numbers])
+    assert again.reported_at.equals(first_epochs.reported_at), (again.reported_at, first_epochs.reported_at)
+    every = [(x["trial_id"], x["epoch"]) for x in reported(exp)]
+    assert len(every) == len(set(every)), every  # Tune's own record: each epoch reported once
     sessions = res.run["sessions"]
     assert [s.get("interrupted_by") for s in sessions] == ["SIGINT", "SIGINT", None, "SIGINT", "SIGTERM", None]
     assert res.run["status"] == "finished" and not (folder / "lock.json").exists()
@@ -359,3 +357,96 @@ def test_optuna_and_tune_settle_after_a_driver_killed_outright(tmp_path):
     assert state == {"cut": ("RUNNING", None), "ended": ("COMPLETE", 0.6), "lost": ("FAIL", None)}
     restored.on_trial_complete("cut", {"best_val_auc": 0.55})
     assert optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials[0].state.name == "COMPLETE"
+
+
+BETWEEN = """
+import os, signal, sys, tempfile
+sys.path.insert(0, {root!r})
+from pathlib import Path
+import ray
+from ray import tune
+from pneumo_ray.distributed import interrupts
+from pneumo_ray.distributed.console import TrialLines
+from pneumo_ray.distributed.trials import tune_config, tune_run_config
+
+storage = sys.argv[1]
+exp, mark = os.path.join(storage, "between"), Path(storage, "signalled")
+
+def trainable(config):
+    start = 0
+    if (ckpt := tune.get_checkpoint()) is not None:
+        with ckpt.as_directory() as d:
+            start = int(Path(d, "epoch").read_text())
+    for epoch in range(start + 1, 4):
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "epoch").write_text(str(epoch))
+            tune.report(dict(epoch=epoch), checkpoint=tune.Checkpoint.from_directory(d))
+
+class SignalOnReport(tune.Callback):
+    # SIGINT while Tune takes epoch 2's report: its checkpoint is saved in a later step of Tune's loop
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result["epoch"] == 2 and not mark.exists():
+            mark.touch()
+            os.kill(os.getpid(), signal.SIGINT)
+
+def body():
+    ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR", log_to_driver=False)
+    interrupts.reinstall()
+    run = tune.with_resources(trainable, dict(cpu=1))
+    if os.path.exists(os.path.join(exp, "tuner.pkl")):
+        tuner = tune.Tuner.restore(exp, trainable=run, resume_unfinished=True)
+    else:
+        lines = TrialLines("t", epochs=3, num_samples=1, concurrency=1)
+        config = tune_run_config(
+            "between", storage, verbose=False, max_failures=0, lines=lines, callbacks=[SignalOnReport()]
+        )
+        tuner = tune.Tuner(run, tune_config=tune_config(1), run_config=config)
+    grid, cut = interrupts.fit(tuner, exp)
+    interrupts.check()
+    return 0
+
+sys.exit(interrupts.Session(Path(storage), total=1, resume="RESUME", again="AGAIN").run(body))
+"""
+
+
+def test_a_stop_between_an_epochs_report_and_its_checkpoint_trains_nothing_again(tmp_path, ray_head):
+    """Tune takes an epoch's report in one step of its loop and commits the checkpoint reported with it
+    in a later one. A signal landing between the two (sent here from a callback while Tune takes the
+    report) waits for the commit before Tune saves its state and stops, so --resume goes on after that
+    epoch instead of training it again from the checkpoint before."""
+    env, storage = ray_head[1], tmp_path / "s"
+    storage.mkdir()
+    argv = [sys.executable, "-c", BETWEEN.format(root=str(ROOT)), str(storage)]
+    first = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 130, first.stdout[-2000:] + first.stderr[-3000:]
+    assert (storage / "signalled").exists() and "Traceback" not in first.stderr
+    assert first.stderr.strip().splitlines()[-1] == "interrupted: 0 of 1 trials finished; resume with: RESUME"
+    second = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert [x["epoch"] for x in reported(storage / "between")] == [1, 2, 3]  # epoch 2 was not trained again
+
+
+def test_a_signal_waits_for_the_checkpoint_on_its_way_and_a_second_one_does_not(monkeypatch):
+    """The order of things inside the driver, without Ray (Tune's SIGUSR1 handler replaced by a
+    recorder): a first signal during an experiment with StopBetweenSaves asks Tune nothing while a
+    trial's checkpoint is on its way, then once, after the first step that leaves none; a second
+    signal asks Tune at once (no more waiting), and exits only after Tune's last save."""
+    asked = []
+    monkeypatch.setattr(signal, "getsignal", lambda s: (lambda *a: asked.append(a)) if s == signal.SIGUSR1 else None)
+    for second in (False, True):
+        interrupts._reset()
+        interrupts._NOW.in_tune = True
+        interrupts.tune_waits()
+        interrupts.tune_step_ended(False)  # no signal yet: nothing asked
+        interrupts._on_signal(signal.SIGINT, None)
+        interrupts.tune_step_ended(True)
+        assert asked == [] and interrupts.requested()
+        if second:
+            interrupts._on_signal(signal.SIGINT, None)  # not safe yet (Tune has not saved): no exit
+            assert len(asked) == 1 and interrupts._NOW.leave
+        else:
+            interrupts.tune_step_ended(False)
+            interrupts.tune_step_ended(False)
+            assert len(asked) == 1
+        asked.clear()
+    interrupts._reset()

@@ -7,7 +7,10 @@ While a driver runs (`Session.run`) both signals are caught. The first one
   Optuna trials open, so --resume continues each one from its last checkpoint) and stops the
   trials. Tune's own SIGINT handler is kept off (TUNE_DISABLE_SIGINT_HANDLER) so that SIGTERM gets
   the same treatment and the driver knows of it; the way in is Tune's SIGUSR1 handler, which Tune
-  installs for this.
+  installs for this. Tune takes an epoch's report in one step of its loop and commits the checkpoint
+  reported with it in a later one: an experiment with the `tune_stop.StopBetweenSaves` callback is
+  asked to stop once no trial has a checkpoint on its way (a step or two later), else --resume would
+  train that epoch again from the checkpoint before.
 - anywhere else (the data, Ray's start, the test evaluation) raises `Interrupted` at once, except in a
   `shielded()` write (the Parquet tables of one step), which finishes first.
 The driver records the trials cut as `interrupted` and ends with one line, `interrupted: N of M
@@ -51,6 +54,8 @@ class _State:
     signum: int | None = None  # the first signal
     in_tune: bool = False  # inside a Tune experiment's fit()
     tune_saved: bool = False  # Tune's loop has ended and its state is saved (it only stops trials after that)
+    tune_waits: bool = False  # the experiment has StopBetweenSaves: it asks Tune once no checkpoint is on its way
+    tune_asked: bool = False  # Tune was asked to stop
     shields: int = 0  # shielded writes under way
     leave: bool = False  # a second signal came: exit as soon as no state is being written
 
@@ -110,6 +115,7 @@ def _before_tune(signum: int, frame: object) -> None:
 
 
 def _ask_tune_to_stop(frame: object) -> None:
+    _NOW.tune_asked = True
     handler = signal.getsignal(signal.SIGUSR1)
     if callable(handler) and handler is not _before_tune:
         handler(signal.SIGUSR1, frame)
@@ -128,6 +134,8 @@ def _ask_tune_to_stop(frame: object) -> None:
 def _on_signal(signum: int, frame: object) -> None:
     if _NOW.signum is not None:
         _NOW.leave = True
+        if _NOW.in_tune and not _NOW.tune_asked:  # no more waiting for a checkpoint on its way
+            _ask_tune_to_stop(frame)
         if _safe():
             _leave_now()
         return
@@ -135,9 +143,23 @@ def _on_signal(signum: int, frame: object) -> None:
     again = "Ctrl-C again" if signum == signal.SIGINT else "another signal"
     _say(f"{signal.Signals(signum).name}: stopping; the state is saved for --resume ({again} exits at once)")
     if _NOW.in_tune:
-        _ask_tune_to_stop(frame)
+        if not _NOW.tune_waits:  # else StopBetweenSaves asks Tune, after a step that leaves no save on its way
+            _ask_tune_to_stop(frame)
     elif not _NOW.shields:
         raise Interrupted(signum)
+
+
+def tune_waits() -> None:
+    """The running experiment's StopBetweenSaves is set up: from now on a signal leaves asking Tune to
+    stop to it (`tune_step_ended`)."""
+    _NOW.tune_waits = True
+
+
+def tune_step_ended(checkpoint_on_its_way: bool) -> None:
+    """After each step of Tune's loop (StopBetweenSaves): ask Tune to stop if a signal asked for it and
+    no trial's checkpoint is on its way (reported, not yet committed to Tune's state)."""
+    if _NOW.signum is not None and _NOW.in_tune and not _NOW.tune_asked and not checkpoint_on_its_way:
+        _ask_tune_to_stop(None)
 
 
 def reinstall() -> None:
@@ -173,7 +195,7 @@ def fit(tuner: Tuner, exp_path: str) -> tuple[ResultGrid, dict[str, tuple[str, d
     level, hook = tune_log.level, _TuneSaved()
     tune_log.addHandler(hook)
     tune_log.setLevel(logging.INFO)
-    _NOW.in_tune, _NOW.tune_saved = True, False
+    _NOW.in_tune, _NOW.tune_saved, _NOW.tune_waits, _NOW.tune_asked = True, False, False, False
     try:
         grid = tuner.fit()
     finally:

@@ -271,9 +271,12 @@ def tune_run_config(
     exp_name: str, storage: str, *, verbose: bool, max_failures: int, lines: object, callbacks: Sequence[object] = ()
 ) -> ray.tune.RunConfig:
     """The Tune RunConfig of an experiment (a sweep's model, an arm's seeds): Tune's own status only
-    with `verbose` (the `lines` callback prints the per-trial lines), and a trial whose actor died with
-    its node is run again (its Train job resumes from its checkpoint)."""
+    with `verbose` (the `lines` callback prints the per-trial lines), a trial whose actor died with
+    its node run again (its Train job resumes from its checkpoint), and a SIGINT/SIGTERM acted on
+    between checkpoint saves (tune_stop.py)."""
     import ray.tune
+
+    from pneumo_ray.distributed.tune_stop import StopBetweenSaves
 
     return ray.tune.RunConfig(
         name=exp_name,
@@ -283,7 +286,7 @@ def tune_run_config(
         # a one-worker trial's checkpoints are Tune's: each holds the full state and the best weights
         # so far, so the latest is all a restart or the test evaluation needs
         checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[lines, *callbacks],
+        callbacks=[lines, StopBetweenSaves(), *callbacks],
     )
 
 
@@ -423,9 +426,10 @@ def trial_rows(
         trial_id = m.get("trial_id") or (cut[0] if cut else Path(result.path).name)
         hist = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
         if "epoch" in hist:
-            # a trial cut by SIGINT/SIGTERM just after an epoch's report, before its checkpoint was
-            # committed, trains that epoch again on --resume from the checkpoint before it (the same
-            # numbers: training resumes bit for bit), and Tune's history then holds it twice
+            # a driver killed outright (SIGKILL) just after an epoch's report, before its checkpoint was
+            # committed, leaves a trial that trains that epoch again on --resume from the checkpoint
+            # before it (the same numbers: training resumes bit for bit), and Tune's history then holds
+            # it twice (SIGINT/SIGTERM wait for the commit: tune_stop.py)
             hist = hist.drop_duplicates("epoch", keep="last")
         epochs_run = int(hist["epoch"].max()) if "epoch" in hist else 0
         if result.error is not None:
