@@ -19,4 +19,5 @@ class StopBetweenSaves(Callback):
         interrupts.tune_waits()
 
     def on_step_end(self, iteration: int, trials: list, **info: object) -> None:
-        interrupts.tune_step_ended(any(t.is_saving for t in trials))
+        if interrupts.requested():  # the trials are looked at only once a signal came
+            interrupts.tune_step_ended(any(t.is_saving for t in trials))
